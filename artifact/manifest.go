@@ -290,7 +290,7 @@ func ParseManifest(data []byte) (*SignedManifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: created: %v", ErrMalformedManifest, err)
 	}
-	if created.Format(time.RFC3339) != raw.Created {
+	if created.UTC().Format(time.RFC3339) != raw.Created {
 		return nil, fmt.Errorf("%w: created %q: want RFC 3339 UTC to the second", ErrMalformedManifest, raw.Created)
 	}
 	sig, err := base64.StdEncoding.Strict().DecodeString(raw.Signature)

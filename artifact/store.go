@@ -453,16 +453,18 @@ type stateEntry struct {
 	Added  time.Time `json:"added"`
 }
 
-// prune drops the oldest entries beyond keep, sparing the current and the
-// last-known-good one, and returns the digests dropped.
+// prune keeps the keep newest entries plus the current and the
+// last-known-good one, and returns the digests it dropped.
 func (st *nameState) prune(keep int) []string {
 	var dropped []string
-	excess := len(st.Entries) - keep
+	n := len(st.Entries)
+	i := 0
 	st.Entries = slices.DeleteFunc(st.Entries, func(e stateEntry) bool {
-		if excess <= 0 || e.Digest == st.Current || e.Digest == st.LastKnownGood {
+		newest := i >= n-keep // entries are oldest first
+		i++
+		if newest || e.Digest == st.Current || e.Digest == st.LastKnownGood {
 			return false
 		}
-		excess--
 		dropped = append(dropped, e.Digest)
 		return true
 	})
