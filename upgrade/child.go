@@ -19,15 +19,15 @@ const waitDelay = time.Second
 
 // child is a new process started by an upgrade, seen from the parent.
 type child struct {
-	cmd  *exec.Cmd
-	pid  int
-	conn *net.UnixConn
-	msgs chan frame    // frames from the child; closed when the socket is
-	done chan struct{} // closed once the process was reaped
-	err  error         // cmd.Wait's result; read only after done is closed
-	tail *tailBuffer
+	cmd   *exec.Cmd
+	pid   int
+	conn  *net.UnixConn
+	msgs  chan frame    // frames from the child; closed when the socket is
+	done  chan struct{} // closed once the process was reaped
+	err   error         // cmd.Wait's result; read only after done is closed
+	tail  *tailBuffer
 	names []string // handed files, in descriptor order
-	ppid int
+	ppid  int
 }
 
 // startChild starts bin with the control socket as descriptor 3 and the
