@@ -113,11 +113,29 @@ func (c *child) sendHello(state []byte) error {
 	return nil
 }
 
+// commit tells the child it serves alone and waits (bounded) until it
+// acknowledged, so that once the pidfile names it, it can upgrade in turn.
 func (c *child) commit() error {
+	defer c.conn.Close()
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	err := writeFrame(c.conn, protocolVersion, msgCommit, nil)
-	c.conn.Close()
-	return err
+	if err := writeFrame(c.conn, protocolVersion, msgCommit, nil); err != nil {
+		return fmt.Errorf("send commit: %w", err)
+	}
+	t := time.NewTimer(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case f, ok := <-c.msgs:
+			if !ok {
+				return errors.New("wait for commit acknowledgement: control socket closed")
+			}
+			if f.typ == msgCommitted {
+				return nil
+			}
+		case <-t.C:
+			return errors.New("wait for commit acknowledgement: timed out after 2s")
+		}
+	}
 }
 
 // kill gives the process grace to exit by itself, then kills it, and

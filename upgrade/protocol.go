@@ -29,7 +29,8 @@ import (
 //	parent → child  hello   files and state (see encodeHello)
 //	child  → parent refuse  UTF-8 reason (instead of ready; child exits)
 //	child  → parent ready   empty
-//	parent → child  commit  empty: probation passed, the child now serves alone
+//	parent → child  commit     empty: probation passed, the child now serves alone
+//	child  → parent committed  empty: the child took over (it may upgrade now)
 //
 // The files themselves travel as inherited descriptors 4, 5, … in the order of
 // the names in the hello message.
@@ -65,10 +66,11 @@ const (
 type msgType uint8
 
 const (
-	msgHello  msgType = 1
-	msgReady  msgType = 2
-	msgRefuse msgType = 3
-	msgCommit msgType = 4
+	msgHello     msgType = 1
+	msgReady     msgType = 2
+	msgRefuse    msgType = 3
+	msgCommit    msgType = 4
+	msgCommitted msgType = 5
 )
 
 func (t msgType) String() string {
@@ -81,6 +83,8 @@ func (t msgType) String() string {
 		return "refuse"
 	case msgCommit:
 		return "commit"
+	case msgCommitted:
+		return "committed"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }

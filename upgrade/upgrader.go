@@ -657,6 +657,9 @@ func (u *Upgrader) attempt(ctx context.Context, trigger string) (res Result) {
 	u.handedOver = true
 	u.mu.Unlock()
 	res.Outcome = Committed
+	if err := c.commit(); err != nil {
+		u.log.Warn("upgrade: tell new process to commit", "pid", c.pid, "err", err)
+	}
 	if u.opts.PIDFile != "" {
 		if err := writePIDFile(u.opts.PIDFile, c.pid); err != nil {
 			u.log.Error("upgrade: pidfile", "err", err)
@@ -664,9 +667,6 @@ func (u *Upgrader) attempt(ctx context.Context, trigger string) (res Result) {
 	}
 	if err := sdNotify(u.notify, fmt.Sprintf("MAINPID=%d\nREADY=1", c.pid)); err != nil {
 		u.log.Warn("upgrade: notify systemd", "err", err)
-	}
-	if err := c.commit(); err != nil {
-		u.log.Warn("upgrade: tell new process to commit", "pid", c.pid, "err", err)
 	}
 	u.exitOnce.Do(func() { close(u.exit) })
 	return res
@@ -814,7 +814,12 @@ func (u *Upgrader) attachParent() error {
 func (u *Upgrader) readParent() {
 	defer u.wg.Done()
 	f, err := readFrame(u.parent.conn)
-	committed := err == nil && f.typ == msgCommit
+	for err == nil && f.typ != msgCommit {
+		// Nothing else is defined after ready; a newer minor version may
+		// send more, which we ignore.
+		f, err = readFrame(u.parent.conn)
+	}
+	committed := err == nil
 	u.mu.Lock()
 	u.parentDone = true
 	ready, closed := u.ready, u.closed
@@ -827,6 +832,12 @@ func (u *Upgrader) readParent() {
 		u.removeSocket(p)
 	}
 	u.mu.Unlock()
+	if committed {
+		u.parent.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		if err := writeFrame(u.parent.conn, protocolVersion, msgCommitted, nil); err != nil {
+			u.log.Warn("upgrade: acknowledge commit", "err", err)
+		}
+	}
 	u.parent.conn.Close()
 	switch {
 	case committed:
