@@ -1,0 +1,640 @@
+// Command upgrade measures zero-downtime binary upgrades: it builds
+// examples/upgradable, runs it on 127.0.0.1, drives it with a strict HTTP/1.1
+// load generator and upgrades it repeatedly, counting every failed request.
+//
+//	go run ./bench/upgrade [-upgrades 50] [-conns 64]
+//
+// The load generator never retries: a refused connection, a reset, an EOF or
+// a short read is a failed request. A response marked "Connection: close" is
+// not a failure: the client opens a new connection for its next request.
+// Two modes run one after the other, each during -upgrades upgrades:
+//
+//	keepalive  -conns connections, each reused until the server closes it
+//	close      -close-conns workers, a new connection per request
+//
+// Upgrades alternate between SIGHUP and the programmatic path (POST /upgrade
+// on the admin socket, which calls Upgrader.Upgrade); -trigger picks one.
+// If wrk is on PATH, a third phase runs wrk -t2 -c64 during -wrk-upgrades
+// upgrades and reports its error count.
+//
+// The last line is
+//
+//	RESULT {"keepalive":{"requests":…,"failed":…},"close":{…},"upgrades":…,"ready_ms_p50":…,…}
+//
+// where upgrades counts committed upgrades and ready_ms_p50 is the median
+// time from the start of an upgrade to the new process saying ready.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/upgrade:", err)
+		os.Exit(1)
+	}
+}
+
+type config struct {
+	upgrades    int
+	conns       int
+	closeConns  int
+	probation   time.Duration
+	interval    time.Duration
+	trigger     string
+	wrkUpgrades int
+	maxRequests int64
+	modeTimeout time.Duration
+	keep        bool
+}
+
+type modeResult struct {
+	Requests int64 `json:"requests"`
+	Failed   int64 `json:"failed"`
+}
+
+func run() error {
+	var cfg config
+	flag.IntVar(&cfg.upgrades, "upgrades", 50, "upgrades per mode")
+	flag.IntVar(&cfg.conns, "conns", 64, "keep-alive connections")
+	flag.IntVar(&cfg.closeConns, "close-conns", 64, "concurrent workers in the new-connection-per-request mode")
+	flag.DurationVar(&cfg.probation, "probation", 100*time.Millisecond, "server's probation window")
+	flag.DurationVar(&cfg.interval, "interval", 50*time.Millisecond, "pause between two upgrades")
+	flag.StringVar(&cfg.trigger, "trigger", "both", "how to upgrade: hup, api or both (alternate)")
+	flag.IntVar(&cfg.wrkUpgrades, "wrk-upgrades", 20, "upgrades during the wrk phase (if wrk is on PATH); 0 skips it")
+	flag.Int64Var(&cfg.maxRequests, "max-requests", 5_000_000, "stop a mode's load after this many requests")
+	flag.DurationVar(&cfg.modeTimeout, "mode-timeout", 5*time.Minute, "give up on a mode after this long")
+	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (server log, results)")
+	flag.Parse()
+	switch cfg.trigger {
+	case "hup", "api", "both":
+	default:
+		return fmt.Errorf("-trigger %q: want hup, api or both", cfg.trigger)
+	}
+
+	// Old server processes exit after their successor took over; as
+	// subreaper we inherit and reap them, and can kill leftovers.
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, 36 /* PR_SET_CHILD_SUBREAPER */, 1, 0); errno != 0 {
+		return fmt.Errorf("become subreaper: %v", errno)
+	}
+
+	dir, err := os.MkdirTemp("", "bench-upgrade-")
+	if err != nil {
+		return err
+	}
+	if cfg.keep {
+		fmt.Fprintln(os.Stderr, "keeping", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	bin := filepath.Join(dir, "upgradable")
+	build := exec.Command("go", "build", "-o", bin, "github.com/hotswapgo/hotswap/examples/upgradable")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("build example server: %w", err)
+	}
+
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	s := &server{
+		addr:    addr,
+		admin:   filepath.Join(dir, "admin.sock"),
+		pidfile: filepath.Join(dir, "server.pid"),
+		results: filepath.Join(dir, "results.jsonl"),
+		log:     filepath.Join(dir, "server.log"),
+		pids:    map[int]bool{},
+	}
+	if err := s.start(bin, cfg.probation); err != nil {
+		return err
+	}
+	stopReaper := s.reapLoop()
+	defer func() {
+		stopReaper()
+		s.shutdown()
+	}()
+
+	out := map[string]any{}
+	var upgradesOK, upgradesFailed int
+	for _, mode := range []string{"keepalive", "close"} {
+		conns := cfg.conns
+		if mode == "close" {
+			conns = cfg.closeConns
+		}
+		fmt.Fprintf(os.Stderr, "mode %s: %d workers, %d upgrades\n", mode, conns, cfg.upgrades)
+		l := startLoad(addr, mode == "keepalive", conns, cfg.maxRequests)
+		time.Sleep(300 * time.Millisecond) // let the load settle
+		ok, failed := s.upgradeN(cfg, cfg.upgrades, nil)
+		time.Sleep(300 * time.Millisecond) // requests after the last hand-over
+		res, err := l.stop(30 * time.Second)
+		if err != nil {
+			return fmt.Errorf("mode %s: %w", mode, err)
+		}
+		upgradesOK += ok
+		upgradesFailed += failed
+		out[mode] = res
+		fmt.Fprintf(os.Stderr, "mode %s: %d requests, %d failed, %d upgrades committed, %d failed\n", mode, res.Requests, res.Failed, ok, failed)
+		l.printErrors()
+	}
+
+	if wrk, err := exec.LookPath("wrk"); err == nil && cfg.wrkUpgrades > 0 {
+		n, errs, ok, failed, err := s.runWrk(cfg, wrk)
+		if err != nil {
+			return fmt.Errorf("wrk: %w", err)
+		}
+		out["wrk_requests"] = n
+		out["wrk_errors"] = errs
+		out["wrk_upgrades"] = ok
+		upgradesOK += ok
+		upgradesFailed += failed
+	} else if cfg.wrkUpgrades > 0 {
+		fmt.Fprintln(os.Stderr, "wrk not on PATH: skipping the wrk phase")
+	}
+
+	ready, err := s.readyTimes()
+	if err != nil {
+		return err
+	}
+	out["upgrades"] = upgradesOK
+	out["upgrades_failed"] = upgradesFailed
+	out["ready_ms_p50"] = percentile(ready, 50)
+	out["ready_ms_p90"] = percentile(ready, 90)
+	out["ready_ms_max"] = percentile(ready, 100)
+	out["probation_ms"] = cfg.probation.Milliseconds()
+
+	b, err := json.Marshal(orderedResult(out))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("RESULT %s\n", b)
+	return nil
+}
+
+// orderedResult puts the fields the issue names first.
+func orderedResult(m map[string]any) json.RawMessage {
+	keys := []string{"keepalive", "close", "upgrades", "ready_ms_p50"}
+	var rest []string
+	for k := range m {
+		if !slices.Contains(keys, k) {
+			rest = append(rest, k)
+		}
+	}
+	sort.Strings(rest)
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, k := range append(keys, rest...) {
+		v, ok := m[k]
+		if !ok {
+			continue
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		kb, _ := json.Marshal(k)
+		vb, _ := json.Marshal(v)
+		b.Write(kb)
+		b.WriteByte(':')
+		b.Write(vb)
+	}
+	b.WriteByte('}')
+	return json.RawMessage(b.String())
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// server is the example server and every process that succeeded it.
+type server struct {
+	addr, admin, pidfile, results, log string
+
+	mu   sync.Mutex   // protects pids
+	pids map[int]bool // server processes seen; true once reaped
+}
+
+func (s *server) start(bin string, probation time.Duration) error {
+	logf, err := os.Create(s.log)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "-addr", s.addr, "-admin", s.admin, "-pidfile", s.pidfile,
+		"-results", s.results, "-probation", probation.String(), "-drain", "30s")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start server: %w", err)
+	}
+	s.track(cmd.Process.Pid)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if pid, err := s.currentPID(); err == nil && pid == cmd.Process.Pid {
+			if c, err := net.Dial("tcp", s.addr); err == nil {
+				c.Close()
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("server not up within 10s; log: %s", tail(s.log))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (s *server) track(pid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.pids[pid]; !ok {
+		s.pids[pid] = false
+	}
+}
+
+func (s *server) currentPID() (int, error) {
+	b, err := os.ReadFile(s.pidfile)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// reapLoop reaps server processes that were reparented to us.
+func (s *server) reapLoop() (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			s.reap()
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// reap collects every tracked process that has exited and is our child, and
+// reports how many tracked processes are still around.
+func (s *server) reap() (alive int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for pid, reaped := range s.pids {
+		if reaped {
+			continue
+		}
+		var ws syscall.WaitStatus
+		if got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); got == pid {
+			s.pids[pid] = true
+			continue
+		} else if errors.Is(err, syscall.ECHILD) && errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+			s.pids[pid] = true // gone and reaped by its parent
+			continue
+		}
+		alive++
+	}
+	return alive
+}
+
+// shutdown stops the serving process and waits (bounded) for every server
+// process to be gone; leftovers are killed.
+func (s *server) shutdown() {
+	if pid, err := s.currentPID(); err == nil {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(45 * time.Second)
+	for s.reap() > 0 {
+		if time.Now().After(deadline) {
+			s.mu.Lock()
+			for pid, reaped := range s.pids {
+				if !reaped {
+					fmt.Fprintf(os.Stderr, "killing leftover server process %d\n", pid)
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+			s.mu.Unlock()
+			time.Sleep(200 * time.Millisecond)
+			s.reap()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// upgradeN performs n upgrades, one after the other, unless stop closes.
+func (s *server) upgradeN(cfg config, n int, stop <-chan struct{}) (ok, failed int) {
+	deadline := time.Now().Add(cfg.modeTimeout)
+	for i := 0; i < n && time.Now().Before(deadline); i++ {
+		select {
+		case <-stop:
+			return ok, failed
+		default:
+		}
+		hup := cfg.trigger == "hup" || (cfg.trigger == "both" && i%2 == 1)
+		var err error
+		if hup {
+			err = s.upgradeHUP()
+		} else {
+			err = s.upgradeAPI()
+		}
+		if err != nil {
+			failed++
+			fmt.Fprintf(os.Stderr, "upgrade %d failed: %v\n", i, err)
+		} else {
+			ok++
+		}
+		time.Sleep(cfg.interval)
+	}
+	return ok, failed
+}
+
+func (s *server) upgradeAPI() error {
+	client := &http.Client{
+		Timeout: 2 * time.Minute,
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", s.admin)
+			},
+		},
+	}
+	resp, err := client.Post("http://admin/upgrade", "", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Outcome string `json:"outcome"`
+		PID     int    `json:"pid"`
+		Error   string `json:"error"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return fmt.Errorf("decode upgrade response: %w", err)
+	}
+	if r.PID != 0 {
+		s.track(r.PID)
+	}
+	if r.Outcome != "committed" {
+		return fmt.Errorf("%s: %s", r.Outcome, r.Error)
+	}
+	return nil
+}
+
+// upgradeHUP signals the serving process and waits until the pidfile names
+// its successor (written once the successor passed probation).
+func (s *server) upgradeHUP() error {
+	old, err := s.currentPID()
+	if err != nil {
+		return err
+	}
+	if err := syscall.Kill(old, syscall.SIGHUP); err != nil {
+		return fmt.Errorf("SIGHUP %d: %w", old, err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if pid, err := s.currentPID(); err == nil && pid != old {
+			s.track(pid)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pidfile still names %d 2m after SIGHUP", old)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// readyTimes reads the ready times of committed upgrades from the results
+// file the server processes append to.
+func (s *server) readyTimes() ([]float64, error) {
+	f, err := os.Open(s.results)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var ms []float64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r struct {
+			Outcome string  `json:"outcome"`
+			ReadyMS float64 `json:"ready_ms"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return nil, fmt.Errorf("results file: %w", err)
+		}
+		if r.Outcome == "committed" {
+			ms = append(ms, r.ReadyMS)
+		}
+	}
+	return ms, sc.Err()
+}
+
+func percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	i := int(float64(len(s)-1) * p / 100)
+	return s[i]
+}
+
+var (
+	wrkRequests = regexp.MustCompile(`(\d+) requests in`)
+	wrkSocket   = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+	wrkNon2xx   = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
+)
+
+// runWrk runs wrk -t2 -c64 for long enough to cover cfg.wrkUpgrades upgrades.
+func (s *server) runWrk(cfg config, wrk string) (requests, errs int64, ok, failed int, err error) {
+	dur := 3*time.Second + time.Duration(cfg.wrkUpgrades)*(cfg.probation+cfg.interval+100*time.Millisecond)
+	secs := int(dur.Seconds()) + 1
+	fmt.Fprintf(os.Stderr, "wrk: -t2 -c64 -d%ds during %d upgrades\n", secs, cfg.wrkUpgrades)
+	var out strings.Builder
+	cmd := exec.Command(wrk, "-t2", "-c64", fmt.Sprintf("-d%ds", secs), "http://"+s.addr+"/")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return 0, 0, 0, 0, err
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	time.Sleep(time.Second)
+	ok, failed = s.upgradeN(cfg, cfg.wrkUpgrades, done)
+	select {
+	case <-done:
+	case <-time.After(dur + 30*time.Second):
+		cmd.Process.Kill()
+		<-done
+		return 0, 0, ok, failed, errors.New("wrk did not finish")
+	}
+	text := out.String()
+	fmt.Fprint(os.Stderr, text)
+	if m := wrkRequests.FindStringSubmatch(text); m != nil {
+		requests, _ = strconv.ParseInt(m[1], 10, 64)
+	}
+	if m := wrkSocket.FindStringSubmatch(text); m != nil {
+		for _, s := range m[1:] {
+			n, _ := strconv.ParseInt(s, 10, 64)
+			errs += n
+		}
+	}
+	if m := wrkNon2xx.FindStringSubmatch(text); m != nil {
+		n, _ := strconv.ParseInt(m[1], 10, 64)
+		errs += n
+	}
+	return requests, errs, ok, failed, nil
+}
+
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(b)
+}
+
+// load is the strict, non-retrying HTTP/1.1 load generator.
+type load struct {
+	requests, failed atomic.Int64
+	quit             chan struct{}
+	wg               sync.WaitGroup
+	mu               sync.Mutex // protects errs
+	errs             map[string]int
+}
+
+func startLoad(addr string, keepAlive bool, workers int, maxRequests int64) *load {
+	l := &load{quit: make(chan struct{}), errs: map[string]int{}}
+	req := []byte("GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+	if !keepAlive {
+		req = []byte("GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+	}
+	for range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			var conn net.Conn
+			var br *bufio.Reader
+			defer func() {
+				if conn != nil {
+					conn.Close()
+				}
+			}()
+			for {
+				select {
+				case <-l.quit:
+					return
+				default:
+				}
+				if l.requests.Add(1) > maxRequests {
+					l.requests.Add(-1)
+					return
+				}
+				if conn == nil {
+					c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+					if err != nil {
+						l.fail("dial", err)
+						continue
+					}
+					conn, br = c, bufio.NewReader(c)
+				}
+				closeAfter, err := roundTrip(conn, br, req)
+				if err != nil {
+					l.fail("request", err)
+					conn.Close()
+					conn = nil
+					continue
+				}
+				if closeAfter || !keepAlive {
+					conn.Close()
+					conn = nil
+				}
+			}
+		}()
+	}
+	return l
+}
+
+// roundTrip sends one request and reads the complete response. Any
+// deviation is an error; it reports whether the server asked to close.
+func roundTrip(conn net.Conn, br *bufio.Reader, req []byte) (closeAfter bool, err error) {
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write(req); err != nil {
+		return false, err
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return false, err
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return false, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return false, fmt.Errorf("status %s", resp.Status)
+	}
+	if resp.ContentLength >= 0 && n != resp.ContentLength {
+		return false, fmt.Errorf("short body: %d of %d bytes", n, resp.ContentLength)
+	}
+	return resp.Close, nil
+}
+
+var addrPort = regexp.MustCompile(`\d+\.\d+\.\d+\.\d+:\d+`)
+
+func (l *load) fail(stage string, err error) {
+	l.failed.Add(1)
+	key := stage + ": " + addrPort.ReplaceAllString(err.Error(), "ADDR")
+	l.mu.Lock()
+	l.errs[key]++
+	l.mu.Unlock()
+}
+
+func (l *load) stop(timeout time.Duration) (modeResult, error) {
+	close(l.quit)
+	done := make(chan struct{})
+	go func() { l.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		return modeResult{}, fmt.Errorf("load did not stop within %v", timeout)
+	}
+	return modeResult{Requests: l.requests.Load(), Failed: l.failed.Load()}, nil
+}
+
+func (l *load) printErrors() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, n := range l.errs {
+		fmt.Fprintf(os.Stderr, "  %6d × %s\n", n, k)
+	}
+}
