@@ -1,0 +1,123 @@
+// Package guestbuild compiles Go guest modules of this repository to
+// WebAssembly, for tests, benchmarks and the demo.
+package guestbuild
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+)
+
+// Command returns the build command for a guest package, as documented for
+// guest authors.
+func Command(ctx context.Context, dir, pkg, out string, ldflags string) *exec.Cmd {
+	args := []string{"build", "-buildmode=c-shared", "-o", out}
+	if ldflags != "" {
+		args = append(args, "-ldflags="+ldflags)
+	}
+	cmd := exec.CommandContext(ctx, goTool(), append(args, pkg)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
+	return cmd
+}
+
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return filepath.Join(runtime.GOROOT(), "bin", "go")
+}
+
+// Root returns the repository root: the directory holding go.mod above this
+// source file, or above the working directory.
+func Root() (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if ok {
+		if root, err := findMod(filepath.Dir(file)); err == nil {
+			return root, nil
+		}
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	return findMod(wd)
+}
+
+func findMod(dir string) (string, error) {
+	for {
+		if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.Contains(data, []byte("module github.com/hotswapgo/hotswap\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("the hotswap source tree (go.mod) was not found; run from inside the repository")
+		}
+		dir = parent
+	}
+}
+
+var mu sync.Mutex // serializes builds into the shared cache directory
+
+// Build compiles the guest package pkg (a path relative to the repository
+// root, e.g. "./examples/pricing/guests/v1") with ldflags, caching the result
+// under cacheDir by a digest of the sources, and returns the module's path.
+func Build(ctx context.Context, cacheDir, pkg, ldflags string) (string, error) {
+	root, err := Root()
+	if err != nil {
+		return "", err
+	}
+	key, err := sourceKey(root, pkg, ldflags)
+	if err != nil {
+		return "", err
+	}
+	name := strings.Trim(strings.ReplaceAll(pkg, "/", "_"), "._")
+	out := filepath.Join(cacheDir, name+"-"+key[:16]+".wasm")
+	mu.Lock()
+	defer mu.Unlock()
+	if _, err := os.Stat(out); err == nil {
+		return out, nil
+	}
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		return "", err
+	}
+	tmp := out + ".tmp"
+	cmd := Command(ctx, root, pkg, tmp, ldflags)
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build guest %s: %v\n%s", pkg, err, msg)
+	}
+	return out, os.Rename(tmp, out)
+}
+
+// sourceKey digests everything a guest build depends on in this repository:
+// the guest package, the SDK, go.mod and the flags.
+func sourceKey(root, pkg, ldflags string) (string, error) {
+	h := sha256.New()
+	fmt.Fprintln(h, runtime.Version(), pkg, ldflags)
+	for _, dir := range []string{filepath.Join(root, pkg), filepath.Join(root, "guest")} {
+		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") {
+				return err
+			}
+			data, err := os.ReadFile(path)
+			fmt.Fprintln(h, path, len(data))
+			h.Write(data)
+			return err
+		})
+		if err != nil {
+			return "", err
+		}
+	}
+	mod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	h.Write(mod)
+	return hex.EncodeToString(h.Sum(nil)), err
+}

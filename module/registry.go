@@ -1,0 +1,342 @@
+package module
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultDrainTimeout bounds how long a retired version may keep finishing
+// its calls before it is closed under them.
+const DefaultDrainTimeout = 30 * time.Second
+
+// Options configures a Registry. The zero value of each field means its
+// default; Backend is required.
+type Options struct {
+	// Backend prepares versions. Required. The registry owns it from now on.
+	Backend Backend
+	// Logger receives one line per load, swap, rollback and refusal.
+	// Defaults to discarding.
+	Logger *slog.Logger
+	// DrainTimeout bounds the drain of a retired version; calls still
+	// running then fail with ErrDrained and are counted. Defaults to
+	// DefaultDrainTimeout (30s).
+	DrainTimeout time.Duration
+	// Audit, when set, is told of every change. For an activation
+	// (ActionLoad, ActionRollback) it is called before the switch with
+	// Result "pending": an error refuses the change, so nothing unaudited
+	// serves. It is called again for the outcome, and for every refusal.
+	Audit func(context.Context, Event) error
+}
+
+// Source is one version's artifact.
+type Source struct {
+	// Version names the version, e.g. "v2" or "1.4.0". Required.
+	Version string
+	// Artifact is the payload, already verified (see package artifact).
+	Artifact []byte
+	// Digest is the artifact's hex sha256; computed when empty.
+	Digest string
+}
+
+// Registry holds named modules and their versions. Every new call goes to a
+// module's active version; a call keeps the version it started on for its
+// whole duration; at most one load or rollback per module runs at a time;
+// the previous version stays warm for rollback; a version that failed a
+// check never serves.
+//
+// A Registry is safe for concurrent use.
+type Registry struct {
+	backend      Backend
+	log          *slog.Logger
+	drainTimeout time.Duration
+	audit        func(context.Context, Event) error
+
+	mu      sync.Mutex // protects modules, closed; writers publish lookup
+	modules map[string]*Module
+	closed  bool
+	// lookup is an immutable copy of modules for lock-free reads.
+	lookup atomic.Pointer[map[string]*Module]
+
+	drains sync.WaitGroup // one per retired version not yet closed
+}
+
+// New returns a Registry that prepares versions with opts.Backend.
+func New(opts Options) (*Registry, error) {
+	if opts.Backend == nil {
+		return nil, errors.New("module: Options.Backend is required")
+	}
+	if opts.DrainTimeout < 0 {
+		return nil, fmt.Errorf("module: negative DrainTimeout %v", opts.DrainTimeout)
+	}
+	r := &Registry{
+		backend:      opts.Backend,
+		log:          opts.Logger,
+		drainTimeout: cmp(opts.DrainTimeout, DefaultDrainTimeout),
+		audit:        opts.Audit,
+		modules:      make(map[string]*Module),
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	r.lookup.Store(&map[string]*Module{})
+	return r, nil
+}
+
+func cmp[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// Module returns the handle of the named module, creating an empty entry if
+// it has never been loaded. Holding the handle saves a lookup per call.
+func (r *Registry) Module(name string) *Module {
+	if m := (*r.lookup.Load())[name]; m != nil {
+		return m
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if m := r.modules[name]; m != nil {
+		return m
+	}
+	m := &Module{name: name, reg: r, state: NewKV()}
+	r.modules[name] = m
+	next := make(map[string]*Module, len(r.modules))
+	for k, v := range r.modules {
+		next[k] = v
+	}
+	r.lookup.Store(&next)
+	return m
+}
+
+// Call runs handler of the named module's active version.
+func (r *Registry) Call(ctx context.Context, module, handler string, in []byte) ([]byte, error) {
+	return r.Module(module).Call(ctx, handler, in)
+}
+
+// Load prepares src as the next version of the named module and, if every
+// check passes, makes it active. The version that was active stays warm as
+// the previous version; the one before that drains and closes. If any check
+// fails, Load returns a *LoadError (matching ErrRejected) and nothing
+// changes. A concurrent Load or Rollback of the same module fails with
+// ErrBusy. Cancelling ctx aborts the preparation.
+func (r *Registry) Load(ctx context.Context, name string, src Source) (VersionStatus, error) {
+	if src.Version == "" {
+		return VersionStatus{}, fmt.Errorf("load %s: Source.Version is empty", name)
+	}
+	if src.Digest == "" {
+		sum := sha256.Sum256(src.Artifact)
+		src.Digest = hex.EncodeToString(sum[:])
+	}
+	if r.isClosed() {
+		return VersionStatus{}, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrClosed)
+	}
+	m := r.Module(name)
+	if !m.busy.CompareAndSwap(false, true) {
+		return VersionStatus{}, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrBusy)
+	}
+	defer m.busy.Store(false)
+
+	start := time.Now()
+	cur := m.active.Load()
+	ev := Event{Action: ActionLoad, Module: name, ToVersion: src.Version, ToDigest: src.Digest}
+	warm := 0
+	if cur != nil {
+		ev.FromVersion, ev.FromDigest = cur.name, cur.digest
+		warm = cur.code.Stats().Instances
+	}
+	code, err := r.backend.Prepare(ctx, Spec{Module: name, Version: src.Version, Artifact: src.Artifact, State: m.state, Warm: warm})
+	if err != nil {
+		return VersionStatus{}, r.refuse(ctx, ev, loadError(name, src.Version, "prepare", err))
+	}
+	if err := code.Migrate(ctx, ev.FromVersion); err != nil {
+		code.Close(ctx)
+		return VersionStatus{}, r.refuse(ctx, ev, loadError(name, src.Version, "migrate", err))
+	}
+	if err := r.record(ctx, ev, ResultPending, nil); err != nil {
+		code.Close(ctx)
+		return VersionStatus{}, r.refuse(ctx, ev, loadError(name, src.Version, "audit", err))
+	}
+	v := newVersion(m, src.Version, src.Digest, code)
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		code.Close(ctx)
+		return VersionStatus{}, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrClosed)
+	}
+	// Holding r.mu orders this switch before Close's sweep of actives.
+	m.activate(v)
+	r.mu.Unlock()
+	r.record(ctx, ev, ResultOK, nil)
+	r.log.Info("module version active", "module", name, "version", src.Version, "from", ev.FromVersion,
+		"digest", src.Digest, "took", time.Since(start))
+	return *v.status(), nil
+}
+
+// Rollback makes the previous version of the named module active again, at
+// once: it is still warm. The version rolled back from drains and closes.
+func (r *Registry) Rollback(ctx context.Context, name string) (VersionStatus, error) {
+	if r.isClosed() {
+		return VersionStatus{}, fmt.Errorf("rollback %s: %w", name, ErrClosed)
+	}
+	m := r.Module(name)
+	if !m.busy.CompareAndSwap(false, true) {
+		return VersionStatus{}, fmt.Errorf("rollback %s: %w", name, ErrBusy)
+	}
+	defer m.busy.Store(false)
+
+	m.mu.Lock()
+	prev, cur := m.previous, m.active.Load()
+	m.mu.Unlock()
+	ev := Event{Action: ActionRollback, Module: name}
+	if cur != nil {
+		ev.FromVersion, ev.FromDigest = cur.name, cur.digest
+	}
+	if prev == nil {
+		err := fmt.Errorf("rollback %s: %w", name, ErrNoPrevious)
+		if cur == nil {
+			err = fmt.Errorf("rollback %s: %w", name, ErrNotFound)
+		}
+		return VersionStatus{}, r.refuse(ctx, ev, err)
+	}
+	ev.ToVersion, ev.ToDigest = prev.name, prev.digest
+	if err := r.record(ctx, ev, ResultPending, nil); err != nil {
+		return VersionStatus{}, r.refuse(ctx, ev, fmt.Errorf("rollback %s: audit: %w", name, err))
+	}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return VersionStatus{}, fmt.Errorf("rollback %s: %w", name, ErrClosed)
+	}
+	m.mu.Lock()
+	m.active.Store(prev)
+	m.previous = nil
+	m.mu.Unlock()
+	r.mu.Unlock()
+	r.retire(m, cur)
+	r.record(ctx, ev, ResultOK, nil)
+	r.log.Info("module rolled back", "module", name, "version", prev.name, "from", cur.name)
+	return *prev.status(), nil
+}
+
+// Status describes every module, sorted by name.
+func (r *Registry) Status() []Status {
+	mods := *r.lookup.Load()
+	out := make([]Status, 0, len(mods))
+	for _, m := range mods {
+		out = append(out, m.Status())
+	}
+	slices.SortFunc(out, func(a, b Status) int {
+		switch {
+		case a.Name < b.Name:
+			return -1
+		case a.Name > b.Name:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Close stops taking calls and loads, drains every version (bounded by the
+// drain timeout and by ctx) and closes the backend.
+func (r *Registry) Close(ctx context.Context) error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	mods := make([]*Module, 0, len(r.modules))
+	for _, m := range r.modules {
+		mods = append(mods, m)
+	}
+	r.mu.Unlock()
+
+	for _, m := range mods {
+		m.mu.Lock()
+		cur, prev := m.active.Swap(nil), m.previous
+		m.previous = nil
+		m.mu.Unlock()
+		r.retire(m, cur)
+		r.retire(m, prev)
+	}
+	done := make(chan struct{})
+	go func() { r.drains.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("close registry: %w", ctx.Err())
+	}
+	return r.backend.Close(ctx)
+}
+
+func (r *Registry) isClosed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closed
+}
+
+// retire drains v in the background and closes it.
+func (r *Registry) retire(m *Module, v *version) {
+	if v == nil {
+		return
+	}
+	m.mu.Lock()
+	m.draining = append(m.draining, v)
+	m.mu.Unlock()
+	v.retire()
+	r.drains.Add(1)
+	go func() {
+		defer r.drains.Done()
+		t := time.NewTimer(r.drainTimeout)
+		defer t.Stop()
+		select {
+		case <-v.drained:
+		case <-t.C:
+			r.log.Warn("drain deadline passed; closing version under running calls",
+				"module", m.name, "version", v.name, "in_flight", v.inFlight())
+		}
+		if err := v.code.Close(context.Background()); err != nil {
+			r.log.Warn("close version", "module", m.name, "version", v.name, "err", err)
+		}
+		m.mu.Lock()
+		m.draining = slices.DeleteFunc(m.draining, func(d *version) bool { return d == v })
+		m.mu.Unlock()
+	}()
+}
+
+func (r *Registry) refuse(ctx context.Context, ev Event, err error) error {
+	r.record(ctx, ev, ResultRefused, err)
+	r.log.Warn("module change refused", "module", ev.Module, "action", ev.Action, "version", ev.ToVersion, "err", err)
+	return err
+}
+
+func (r *Registry) record(ctx context.Context, ev Event, result string, err error) error {
+	if r.audit == nil {
+		return nil
+	}
+	ev.Result, ev.Err = result, err
+	return r.audit(ctx, ev)
+}
+
+// loadError completes a backend's *LoadError with the module and version,
+// or wraps any other error as one with the given check.
+func loadError(module, version, check string, err error) error {
+	var le *LoadError
+	if errors.As(err, &le) {
+		le.Module, le.Version = module, version
+		return le
+	}
+	return &LoadError{Module: module, Version: version, Check: check, Err: err}
+}

@@ -1,0 +1,30 @@
+package module
+
+import "time"
+
+// Status describes one module.
+type Status struct {
+	Name string `json:"name"`
+	// Active serves new calls; nil before the first successful load.
+	Active *VersionStatus `json:"active"`
+	// Previous is kept warm for an instant rollback.
+	Previous *VersionStatus `json:"previous"`
+	// Draining lists retired versions still finishing calls.
+	Draining []VersionStatus `json:"draining"`
+	// StateKeys is the number of keys in the module's host-kept state.
+	StateKeys int `json:"state_keys"`
+}
+
+// VersionStatus describes one version of a module.
+type VersionStatus struct {
+	Version       string    `json:"version"`
+	Digest        string    `json:"digest"`
+	LoadedAt      time.Time `json:"loaded_at"`
+	InFlight      int64     `json:"in_flight"`
+	Instances     int       `json:"instances"`
+	IdleInstances int       `json:"idle_instances"`
+	MemoryBytes   uint64    `json:"memory_bytes"`
+	Calls         uint64    `json:"calls"`
+	Failures      uint64    `json:"failures"`
+	Discarded     uint64    `json:"discarded_instances"`
+}

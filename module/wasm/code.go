@@ -1,0 +1,141 @@
+package wasm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+
+	"github.com/hotswapgo/hotswap/module"
+)
+
+// code is one prepared version of a module.
+type code struct {
+	host     *moduleHost
+	cfg      *ModuleConfig
+	version  string
+	handlers map[string]uint32
+	names    []string
+	pool     *pool
+	wd       *watchdog       // nil for trusted code
+	bg       context.Context // the context trusted calls run under
+	prepared time.Duration
+	// Compiled modules: serving is what the pool instantiates; guarded is
+	// the runaway-protected one used for validation (the same when the
+	// module is untrusted).
+	serving, guarded wazero.CompiledModule
+
+	mu        sync.Mutex // protects validator
+	validator *instance  // kept from validation until Migrate or Close
+	closeOnce sync.Once
+}
+
+var _ module.Code = (*code)(nil)
+
+func (c *code) AppendCall(ctx context.Context, dst []byte, handler string, in []byte) ([]byte, error) {
+	id, ok := c.handlers[handler]
+	if !ok {
+		return dst, module.Fail(module.ErrNoHandler, fmt.Sprintf("%q (the module has %s)", handler, strings.Join(c.names, ", ")))
+	}
+	if len(in) > c.cfg.MaxInput {
+		return dst, module.Fail(module.ErrTooLarge, fmt.Sprintf("input of %d bytes exceeds MaxInput %d", len(in), c.cfg.MaxInput))
+	}
+	inst, err := c.pool.get(ctx)
+	if err != nil {
+		return dst, err
+	}
+	out, dead, err := inst.do(ctx, c, dst, id, in)
+	c.pool.done(inst, dead, err != nil)
+	return out, err
+}
+
+func (c *code) Migrate(ctx context.Context, from string) error {
+	c.mu.Lock()
+	v := c.validator
+	c.validator = nil
+	c.mu.Unlock()
+	if v == nil {
+		return errors.New("migrate: version already migrated or closed")
+	}
+	err := c.runMigrate(ctx, v, from)
+	switch {
+	case err != nil:
+		v.close()
+		return module.Reject("migrate", err)
+	case c.wd != nil:
+		c.pool.add(v) // the validation instance serves like any other
+	default:
+		v.close()
+	}
+	return nil
+}
+
+func (c *code) runMigrate(ctx context.Context, v *instance, from string) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.InitTimeout)
+	defer cancel()
+	if len(from) > int(v.xcap) {
+		if err := v.growExchange(ctx, len(from)); err != nil {
+			return loadFailure(err)
+		}
+	}
+	v.mem.Write(v.xptr, []byte(from))
+	r, err := v.invoke(ctx, v.mod.ExportedFunction(exportMigrate), uint64(len(from)))
+	if err != nil {
+		return loadFailure(err)
+	}
+	if _, err := v.result(r); err != nil {
+		return fmt.Errorf("%w: %v", module.ErrMigrateFailed, err)
+	}
+	return nil
+}
+
+func (c *code) Stats() module.CodeStats {
+	s := c.pool.stats()
+	return module.CodeStats{
+		Instances:     s.instances,
+		IdleInstances: s.idle,
+		MemoryBytes:   s.memory,
+		Calls:         s.calls,
+		Failures:      s.failures,
+		Discarded:     s.drop,
+		PrepareTime:   c.prepared,
+	}
+}
+
+func (c *code) Close(ctx context.Context) error {
+	c.closeOnce.Do(func() {
+		if c.wd != nil {
+			c.wd.close()
+		}
+		c.mu.Lock()
+		if c.validator != nil {
+			c.validator.close()
+			c.validator = nil
+		}
+		c.mu.Unlock()
+		c.pool.close(true)
+		c.serving.Close(ctx)
+		if c.guarded != c.serving {
+			c.guarded.Close(ctx)
+		}
+	})
+	return nil
+}
+
+// loadFailure turns a call failure during validation into the error a
+// LoadError carries: the sentinel and the diagnostics, without the call
+// framing.
+func loadFailure(err error) error {
+	var ce *module.CallError
+	if errors.As(err, &ce) {
+		if ce.Detail == "" {
+			return ce.Kind
+		}
+		return fmt.Errorf("%w: %s", ce.Kind, ce.Detail)
+	}
+	return err
+}

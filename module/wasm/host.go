@@ -1,0 +1,234 @@
+package wasm
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"github.com/hotswapgo/hotswap/module"
+)
+
+// hostFunc is one host function and the capability that grants it.
+type hostFunc struct {
+	name    string
+	cap     Capability // "" means always granted
+	params  []api.ValueType
+	results []api.ValueType
+	fn      func(*moduleHost, context.Context, api.Module, []uint64)
+}
+
+var hostFuncs = []hostFunc{
+	{"log", "", []api.ValueType{i32, i32, i32}, nil, (*moduleHost).hostLog},
+	{"kv_get", CapKV, []api.ValueType{i32, i32, i32, i32}, []api.ValueType{i64}, (*moduleHost).kvGet},
+	{"kv_set", CapKV, []api.ValueType{i32, i32, i32, i32}, nil, (*moduleHost).kvSet},
+	{"kv_delete", CapKV, []api.ValueType{i32, i32}, nil, (*moduleHost).kvDelete},
+	{"kv_add", CapKV, []api.ValueType{i32, i32, i64}, []api.ValueType{i64}, (*moduleHost).kvAdd},
+}
+
+// moduleHost is what one named module runs in: its runtimes, bound to its
+// configuration and state. Versions of the module share it, so compiled
+// code and host state outlive any one version.
+type moduleHost struct {
+	name  string
+	cfg   ModuleConfig
+	state *module.KV
+	log   *slog.Logger
+
+	// guarded has runaway protection; it runs every initialization,
+	// self-test and migrate hook, and serves calls unless cfg.Trusted.
+	guarded wazero.Runtime
+	// fast has none; it serves calls when cfg.Trusted, else it is nil.
+	fast wazero.Runtime
+}
+
+func newModuleHost(ctx context.Context, name string, cfg ModuleConfig, state *module.KV, cache wazero.CompilationCache, log *slog.Logger) (*moduleHost, error) {
+	h := &moduleHost{name: name, cfg: cfg, state: state, log: log.With("module", name)}
+	var err error
+	if h.guarded, err = h.newRuntime(ctx, cache, true); err != nil {
+		return nil, err
+	}
+	if cfg.Trusted {
+		if h.fast, err = h.newRuntime(ctx, cache, false); err != nil {
+			h.guarded.Close(ctx)
+			return nil, err
+		}
+	}
+	return h, nil
+}
+
+func (h *moduleHost) newRuntime(ctx context.Context, cache wazero.CompilationCache, guarded bool) (wazero.Runtime, error) {
+	cfg := wazero.NewRuntimeConfigCompiler().
+		WithCompilationCache(cache).
+		WithCloseOnContextDone(guarded).
+		WithMemoryLimitPages(uint32(h.cfg.MemoryLimit >> 16))
+	r := wazero.NewRuntimeWithConfig(ctx, cfg)
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, r); err != nil {
+		r.Close(ctx)
+		return nil, fmt.Errorf("instantiate WASI: %w", err)
+	}
+	b := r.NewHostModuleBuilder(hostModule)
+	for _, f := range hostFuncs {
+		if f.cap == "" || h.cfg.granted(f.cap) {
+			fn := f.fn
+			bound := func(ctx context.Context, m api.Module, s []uint64) { fn(h, ctx, m, s) }
+			b.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(bound), f.params, f.results).Export(f.name)
+		}
+	}
+	if _, err := b.Instantiate(ctx); err != nil {
+		r.Close(ctx)
+		return nil, fmt.Errorf("instantiate host module: %w", err)
+	}
+	return r, nil
+}
+
+// instanceConfig grants the WASI side of the module's capabilities: no
+// files, no environment, no arguments; real clocks and randomness only when
+// granted.
+func (h *moduleHost) instanceConfig(out io.Writer) wazero.ModuleConfig {
+	c := wazero.NewModuleConfig().
+		WithName("").
+		WithStartFunctions(). // _initialize runs under a deadline in newInstance
+		WithStdout(out).
+		WithStderr(out)
+	if h.cfg.granted(CapClock) {
+		c = c.WithSysWalltime().WithSysNanotime().WithSysNanosleep()
+	}
+	if h.cfg.granted(CapRandom) {
+		c = c.WithRandSource(rand.Reader)
+	}
+	return c
+}
+
+// checkImports refuses a module that imports what it was not granted.
+func (h *moduleHost) checkImports(cm wazero.CompiledModule) error {
+	for _, def := range cm.ImportedFunctions() {
+		mod, name, _ := def.Import()
+		switch mod {
+		case wasi_snapshot_preview1.ModuleName:
+			continue
+		case hostModule:
+			f, ok := lookupHostFunc(name)
+			if !ok {
+				return module.Reject("capabilities", fmt.Errorf("%w: imports %s.%s, which this host does not provide", module.ErrCapabilityDenied, mod, name))
+			}
+			if f.cap != "" && !h.cfg.granted(f.cap) {
+				return module.Reject("capabilities", fmt.Errorf("%w: imports %s.%s, which needs capability %q", module.ErrCapabilityDenied, mod, name, f.cap))
+			}
+			if !sameTypes(def.ParamTypes(), f.params) || !sameTypes(def.ResultTypes(), f.results) {
+				return module.Reject("capabilities", fmt.Errorf("%w: import %s.%s has type %s, want %s", module.ErrMissingExport, mod, name,
+					formatSig(def.ParamTypes(), def.ResultTypes()), formatSig(f.params, f.results)))
+			}
+		default:
+			return module.Reject("capabilities", fmt.Errorf("%w: imports %s.%s; only %s and %s are provided", module.ErrCapabilityDenied,
+				mod, name, hostModule, wasi_snapshot_preview1.ModuleName))
+		}
+	}
+	return nil
+}
+
+func lookupHostFunc(name string) (hostFunc, bool) {
+	for _, f := range hostFuncs {
+		if f.name == name {
+			return f, true
+		}
+	}
+	return hostFunc{}, false
+}
+
+func (h *moduleHost) close(ctx context.Context) {
+	h.guarded.Close(ctx)
+	if h.fast != nil {
+		h.fast.Close(ctx)
+	}
+}
+
+// Host functions. A bad pointer from the guest traps the call, as a wasm
+// out-of-bounds access would.
+
+func read(m api.Module, ptr, n uint64) []byte {
+	b, ok := m.Memory().Read(uint32(ptr), uint32(n))
+	if !ok {
+		panic(fmt.Errorf("host function read out of bounds: %d+%d", uint32(ptr), uint32(n)))
+	}
+	return b
+}
+
+func (h *moduleHost) hostLog(ctx context.Context, m api.Module, s []uint64) {
+	msg := read(m, s[1], s[2])
+	h.log.Log(ctx, slog.Level(int32(s[0])), strings.TrimRight(string(msg), "\n"), "source", "guest")
+}
+
+func (h *moduleHost) kvGet(_ context.Context, m api.Module, s []uint64) {
+	key := read(m, s[0], s[1])
+	v, ok := h.state.Get(string(key))
+	if !ok {
+		s[0] = api.EncodeI64(-1)
+		return
+	}
+	if len(v) <= int(uint32(s[3])) && !m.Memory().Write(uint32(s[2]), v) {
+		panic(fmt.Errorf("kv_get: value buffer out of bounds"))
+	}
+	s[0] = api.EncodeI64(int64(len(v)))
+}
+
+func (h *moduleHost) kvSet(_ context.Context, m api.Module, s []uint64) {
+	h.state.Set(string(read(m, s[0], s[1])), read(m, s[2], s[3]))
+}
+
+func (h *moduleHost) kvDelete(_ context.Context, m api.Module, s []uint64) {
+	h.state.Delete(string(read(m, s[0], s[1])))
+}
+
+func (h *moduleHost) kvAdd(_ context.Context, m api.Module, s []uint64) {
+	n := h.state.Add(string(read(m, s[0], s[1])), int64(s[2]))
+	s[0] = api.EncodeI64(n)
+}
+
+// tail keeps the last bytes a guest wrote to stdout and stderr, for the
+// diagnostics of a trap.
+type tail struct {
+	mu  sync.Mutex // protects buf
+	buf []byte
+}
+
+const tailSize = 4 << 10
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - tailSize; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+// summary returns the guest's last panic or fatal error message, or the
+// last lines it wrote.
+func (t *tail) summary() string {
+	t.mu.Lock()
+	s := string(t.buf)
+	t.mu.Unlock()
+	for _, marker := range []string{"panic: ", "fatal error: "} {
+		if i := strings.LastIndex(s, marker); i >= 0 {
+			msg := s[i:]
+			if j := strings.Index(msg, "\n\n"); j >= 0 {
+				msg = msg[:j]
+			}
+			return strings.TrimSpace(msg)
+		}
+	}
+	s = strings.TrimSpace(s)
+	if len(s) > 512 {
+		s = "…" + s[len(s)-512:]
+	}
+	return s
+}

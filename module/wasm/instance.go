@@ -1,0 +1,220 @@
+package wasm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/sys"
+
+	"github.com/hotswapgo/hotswap/module"
+)
+
+// Exit codes the host closes an instance with, told apart from a guest's own
+// exit when a call fails.
+const (
+	exitWatchdog uint32 = 0xeffffff0 + iota // call ran past CallTimeout
+	exitDrained                             // version closed under the call
+)
+
+// initialExchange is the exchange buffer size requested from a new instance.
+const initialExchange = 16 << 10
+
+// instance is one instantiated module. It runs one call at a time: a call
+// owns it from pool.get until pool.done.
+type instance struct {
+	mod      api.Module
+	mem      api.Memory
+	call     api.Function
+	exchange api.Function
+	yield    api.Function
+	out      *tail
+
+	// Owned by the call that holds the instance.
+	xptr, xcap uint32   // exchange buffer in guest memory
+	stack      []uint64 // CallWithStack's parameters and results
+	sinceYield int      // calls since the last maintenance yield
+	memMark    uint32   // memory size at the last maintenance yield
+
+	// memBytes mirrors the memory size for Stats, which runs concurrently.
+	memBytes atomic.Uint64
+	// started is the watchdog tick at which the running call started, 0
+	// when idle, or killed once the watchdog closed the instance. Only a
+	// CompareAndSwap from the value it stored ends a call, so the watchdog
+	// can never close an instance for the wrong call.
+	started atomic.Int64
+}
+
+const killed = -1
+
+// newInstance instantiates cm and runs its initialization under a deadline.
+func newInstance(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazero.CompiledModule) (*instance, error) {
+	out := &tail{}
+	mod, err := rt.InstantiateModule(ctx, cm, h.instanceConfig(out))
+	if err != nil {
+		return nil, fmt.Errorf("instantiate: %w", err)
+	}
+	inst := &instance{
+		mod:      mod,
+		mem:      mod.Memory(),
+		call:     mod.ExportedFunction(exportCall),
+		exchange: mod.ExportedFunction(exportExchange),
+		yield:    mod.ExportedFunction(exportYield),
+		out:      out,
+		stack:    make([]uint64, 2),
+	}
+	if inst.mem == nil {
+		mod.Close(ctx)
+		return nil, fmt.Errorf("%w: the module exports no memory", module.ErrMissingExport)
+	}
+	if _, err := inst.invoke(ctx, mod.ExportedFunction(exportInit)); err != nil {
+		inst.close()
+		return nil, err
+	}
+	if err := inst.growExchange(ctx, initialExchange); err != nil {
+		inst.close()
+		return nil, err
+	}
+	inst.memMark = inst.mem.Size()
+	inst.memBytes.Store(uint64(inst.memMark))
+	return inst, nil
+}
+
+// invoke calls a parameterless export, translating failures.
+func (inst *instance) invoke(ctx context.Context, fn api.Function, params ...uint64) (uint64, error) {
+	stack := make([]uint64, max(len(params), 1))
+	copy(stack, params)
+	if err := fn.CallWithStack(ctx, stack); err != nil {
+		return 0, inst.failure(ctx, err)
+	}
+	return stack[0], nil
+}
+
+// result reads a packed result; status error becomes err with the text.
+func (inst *instance) result(r uint64) ([]byte, error) {
+	addr, status, n := unpack(r)
+	b, ok := inst.mem.Read(addr, n)
+	if !ok {
+		return nil, fmt.Errorf("%w: result %d+%d is outside guest memory", module.ErrTrapped, addr, n)
+	}
+	if status != statusOK {
+		return nil, errors.New(string(b))
+	}
+	return b, nil
+}
+
+func (inst *instance) growExchange(ctx context.Context, n int) error {
+	r, err := inst.invoke(ctx, inst.exchange, uint64(n))
+	if err != nil {
+		return err
+	}
+	inst.xptr, inst.xcap = uint32(r), uint32(n)
+	return nil
+}
+
+// failure classifies an error from a guest call into a call sentinel with
+// diagnostics. Every such failure leaves the instance unusable.
+func (inst *instance) failure(ctx context.Context, err error) error {
+	var exit *sys.ExitError
+	if errors.As(err, &exit) {
+		switch exit.ExitCode() {
+		case exitWatchdog:
+			return module.Fail(module.ErrTimeout, "stopped by the watchdog")
+		case sys.ExitCodeDeadlineExceeded:
+			return module.Fail(module.ErrTimeout, context.DeadlineExceeded.Error())
+		case sys.ExitCodeContextCanceled:
+			return module.Fail(context.Canceled, "the caller cancelled the call")
+		case exitDrained:
+			return module.Fail(module.ErrDrained, "")
+		}
+	}
+	detail := inst.out.summary()
+	if strings.Contains(detail, "out of memory") {
+		return module.Fail(module.ErrMemoryLimit, detail)
+	}
+	if detail == "" {
+		detail = err.Error()
+	} else {
+		detail = firstLine(err.Error()) + ": " + detail
+	}
+	return module.Fail(module.ErrTrapped, detail)
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// do runs one call; it appends the output to dst. dead reports that the
+// instance must be discarded.
+func (inst *instance) do(ctx context.Context, c *code, dst []byte, id uint32, in []byte) (out []byte, dead bool, err error) {
+	if len(in) > int(inst.xcap) {
+		if err := inst.growExchange(ctx, len(in)); err != nil {
+			return dst, true, err
+		}
+	}
+	if !inst.mem.Write(inst.xptr, in) {
+		return dst, true, module.Fail(module.ErrTrapped, "exchange buffer outside guest memory")
+	}
+	inst.stack[0], inst.stack[1] = uint64(id), uint64(len(in))
+
+	var tick int64
+	if c.wd != nil {
+		tick = c.wd.tick.Load()
+		inst.started.Store(tick)
+	} else if done := ctx.Done(); done != nil {
+		// Trusted code cannot be stopped once running; refuse to start
+		// it for a caller that already gave up.
+		select {
+		case <-done:
+			return dst, false, module.Fail(ctx.Err(), "")
+		default:
+		}
+		ctx = c.bg
+	}
+	callErr := inst.call.CallWithStack(ctx, inst.stack)
+	if c.wd != nil && !inst.started.CompareAndSwap(tick, 0) {
+		dead = true // the watchdog closed the instance
+	}
+	if callErr != nil {
+		return dst, true, inst.failure(ctx, callErr)
+	}
+
+	addr, status, n := unpack(inst.stack[0])
+	if int(n) > c.cfg.MaxOutput {
+		return dst, dead, module.Fail(module.ErrTooLarge, fmt.Sprintf("output of %d bytes exceeds MaxOutput %d", n, c.cfg.MaxOutput))
+	}
+	b, ok := inst.mem.Read(addr, n)
+	if !ok {
+		return dst, true, module.Fail(module.ErrTrapped, fmt.Sprintf("output %d+%d is outside guest memory", addr, n))
+	}
+	if status != statusOK {
+		return dst, dead, module.Fail(module.ErrGuest, string(b))
+	}
+	return append(dst, b...), dead, nil
+}
+
+// maintain yields to the guest runtime so its garbage collector can finish;
+// a full collection when memory grew since the last time.
+func (inst *instance) maintain(ctx context.Context) error {
+	size := inst.mem.Size()
+	full := uint64(0)
+	if size > inst.memMark {
+		full = 1
+	}
+	if _, err := inst.invoke(ctx, inst.yield, full); err != nil {
+		return err
+	}
+	inst.sinceYield = 0
+	inst.memMark = inst.mem.Size()
+	inst.memBytes.Store(uint64(inst.memMark))
+	return nil
+}
+
+func (inst *instance) close() { inst.mod.CloseWithExitCode(context.Background(), exitDrained) }

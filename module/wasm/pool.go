@@ -1,0 +1,299 @@
+package wasm
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/tetratelabs/wazero"
+
+	"github.com/hotswapgo/hotswap/module"
+)
+
+// pool keeps the instances of one version. An instance runs one call at a
+// time, so a call takes one from the pool and gives it back when done. When
+// none is idle, the call waits for the first one to come back or be created;
+// instances are created in the background, never on a call's own stack.
+type pool struct {
+	host *moduleHost
+	rt   wazero.Runtime
+	cm   wazero.CompiledModule
+	cfg  *ModuleConfig
+
+	mu       sync.Mutex // protects every field below
+	idle     []*instance
+	all      map[*instance]struct{} // live instances: busy, idle or yielding
+	creating int
+	waiters  []chan *instance
+	closed   bool
+	lastErr  error // why the last background creation failed
+	// Counters for Stats.
+	calls, failures, discarded uint64
+
+	wg sync.WaitGroup // background creations and maintenance yields
+}
+
+func newPool(h *moduleHost, rt wazero.Runtime, cm wazero.CompiledModule) *pool {
+	return &pool{host: h, rt: rt, cm: cm, cfg: &h.cfg, all: make(map[*instance]struct{})}
+}
+
+// get returns an idle instance, waiting for one if needed; ctx bounds the
+// wait.
+func (p *pool) get(ctx context.Context) (*instance, error) {
+	p.mu.Lock()
+	if n := len(p.idle); n > 0 {
+		inst := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		return inst, nil
+	}
+	if p.closed {
+		p.mu.Unlock()
+		return nil, module.Fail(module.ErrDrained, "version closed")
+	}
+	ch := make(chan *instance, 1)
+	p.waiters = append(p.waiters, ch)
+	if len(p.all)+p.creating < p.cfg.MaxInstances && p.creating < len(p.waiters) {
+		p.startCreateLocked()
+	}
+	p.mu.Unlock()
+
+	select {
+	case inst := <-ch:
+		if inst == nil {
+			return nil, p.unavailable()
+		}
+		return inst, nil
+	case <-ctx.Done():
+		p.mu.Lock()
+		i := slices.Index(p.waiters, ch)
+		if i >= 0 {
+			p.waiters = slices.Delete(p.waiters, i, i+1)
+		}
+		p.mu.Unlock()
+		if i < 0 { // an instance was handed over as ctx ended: give it back
+			if inst := <-ch; inst != nil {
+				p.release(inst)
+			}
+		}
+		return nil, module.Fail(ctx.Err(), "waiting for an idle instance")
+	}
+}
+
+func (p *pool) unavailable() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return module.Fail(module.ErrDrained, "version closed")
+	}
+	return module.Fail(module.ErrTrapped, fmt.Sprintf("no instance could be created: %v", p.lastErr))
+}
+
+// done takes back inst after a call. dead discards it; otherwise it goes
+// back to the pool, through a maintenance yield when one is due.
+func (p *pool) done(inst *instance, dead, failed bool) {
+	var size uint32
+	if !dead {
+		size = inst.mem.Size()
+		inst.sinceYield++
+	}
+	p.mu.Lock()
+	p.calls++
+	if failed {
+		p.failures++
+	}
+	switch {
+	case dead:
+		p.discardLocked(inst)
+	case p.closed:
+		p.dropLocked(inst)
+	case size > inst.memMark || inst.sinceYield >= p.cfg.MaintainEvery:
+		inst.memBytes.Store(uint64(size))
+		p.wg.Add(1)
+		go p.maintain(inst)
+	default:
+		p.putLocked(inst)
+	}
+	p.mu.Unlock()
+}
+
+// release gives back an instance that served no call.
+func (p *pool) release(inst *instance) {
+	p.mu.Lock()
+	if p.closed {
+		p.dropLocked(inst)
+	} else {
+		p.putLocked(inst)
+	}
+	p.mu.Unlock()
+}
+
+func (p *pool) maintain(inst *instance) {
+	defer p.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.InitTimeout)
+	err := inst.maintain(ctx)
+	cancel()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case err != nil:
+		p.host.log.Warn("garbage-collection yield failed; instance discarded", "err", err)
+		p.discardLocked(inst)
+	case p.closed:
+		p.dropLocked(inst)
+	default:
+		p.putLocked(inst)
+	}
+}
+
+func (p *pool) putLocked(inst *instance) {
+	if len(p.waiters) > 0 {
+		ch := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		ch <- inst
+		return
+	}
+	p.idle = append(p.idle, inst)
+}
+
+// discardLocked drops a broken instance and replaces it if the pool fell
+// below its minimum or calls are waiting.
+func (p *pool) discardLocked(inst *instance) {
+	p.discarded++
+	p.dropLocked(inst)
+	if !p.closed && len(p.all)+p.creating < max(p.cfg.MinInstances, len(p.waiters)) {
+		p.startCreateLocked()
+	}
+}
+
+func (p *pool) dropLocked(inst *instance) {
+	delete(p.all, inst)
+	inst.close()
+}
+
+func (p *pool) startCreateLocked() {
+	p.creating++
+	p.wg.Add(1)
+	go p.create()
+}
+
+func (p *pool) create() {
+	defer p.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.InitTimeout)
+	inst, err := newInstance(ctx, p.host, p.rt, p.cm)
+	cancel()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.creating--
+	if err != nil {
+		p.lastErr = err
+		p.host.log.Error("create instance", "err", err)
+		// Calls waiting with nobody left to serve them fail now rather
+		// than wait for their deadline.
+		if len(p.all) == 0 && p.creating == 0 {
+			for _, ch := range p.waiters {
+				ch <- nil
+			}
+			p.waiters = nil
+		}
+		return
+	}
+	p.addLocked(inst)
+}
+
+func (p *pool) addLocked(inst *instance) {
+	if p.closed {
+		inst.close()
+		return
+	}
+	p.all[inst] = struct{}{}
+	p.putLocked(inst)
+}
+
+// add puts a ready instance into the pool.
+func (p *pool) add(inst *instance) {
+	p.mu.Lock()
+	p.addLocked(inst)
+	p.mu.Unlock()
+}
+
+// warm creates n instances concurrently, failing if any fails.
+func (p *pool) warm(ctx context.Context, n int) error {
+	if n <= 0 {
+		return nil
+	}
+	errs := make(chan error, n)
+	sem := make(chan struct{}, max(1, min(n, procs())))
+	for range n {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			ictx, cancel := context.WithTimeout(ctx, p.cfg.InitTimeout)
+			inst, err := newInstance(ictx, p.host, p.rt, p.cm)
+			cancel()
+			if err == nil {
+				p.add(inst)
+			}
+			errs <- err
+		}()
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// forEachBusy calls f for every instance currently running a call, under
+// the pool's lock.
+func (p *pool) forEachBusy(f func(*instance)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for inst := range p.all {
+		if inst.started.Load() > 0 {
+			f(inst)
+		}
+	}
+}
+
+// close stops the pool. Idle instances close now; busy ones close when
+// their call returns, or at once if force is set, failing their calls with
+// ErrDrained. It returns once no background work is left.
+func (p *pool) close(force bool) {
+	p.mu.Lock()
+	p.closed = true
+	for _, ch := range p.waiters {
+		ch <- nil
+	}
+	p.waiters = nil
+	for _, inst := range p.idle {
+		p.dropLocked(inst)
+	}
+	p.idle = nil
+	if force {
+		for inst := range p.all {
+			inst.close()
+		}
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+type poolStats struct {
+	instances, idle       int
+	memory                uint64
+	calls, failures, drop uint64
+}
+
+func (p *pool) stats() poolStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := poolStats{instances: len(p.all), idle: len(p.idle), calls: p.calls, failures: p.failures, drop: p.discarded}
+	for inst := range p.all {
+		s.memory += inst.memBytes.Load()
+	}
+	return s
+}
