@@ -1,0 +1,103 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hotswapgo/hotswap/artifact"
+)
+
+// stateDirEnv overrides where the CLI keeps keys and trusted keys by default.
+const stateDirEnv = "HOTSWAP_STATE_DIR"
+
+// stateDir returns the CLI's default state directory: $HOTSWAP_STATE_DIR, or
+// hotswap under the user's configuration directory ($XDG_CONFIG_HOME or
+// ~/.config on Linux). Keys live in its keys/ and trusted public keys in its
+// trust/.
+func stateDir() (string, error) {
+	if d := os.Getenv(stateDirEnv); d != "" {
+		return d, nil
+	}
+	cfg, err := os.UserConfigDir()
+	if err != nil {
+		return "", fmt.Errorf("find state directory (set %s): %w", stateDirEnv, err)
+	}
+	return filepath.Join(cfg, "hotswap"), nil
+}
+
+// stateSubdir returns flagValue if set, else the named directory of the
+// default state directory.
+func stateSubdir(flagValue, name string) (string, error) {
+	if flagValue != "" {
+		return flagValue, nil
+	}
+	d, err := stateDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(d, name), nil
+}
+
+// usageArgs marks argument-count errors as usage errors (exit code 2).
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}
+
+func newKeygenCmd() *cobra.Command {
+	var out, trust string
+	cmd := &cobra.Command{
+		Use:   "keygen [--out DIR] [--trust DIR]",
+		Short: "Make an ed25519 signing key",
+		Long: `Make an ed25519 key pair for signing artifacts. The private key is written
+to DIR/ID.key (mode 0600, PEM PKCS #8) and the public key to DIR/ID.pub
+(PEM), where ID is the key id that manifests name their signer by.
+
+DIR defaults to keys/ in the state directory ($` + stateDirEnv + `, else
+hotswap/ in the user configuration directory, e.g. ~/.config/hotswap).
+With --trust, the public key is also copied into that trust directory, so
+"hotswap verify --trust DIR" and services reading DIR accept its signatures.`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, err := stateSubdir(out, "keys")
+			if err != nil {
+				return err
+			}
+			priv, err := artifact.GenerateKey(nil)
+			if err != nil {
+				return err
+			}
+			privPath, pubPath, err := artifact.WriteKeyPair(dir, priv)
+			if err != nil {
+				return err
+			}
+			signer, err := artifact.NewSigner(priv)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "key id:      %s\n", signer.KeyID())
+			fmt.Fprintf(w, "private key: %s (keep it secret)\n", privPath)
+			fmt.Fprintf(w, "public key:  %s\n", pubPath)
+			if trust != "" {
+				p, err := artifact.WritePublicKey(trust, signer.PublicKey())
+				if err != nil {
+					return errors.Join(fmt.Errorf("key pair written, but trusting it failed"), err)
+				}
+				fmt.Fprintf(w, "trusted in:  %s\n", p)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "directory for the key pair (default: keys/ in the state directory)")
+	cmd.Flags().StringVar(&trust, "trust", "", "also copy the public key into this trust directory")
+	return cmd
+}
