@@ -21,8 +21,10 @@
 //
 //	RESULT {"keepalive":{"requests":…,"failed":…},"close":{…},"upgrades":…,"ready_ms_p50":…,…}
 //
-// where upgrades counts committed upgrades and ready_ms_p50 is the median
-// time from the start of an upgrade to the new process saying ready.
+// where upgrades counts the committed upgrades of the two modes (the wrk
+// phase's are in wrk_upgrades) and ready_ms_p50 is the median time from the
+// start of an upgrade to the new process saying ready, over every committed
+// upgrade of the run.
 package main
 
 import (
@@ -167,8 +169,7 @@ func run() error {
 		out["wrk_requests"] = n
 		out["wrk_errors"] = errs
 		out["wrk_upgrades"] = ok
-		upgradesOK += ok
-		upgradesFailed += failed
+		out["wrk_upgrades_failed"] = failed
 	} else if cfg.wrkUpgrades > 0 {
 		fmt.Fprintln(os.Stderr, "wrk not on PATH: skipping the wrk phase")
 	}
