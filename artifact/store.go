@@ -103,18 +103,28 @@ func (s *Store) Dir() string { return s.dir }
 // Put keeps a verified artifact: its payload under its digest and its
 // manifest under its name. Putting a version again marks it newest. Put then
 // prunes the name's oldest versions beyond the retention bound, never the
-// current or the last-known-good one. v must come from a Verifier.
+// current or the last-known-good one. v must come from a Verifier; its
+// payload is hashed again as it is written and refused with
+// ErrDigestMismatch if it changed since.
 // Cancelling ctx before the store is changed aborts Put.
 func (s *Store) Put(ctx context.Context, v *Verified) (Entry, error) {
 	if v == nil || v.raw == nil {
 		return Entry{}, errors.New("put artifact: not produced by a Verifier")
 	}
 	m := v.Manifest
-	tmp, err := s.writeTemp(ctx, bytes.NewReader(v.Payload), m.Size+1)
+	h := sha256.New()
+	tmp, err := s.writeTemp(ctx, io.TeeReader(bytes.NewReader(v.Payload), h), m.Size+1)
 	if err != nil {
 		return Entry{}, fmt.Errorf("put %s %s: %w", m.Name, m.Version, err)
 	}
 	defer os.Remove(tmp) // no-op once renamed
+	// The payload is hashed again as written: a Verified changed since it
+	// was verified is refused, not stored.
+	var got Digest
+	copy(got[:], h.Sum(nil))
+	if err := checkDigest(m.Name, m, got, int64(len(v.Payload))); err != nil {
+		return Entry{}, fmt.Errorf("put %s %s: %w", m.Name, m.Version, err)
+	}
 	return s.commit(ctx, m, v.raw, tmp)
 }
 
@@ -346,6 +356,7 @@ func (s *Store) setPointer(ctx context.Context, name string, d Digest, what stri
 }
 
 // Current returns the version recorded as serving name, or ErrNotFound.
+// Like every read, it waits for a write in progress to finish.
 func (s *Store) Current(name string) (Entry, error) {
 	return s.pointer(name, "current", func(st *nameState) string { return st.Current })
 }
@@ -360,6 +371,11 @@ func (s *Store) pointer(name, what string, field func(*nameState) string) (Entry
 	if !validName(name) {
 		return Entry{}, fmt.Errorf("%s of %s: %w", what, name, ErrNotFound)
 	}
+	unlock, err := s.lock()
+	if err != nil {
+		return Entry{}, fmt.Errorf("%s of %s: %w", what, name, err)
+	}
+	defer unlock()
 	st, err := s.readState(name)
 	if err != nil {
 		return Entry{}, fmt.Errorf("%s of %s: %w", what, name, err)
@@ -378,6 +394,11 @@ func (s *Store) Entries(name string) ([]Entry, error) {
 	if !validName(name) {
 		return nil, nil
 	}
+	unlock, err := s.lock()
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", name, err)
+	}
+	defer unlock()
 	st, err := s.readState(name)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", name, err)

@@ -277,3 +277,65 @@ func TestStoreConcurrentPuts(t *testing.T) {
 		t.Errorf("blobs = %d; want 3", len(blobs))
 	}
 }
+
+func TestStorePutRefusesChangedPayload(t *testing.T) {
+	s := testSigner(t, 1)
+	v := testVerifier(t, artifact.ModeEnforce, s)
+	dir := t.TempDir()
+	st, _ := artifact.OpenStore(dir, artifact.StoreOptions{})
+	p := writeSigned(t, s, t.TempDir(), "m.wasm", []byte("payload"), artifact.Manifest{Version: "1"})
+	vd, err := v.Verify(context.Background(), p, artifact.Expect{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vd.Payload[0] = 'P' // changed after verification
+	if _, err := st.Put(context.Background(), vd); !errors.Is(err, artifact.ErrDigestMismatch) {
+		t.Errorf("Put(changed payload) = %v; want %v", err, artifact.ErrDigestMismatch)
+	}
+	if blobs, _ := os.ReadDir(filepath.Join(dir, "blobs")); len(blobs) != 0 {
+		t.Errorf("blobs = %d after a refused Put; want 0", len(blobs))
+	}
+	if _, err := st.Put(context.Background(), &artifact.Verified{Manifest: vd.Manifest, Payload: vd.Payload}); err == nil {
+		t.Errorf("Put(Verified not from a Verifier) = nil; want an error")
+	}
+}
+
+// TestNoFDLeak runs every path that opens files, refusals included, and
+// checks that no descriptor stays open.
+func TestNoFDLeak(t *testing.T) {
+	if _, err := os.ReadDir("/proc/self/fd"); err != nil {
+		t.Skip("no /proc/self/fd to count descriptors:", err)
+	}
+	ctx := context.Background()
+	s := testSigner(t, 1)
+	v := testVerifier(t, artifact.ModeEnforce, s)
+	st, _ := artifact.OpenStore(t.TempDir(), artifact.StoreOptions{Keep: 1})
+	src := t.TempDir()
+	good := writeSigned(t, s, src, "good", []byte("binary"), artifact.Manifest{Version: "1"})
+	bad := writeSigned(t, s, src, "bad", []byte("binary"), artifact.Manifest{Version: "1"})
+	mustWrite(t, bad, []byte("BINARY"))
+	before := countFDs(t)
+	for range 20 {
+		vd, _ := v.Verify(ctx, good, artifact.Expect{})
+		e, _ := st.Put(ctx, vd)
+		st.SetCurrent(ctx, "good", e.Manifest.Digest)
+		st.Current("good")
+		st.Entries("good")
+		v.VerifyEntry(ctx, e)
+		v.VerifyToStore(ctx, st, good, artifact.Expect{})
+		v.Verify(ctx, bad, artifact.Expect{})
+		v.VerifyToStore(ctx, st, bad, artifact.Expect{})
+	}
+	if after := countFDs(t); after != before {
+		t.Errorf("open descriptors = %d after; want %d as before", after, before)
+	}
+}
+
+func countFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}

@@ -375,3 +375,35 @@ func TestTornLine(t *testing.T) {
 		t.Errorf("Read() = %v; want events 2 and 1", got)
 	}
 }
+
+// TestNoFDLeak opens, writes (with rotations), reads and closes logs, and
+// checks that no descriptor stays open.
+func TestNoFDLeak(t *testing.T) {
+	if _, err := os.ReadDir("/proc/self/fd"); err != nil {
+		t.Skip("no /proc/self/fd to count descriptors:", err)
+	}
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "audit.log")
+	count := func() int { ents, _ := os.ReadDir("/proc/self/fd"); return len(ents) }
+	before := count()
+	for i := range 10 {
+		l, err := Open(path, Options{MaxSize: 512, Keep: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j := range 5 {
+			if err := l.Record(ctx, event("m", i*5+j)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := l.Read(ctx, Filter{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := count(); after != before {
+		t.Errorf("open descriptors = %d after; want %d as before", after, before)
+	}
+}
