@@ -1,9 +1,11 @@
 package upgrade
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -35,9 +37,10 @@ type HTTPOptions struct {
 // process holds the same sockets, so no connection is refused and none
 // waiting in the accept queue is lost. Then:
 //
-//   - A connection with a request in flight finishes it; if the handler has
-//     not yet written the response header, the response carries
-//     "Connection: close" and the server closes the connection after it.
+//   - A connection with a request in flight finishes it; if the handler had
+//     not yet written the response header when the drain began, the
+//     response carries "Connection: close" and the server closes the
+//     connection after it.
 //   - An idle keep-alive connection is left open until its client sends the
 //     next request, which is answered with "Connection: close". It is not
 //     closed: a client may be writing a request at that very moment, and
@@ -109,11 +112,65 @@ func NewHTTPServer(srv *http.Server, opts HTTPOptions) *HTTPServer {
 }
 
 func (s *HTTPServer) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
-		w.Header().Set("Connection", "close")
-	}
-	s.handler.ServeHTTP(w, r)
+	dw := &drainWriter{ResponseWriter: w, draining: &s.draining}
+	s.handler.ServeHTTP(dw, r)
+	// A handler that wrote nothing: net/http writes the header after we
+	// return, so it can still say Connection: close.
+	dw.mark()
 }
+
+// drainWriter adds "Connection: close" to a response whose header is
+// written after the drain began. It is used by one handler goroutine.
+type drainWriter struct {
+	http.ResponseWriter
+	draining *atomic.Bool
+	marked   bool // the header was written (or about to be)
+}
+
+func (w *drainWriter) mark() {
+	if w.marked {
+		return
+	}
+	w.marked = true
+	if w.draining.Load() {
+		w.ResponseWriter.Header().Set("Connection", "close")
+	}
+}
+
+func (w *drainWriter) WriteHeader(code int) {
+	if code >= 200 || code == http.StatusSwitchingProtocols {
+		w.mark() // 1xx informational headers may precede the real one
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *drainWriter) Write(b []byte) (int, error) {
+	w.mark()
+	return w.ResponseWriter.Write(b)
+}
+
+// ReadFrom keeps io.Copy's sendfile path.
+func (w *drainWriter) ReadFrom(r io.Reader) (int64, error) {
+	w.mark()
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(w.ResponseWriter, r)
+}
+
+// Flush implements http.Flusher.
+func (w *drainWriter) Flush() {
+	w.mark()
+	http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// Hijack implements http.Hijacker.
+func (w *drainWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *drainWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (s *HTTPServer) connState(c net.Conn, st http.ConnState) {
 	s.mu.Lock()
