@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -263,21 +264,20 @@ func (sm *SignedManifest) Marshal() ([]byte, error) {
 
 // ParseManifest decodes a manifest file. It is strict: the input must be at
 // most MaxManifestSize bytes (else ErrManifestTooLarge), a single JSON object
-// with exactly the known fields, of format "hotswap-manifest/v1", whose
-// manifest passes Validate (else ErrMalformedManifest). It does not check the
+// with every field Marshal writes, each once, spelled exactly, and no other,
+// of format "hotswap-manifest/v1", whose manifest passes Validate (else
+// ErrMalformedManifest). It does not check the
 // signature; a Verifier does.
 func ParseManifest(data []byte) (*SignedManifest, error) {
 	if len(data) > MaxManifestSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrManifestTooLarge, len(data), MaxManifestSize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	var raw manifestJSON
-	if err := dec.Decode(&raw); err != nil {
+	if err := checkManifestKeys(data); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedManifest, err)
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: data after the manifest object", ErrMalformedManifest)
+	var raw manifestJSON
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformedManifest, err)
 	}
 	if raw.Format != manifestFormat {
 		return nil, fmt.Errorf("%w: format %q, want %q", ErrMalformedManifest, raw.Format, manifestFormat)
@@ -320,6 +320,52 @@ func ParseManifest(data []byte) (*SignedManifest, error) {
 		return nil, err
 	}
 	return sm, nil
+}
+
+// manifestKeys are the fields of a manifest file, all required.
+var manifestKeys = []string{"format", "name", "version", "kind", "sha256", "size", "abi", "key_id", "created", "signature"}
+
+// checkManifestKeys checks that data is one JSON object whose keys are
+// exactly manifestKeys, each once, in the case written: encoding/json alone
+// would accept "NAME" for "name" and let a repeated key silently win.
+func checkManifestKeys(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil {
+		return err
+	} else if tok != json.Delim('{') {
+		return errors.New("not a JSON object")
+	}
+	seen := make(map[string]bool, len(manifestKeys))
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		k, _ := tok.(string) // a key: the decoder yields only strings here
+		switch {
+		case !slices.Contains(manifestKeys, k):
+			return fmt.Errorf("unknown field %q", k)
+		case seen[k]:
+			return fmt.Errorf("field %q repeated", k)
+		}
+		seen[k] = true
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return err
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing '}'
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("data after the manifest object")
+	}
+	for _, k := range manifestKeys {
+		if !seen[k] {
+			return fmt.Errorf("field %q missing", k)
+		}
+	}
+	return nil
 }
 
 // checkSignatureFields checks that a signature and its key id come together

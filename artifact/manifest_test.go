@@ -140,6 +140,9 @@ func TestParseManifestRefuses(t *testing.T) {
 		{"key id without signature", edit(sig, ""), artifact.ErrMalformedManifest},
 		{"short signature", edit(sig, "AAAA"), artifact.ErrMalformedManifest},
 		{"signature not base64", edit(`"signature": "`, `"signature": "!`), artifact.ErrMalformedManifest},
+		{"field in other case", edit(`"name"`, `"NAME"`), artifact.ErrMalformedManifest},
+		{"repeated field", edit(`"name": "pricing"`, `"name": "pricing", "name": "billing"`), artifact.ErrMalformedManifest},
+		{"missing field", edit(`"abi": "1",`, ``), artifact.ErrMalformedManifest},
 		{"size as string", edit(`"size": 7`, `"size": "7"`), artifact.ErrMalformedManifest},
 		{"too large", string(good) + strings.Repeat(" ", artifact.MaxManifestSize), artifact.ErrManifestTooLarge},
 	}
