@@ -122,3 +122,29 @@ func ExampleStore() {
 	fmt.Println(again.Manifest.Name, again.Manifest.Version, err)
 	// Output: pricing 1 <nil>
 }
+
+// A binary is copied into the store while it is verified; exec the store's
+// read-only copy, which cannot change between verification and exec.
+func ExampleVerifier_VerifyToStore() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "artifact-example")
+	defer os.RemoveAll(dir)
+	priv, _ := artifact.GenerateKey(nil)
+	signer, _ := artifact.NewSigner(priv)
+	trust, _ := artifact.NewTrustStore(signer.PublicKey())
+	v, _ := artifact.NewVerifier(trust, artifact.VerifierOptions{})
+	st, _ := artifact.OpenStore(filepath.Join(dir, "store"), artifact.StoreOptions{})
+
+	bin := filepath.Join(dir, "server")
+	os.WriteFile(bin, []byte("#!/bin/sh\necho v2\n"), 0o755)
+	signer.SignFile(ctx, bin, artifact.Manifest{Version: "2"})
+
+	e, err := v.VerifyToStore(ctx, st, bin, artifact.Expect{Kind: artifact.KindBinary})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fi, _ := os.Stat(e.Path)
+	fmt.Println(e.Manifest.Name, e.Manifest.Version, fi.Mode().Perm(), filepath.Base(e.Path) == e.Manifest.Digest.Hex())
+	// Output: server 2 -r-xr-xr-x true
+}
