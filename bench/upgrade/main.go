@@ -17,6 +17,9 @@
 // If wrk is on PATH, a third phase runs wrk -t2 -c64 during -wrk-upgrades
 // upgrades and reports its error count.
 //
+// The example server is built with CGO_ENABLED=0 (a static binary, as
+// services are often deployed); -cgo builds it dynamically linked instead.
+//
 // The last line is
 //
 //	RESULT {"keepalive":{"requests":…,"failed":…},"close":{…},"upgrades":…,"ready_ms_p50":…,…}
@@ -69,6 +72,7 @@ type config struct {
 	maxRequests int64
 	modeTimeout time.Duration
 	keep        bool
+	cgo         bool
 }
 
 type modeResult struct {
@@ -88,6 +92,7 @@ func run() error {
 	flag.Int64Var(&cfg.maxRequests, "max-requests", 5_000_000, "stop a mode's load after this many requests")
 	flag.DurationVar(&cfg.modeTimeout, "mode-timeout", 5*time.Minute, "give up on a mode after this long")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temporary directory (server log, results)")
+	flag.BoolVar(&cfg.cgo, "cgo", false, "build the example server with cgo (dynamically linked); default CGO_ENABLED=0")
 	flag.Parse()
 	switch cfg.trigger {
 	case "hup", "api", "both":
@@ -113,6 +118,11 @@ func run() error {
 	bin := filepath.Join(dir, "upgradable")
 	build := exec.Command("go", "build", "-o", bin, "github.com/hotswapgo/hotswap/examples/upgradable")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if !cfg.cgo {
+		// A static binary starts ~1.5 ms faster (no dynamic loader, no libc
+		// init), which is most of the child's start-up cost at idle.
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	}
 	if err := build.Run(); err != nil {
 		return fmt.Errorf("build example server: %w", err)
 	}
@@ -184,6 +194,7 @@ func run() error {
 	out["ready_ms_p90"] = percentile(ready, 90)
 	out["ready_ms_max"] = percentile(ready, 100)
 	out["probation_ms"] = cfg.probation.Milliseconds()
+	out["cgo"] = cfg.cgo
 
 	b, err := json.Marshal(orderedResult(out))
 	if err != nil {
