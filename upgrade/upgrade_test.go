@@ -91,7 +91,8 @@ func TestChildFailsDuringInit(t *testing.T) {
 
 func TestRollbackDuringProbation(t *testing.T) {
 	results := make(chan Result, 1)
-	p := startParent(t, "die-probation", Options{NoSignals: true, Probation: 5 * time.Second, OnResult: func(r Result) { results <- r }})
+	pidfile := filepath.Join(t.TempDir(), "svc.pid")
+	p := startParent(t, "die-probation", Options{NoSignals: true, Probation: 5 * time.Second, PIDFile: pidfile, OnResult: func(r Result) { results <- r }})
 	l := startLoad(p.addr, 4, 4)
 	time.Sleep(100 * time.Millisecond)
 	start := time.Now()
@@ -107,6 +108,9 @@ func TestRollbackDuringProbation(t *testing.T) {
 	}
 	if r := <-results; r.Outcome != RolledBack {
 		t.Errorf("OnResult got %v; want RolledBack", r.Outcome)
+	}
+	if got := readPIDFile(t, pidfile); got != self {
+		t.Errorf("pidfile after rollback = %s; want %s", got, self)
 	}
 	before := l.requests.Load()
 	time.Sleep(300 * time.Millisecond)
