@@ -467,9 +467,11 @@ func (u *Upgrader) becomeMain() error {
 // error matching ErrUpgradeInProgress. A process started by an upgrade
 // cannot upgrade until its parent's probation ended.
 //
-// Cancelling ctx aborts the upgrade only until the new process is ready
-// (the new process is killed and this process keeps serving). After that,
-// probation runs to its end regardless of ctx; it is bounded by Probation.
+// Cancelling ctx (or calling Close) aborts the upgrade only until the new
+// process is ready: PrepareBinary and Snapshot see the cancellation, the new
+// process is killed and this process keeps serving. After that, probation
+// runs to its end regardless of ctx; it is bounded by Probation (Close ends
+// it early by committing).
 func (u *Upgrader) Upgrade(ctx context.Context) (Result, error) {
 	return u.upgrade(ctx, "call")
 }
@@ -493,7 +495,17 @@ func (u *Upgrader) upgrade(ctx context.Context, trigger string) (Result, error) 
 	u.mu.Unlock()
 	defer u.wg.Done()
 
-	res := u.attempt(ctx, trigger)
+	// Close aborts PrepareBinary and Snapshot too (they get this context).
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-u.closing:
+			cancel()
+		case <-actx.Done():
+		}
+	}()
+	res := u.attempt(actx, trigger)
 
 	u.mu.Lock()
 	u.phase, u.childPID = "", 0
@@ -618,6 +630,11 @@ func (u *Upgrader) attempt(ctx context.Context, trigger string) (res Result) {
 		case <-deadline.C:
 			return fail("init", fmt.Errorf("%w (after %v)", ErrReadyTimeout, u.opts.UpgradeTimeout))
 		case <-ctx.Done():
+			select {
+			case <-u.closing:
+				return fail("init", ErrClosed)
+			default:
+			}
 			return fail("init", ctx.Err())
 		case <-u.closing:
 			return fail("init", ErrClosed)
