@@ -24,7 +24,8 @@ type pool struct {
 	mu       sync.Mutex // protects every field below
 	idle     []*instance
 	all      map[*instance]struct{} // live instances: busy, idle or yielding
-	creating int
+	creating int // instances being created
+	yielding int // instances in a maintenance yield, back soon
 	waiters  []chan *instance
 	closed   bool
 	lastErr  error // why the last background creation failed
@@ -54,7 +55,9 @@ func (p *pool) get(ctx context.Context) (*instance, error) {
 	}
 	ch := make(chan *instance, 1)
 	p.waiters = append(p.waiters, ch)
-	if len(p.all)+p.creating < p.cfg.MaxInstances && p.creating < len(p.waiters) {
+	// Create an instance only for waiters that no instance on its way back
+	// from a yield or a creation will serve.
+	if len(p.all)+p.creating < p.cfg.MaxInstances && p.creating+p.yielding < len(p.waiters) {
 		p.startCreateLocked()
 	}
 	p.mu.Unlock()
@@ -110,6 +113,7 @@ func (p *pool) done(inst *instance, dead, failed bool) {
 		p.dropLocked(inst)
 	case size > inst.memMark || inst.sinceYield >= p.cfg.MaintainEvery:
 		inst.memBytes.Store(uint64(size))
+		p.yielding++
 		p.wg.Add(1)
 		go p.maintain(inst)
 	default:
@@ -136,6 +140,7 @@ func (p *pool) maintain(inst *instance) {
 	cancel()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.yielding--
 	switch {
 	case err != nil:
 		p.host.log.Warn("garbage-collection yield failed; instance discarded", "err", err)

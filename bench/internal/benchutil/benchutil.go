@@ -1,0 +1,47 @@
+// Package benchutil holds what the benchmark programs share: building the
+// test guests, statistics and the RESULT line.
+package benchutil
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/hotswapgo/hotswap/internal/guestbuild"
+)
+
+// Guest builds (or reuses) a guest module of this repository and returns
+// its bytes.
+func Guest(pkg, ldflags string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	path, err := guestbuild.Build(ctx, filepath.Join(os.TempDir(), "hotswap-bench-guests"), pkg, ldflags)
+	if err != nil {
+		return nil, err
+	}
+	return os.ReadFile(path)
+}
+
+// Percentile returns the p-th percentile (0..100) of xs by nearest rank.
+func Percentile[T int64 | float64 | time.Duration](xs []T, p float64) T {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	i := int(p / 100 * float64(len(s)))
+	return s[min(i, len(s)-1)]
+}
+
+// Result prints the final RESULT line.
+func Result(v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Printf("RESULT %s\n", b)
+}
