@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetratelabs/wazero"
@@ -29,6 +30,9 @@ type code struct {
 	// module is untrusted).
 	serving, guarded wazero.CompiledModule
 
+	// refused counts calls failed before reaching an instance.
+	refused atomic.Uint64
+
 	mu        sync.Mutex // protects validator
 	validator *instance  // kept from validation until Migrate or Close
 	closeOnce sync.Once
@@ -39,9 +43,11 @@ var _ module.Code = (*code)(nil)
 func (c *code) AppendCall(ctx context.Context, dst []byte, handler string, in []byte) ([]byte, error) {
 	id, ok := c.handlers[handler]
 	if !ok {
+		c.refused.Add(1)
 		return dst, module.Fail(module.ErrNoHandler, fmt.Sprintf("%q (the module has %s)", handler, strings.Join(c.names, ", ")))
 	}
 	if len(in) > c.cfg.MaxInput {
+		c.refused.Add(1)
 		return dst, module.Fail(module.ErrTooLarge, fmt.Sprintf("input of %d bytes exceeds MaxInput %d", len(in), c.cfg.MaxInput))
 	}
 	inst, err := c.pool.get(ctx)
@@ -99,8 +105,8 @@ func (c *code) Stats() module.CodeStats {
 		Instances:     s.instances,
 		IdleInstances: s.idle,
 		MemoryBytes:   s.memory,
-		Calls:         s.calls,
-		Failures:      s.failures,
+		Calls:         s.calls + c.refused.Load(),
+		Failures:      s.failures + c.refused.Load(),
 		Discarded:     s.drop,
 		PrepareTime:   c.prepared,
 	}

@@ -1,6 +1,7 @@
 package wasm
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -192,43 +193,73 @@ func (h *moduleHost) kvAdd(_ context.Context, m api.Module, s []uint64) {
 	s[0] = api.EncodeI64(n)
 }
 
-// tail keeps the last bytes a guest wrote to stdout and stderr, for the
-// diagnostics of a trap.
-type tail struct {
-	mu  sync.Mutex // protects buf
-	buf []byte
+// output keeps the last lines a guest wrote to stdout and stderr, for the
+// diagnostics of a trap. Go's runtime prints a panic or fatal error as its
+// first line followed by a goroutine dump, so enough lines are kept to reach
+// back to it.
+type output struct {
+	mu      sync.Mutex // protects lines, partial
+	lines   []string   // ring of the last maxLines complete lines
+	next    int
+	partial []byte
 }
 
-const tailSize = 4 << 10
+const (
+	maxLines   = 256
+	maxLineLen = 256
+)
 
-func (t *tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if over := len(t.buf) - tailSize; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
+func (o *output) Write(p []byte) (int, error) {
+	n := len(p)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			o.partial = appendCapped(o.partial, p)
+			break
+		}
+		o.partial = appendCapped(o.partial, p[:i])
+		o.push(string(o.partial))
+		o.partial = o.partial[:0]
+		p = p[i+1:]
 	}
-	return len(p), nil
+	return n, nil
 }
 
-// summary returns the guest's last panic or fatal error message, or the
-// last lines it wrote.
-func (t *tail) summary() string {
-	t.mu.Lock()
-	s := string(t.buf)
-	t.mu.Unlock()
-	for _, marker := range []string{"panic: ", "fatal error: "} {
-		if i := strings.LastIndex(s, marker); i >= 0 {
-			msg := s[i:]
-			if j := strings.Index(msg, "\n\n"); j >= 0 {
-				msg = msg[:j]
+func appendCapped(b, p []byte) []byte {
+	return append(b, p[:min(len(p), max(0, maxLineLen-len(b)))]...)
+}
+
+func (o *output) push(line string) {
+	if len(o.lines) < maxLines {
+		o.lines = append(o.lines, line)
+		return
+	}
+	o.lines[o.next] = line
+	o.next = (o.next + 1) % maxLines
+}
+
+// summary returns the guest's last panic or fatal error message with the
+// lines that follow it up to the goroutine dump, or else its last lines.
+func (o *output) summary() string {
+	o.mu.Lock()
+	lines := append(append([]string(nil), o.lines[o.next:]...), o.lines[:o.next]...)
+	if len(o.partial) > 0 {
+		lines = append(lines, string(o.partial))
+	}
+	o.mu.Unlock()
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "panic: ") || strings.HasPrefix(lines[i], "fatal error: ") {
+			msg := lines[i:]
+			for j, l := range msg {
+				if l == "" || strings.HasPrefix(l, "goroutine ") {
+					msg = msg[:j]
+					break
+				}
 			}
-			return strings.TrimSpace(msg)
+			return strings.Join(msg[:min(len(msg), 5)], "; ")
 		}
 	}
-	s = strings.TrimSpace(s)
-	if len(s) > 512 {
-		s = "…" + s[len(s)-512:]
-	}
-	return s
+	return strings.Join(lines[max(0, len(lines)-5):], "; ")
 }

@@ -32,7 +32,7 @@ type instance struct {
 	call     api.Function
 	exchange api.Function
 	yield    api.Function
-	out      *tail
+	out      *output
 
 	// Owned by the call that holds the instance.
 	xptr, xcap uint32   // exchange buffer in guest memory
@@ -53,7 +53,7 @@ const killed = -1
 
 // newInstance instantiates cm and runs its initialization under a deadline.
 func newInstance(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazero.CompiledModule) (*instance, error) {
-	out := &tail{}
+	out := &output{}
 	mod, err := rt.InstantiateModule(ctx, cm, h.instanceConfig(out))
 	if err != nil {
 		return nil, fmt.Errorf("instantiate: %w", err)

@@ -24,8 +24,8 @@ type pool struct {
 	mu       sync.Mutex // protects every field below
 	idle     []*instance
 	all      map[*instance]struct{} // live instances: busy, idle or yielding
-	creating int // instances being created
-	yielding int // instances in a maintenance yield, back soon
+	creating int                    // instances being created
+	yielding int                    // instances in a maintenance yield, back soon
 	waiters  []chan *instance
 	closed   bool
 	lastErr  error // why the last background creation failed
