@@ -473,10 +473,16 @@ func (u *Upgrader) becomeMain() error {
 // runs to its end regardless of ctx; it is bounded by Probation (Close ends
 // it early by committing).
 func (u *Upgrader) Upgrade(ctx context.Context) (Result, error) {
-	return u.upgrade(ctx, "call")
+	return u.upgrade(ctx, "call", "")
 }
 
-func (u *Upgrader) upgrade(ctx context.Context, trigger string) (Result, error) {
+// UpgradeBinary is Upgrade with the binary at path instead of
+// Options.Binary; PrepareBinary still applies to it.
+func (u *Upgrader) UpgradeBinary(ctx context.Context, path string) (Result, error) {
+	return u.upgrade(ctx, "call", path)
+}
+
+func (u *Upgrader) upgrade(ctx context.Context, trigger, binary string) (Result, error) {
 	u.mu.Lock()
 	switch {
 	case u.closed || u.handedOver:
@@ -505,7 +511,7 @@ func (u *Upgrader) upgrade(ctx context.Context, trigger string) (Result, error) 
 		case <-actx.Done():
 		}
 	}()
-	res := u.attempt(actx, trigger)
+	res := u.attempt(actx, trigger, binary)
 
 	u.mu.Lock()
 	u.phase, u.childPID = "", 0
@@ -539,7 +545,7 @@ func (u *Upgrader) setPhase(phase string, pid int) {
 }
 
 // attempt runs one upgrade. Only one runs at a time (see upgrade).
-func (u *Upgrader) attempt(ctx context.Context, trigger string) (res Result) {
+func (u *Upgrader) attempt(ctx context.Context, trigger, binary string) (res Result) {
 	res = Result{Trigger: trigger, Started: time.Now(), Outcome: Failed}
 	if err := sdNotify(u.notify, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec())); err != nil {
 		u.log.Warn("upgrade: notify systemd", "err", err)
@@ -554,7 +560,10 @@ func (u *Upgrader) attempt(ctx context.Context, trigger string) (res Result) {
 	deadline := time.NewTimer(u.opts.UpgradeTimeout)
 	defer deadline.Stop()
 
-	bin := u.opts.Binary
+	bin := binary
+	if bin == "" {
+		bin = u.opts.Binary
+	}
 	if bin == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -709,7 +718,7 @@ func (u *Upgrader) signalLoop() {
 			go func() {
 				defer u.wg.Done()
 				// Errors are logged and passed to OnResult by upgrade.
-				if _, err := u.upgrade(context.Background(), s.String()); errors.Is(err, ErrUpgradeInProgress) {
+				if _, err := u.upgrade(context.Background(), s.String(), ""); errors.Is(err, ErrUpgradeInProgress) {
 					u.log.Warn("upgrade: signal ignored", "signal", s.String(), "err", err)
 				}
 			}()

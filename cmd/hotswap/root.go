@@ -36,6 +36,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newKeygenCmd(),
 		newSignCmd(),
 		newVerifyCmd(),
+		newDemoCmd(),
 	)
 	return root
 }
