@@ -91,7 +91,9 @@ func (c *fakeCode) Migrate(_ context.Context, from string) error {
 	return nil
 }
 
-func (c *fakeCode) Stats() module.CodeStats { return module.CodeStats{Instances: 1, Calls: c.calls.Load()} }
+func (c *fakeCode) Stats() module.CodeStats {
+	return module.CodeStats{Instances: 1, Calls: c.calls.Load()}
+}
 
 func (c *fakeCode) Close(context.Context) error {
 	if c.closed.Swap(true) {
