@@ -5,6 +5,8 @@ import (
 	"io"
 
 	"github.com/spf13/cobra"
+
+	"github.com/hotswapgo/hotswap/control"
 )
 
 // usageError marks errors caused by how the command was called.
@@ -15,8 +17,11 @@ func (e usageError) Unwrap() error { return e.err }
 
 func exitCode(err error) int {
 	var u usageError
-	if errors.As(err, &u) {
+	switch {
+	case errors.As(err, &u):
 		return 2
+	case errors.Is(err, control.ErrUnreachable):
+		return 3
 	}
 	return 1
 }
@@ -31,12 +36,19 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.PersistentFlags().String(socketFlag, control.DefaultSocketPath(),
+		"control socket of the service ($"+control.SocketEnv+")")
 	root.AddCommand(
 		// Verbs are added here, one constructor per file.
 		newKeygenCmd(),
 		newSignCmd(),
 		newVerifyCmd(),
 		newDemoCmd(),
+		newStatusCmd(),
+		newLoadCmd(),
+		newRollbackCmd(),
+		newHistoryCmd(),
+		newUpgradeCmd(),
 	)
 	return root
 }

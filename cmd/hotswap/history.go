@@ -1,0 +1,84 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func newHistoryCmd() *cobra.Command {
+	var (
+		limit  int
+		output string
+	)
+	cmd := &cobra.Command{
+		Use:   "history [MODULE] [--limit N] [-o table|json]",
+		Short: "Show the changes a service made and refused, newest first",
+		Long: `Show the service's audit log, newest first: every load, swap, rollback and
+upgrade, who asked for it (uid and pid on the control socket), and every
+refusal with its reason. MODULE selects one target ("process" for binary
+upgrades, "control" for refused connections).`,
+		Args: usageArgs(cobra.MaximumNArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if output != "table" && output != "json" {
+				return usageError{fmt.Errorf("history: -o %q: want table or json", output)}
+			}
+			if limit < 0 {
+				return usageError{fmt.Errorf("history: --limit %d: want a positive number", limit)}
+			}
+			var module string
+			if len(args) == 1 {
+				module = args[0]
+			}
+			h, err := controlClient(cmd).History(cmd.Context(), module, limit)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			if output == "json" {
+				enc := json.NewEncoder(w)
+				enc.SetIndent("", "  ")
+				return enc.Encode(h)
+			}
+			if len(h.Events) == 0 {
+				fmt.Fprintln(w, "no events")
+				return nil
+			}
+			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tTARGET\tRESULT\tCHANGE")
+			for _, ev := range h.Events {
+				change := ""
+				if ev.From != "" || ev.To != "" {
+					change = shortRef(ev.From) + " → " + shortRef(ev.To)
+				}
+				if ev.Error != "" {
+					change = strings.TrimPrefix(change+": ", ": ") + firstLine(ev.Error)
+				}
+				actor := ev.Actor
+				if actor == "" {
+					actor = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.Local().Format(time.DateTime), actor, ev.Action, ev.Target, ev.Result, change)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().IntVar(&limit, "limit", 20, "show at most N events")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	return cmd
+}
+
+// shortRef shortens "v2@sha256:<64 hex>" to "v2@sha256:<12 hex>".
+func shortRef(ref string) string {
+	if ref == "" {
+		return "-"
+	}
+	if i := strings.Index(ref, "sha256:"); i >= 0 && len(ref) > i+7+12 {
+		return ref[:i+7+12]
+	}
+	return ref
+}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hotswapgo/hotswap/control"
+)
+
+// socketFlag names the persistent flag with the control socket's path.
+const socketFlag = "socket"
+
+// controlClient returns a client for the socket the --socket flag names.
+func controlClient(cmd *cobra.Command) *control.Client {
+	path, _ := cmd.Flags().GetString(socketFlag)
+	if path == "" {
+		path = control.DefaultSocketPath()
+	}
+	return control.NewClient(path)
+}
+
+func newStatusCmd() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status [-o table|json]",
+		Short: "Show what a running service serves",
+		Long: `Show the service's modules (active, previous and draining versions, calls in
+flight, instances, guest memory), its process (pid, generation, the process
+it replaced, upgrade state) and its trust mode.
+
+-o json prints the status document described in docs/cli.md; its fields are
+stable. On failure it prints {"ok": false, "error": {...}} and exits non-zero.`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return usageError{fmt.Errorf("status: -o %q: want table or json", output)}
+			}
+			st, err := controlClient(cmd).Status(cmd.Context())
+			if output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if eerr := enc.Encode(st); eerr != nil {
+					return errors.Join(err, eerr)
+				}
+				return err
+			}
+			if err != nil {
+				return err
+			}
+			printStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	return cmd
+}
+
+func printStatus(w io.Writer, st *control.Status) {
+	p := st.Process
+	fmt.Fprintf(w, "process  pid %d, generation %d", p.PID, p.Generation)
+	if p.ParentPID != 0 {
+		fmt.Fprintf(w, " (replaced pid %d)", p.ParentPID)
+	}
+	fmt.Fprintf(w, ", up since %s\n", p.StartedAt.Format(time.RFC3339))
+	fmt.Fprintf(w, "upgrade  %s", p.Upgrade.State)
+	if l := p.Upgrade.Last; l != nil {
+		fmt.Fprintf(w, "; last attempt %s: %s", l.StartedAt.Format(time.RFC3339), l.Outcome)
+		if l.PID != 0 {
+			fmt.Fprintf(w, ", new pid %d", l.PID)
+		}
+		if l.Error != "" {
+			fmt.Fprintf(w, ": %s", firstLine(l.Error))
+		}
+	}
+	fmt.Fprintln(w)
+	trust := st.TrustMode
+	if trust == "development" {
+		trust += " (unsigned artifacts are accepted)"
+	}
+	fmt.Fprintf(w, "trust    %s\n\n", trust)
+	if len(st.Modules) == 0 {
+		fmt.Fprintln(w, "no modules loaded")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "MODULE\tACTIVE\tDIGEST\tIN FLIGHT\tINSTANCES\tMEMORY\tCALLS\tFAILURES\tPREVIOUS\tDRAINING")
+	for _, m := range st.Modules {
+		a := m.Active
+		if a == nil {
+			a = &control.VersionStatus{Version: "-"}
+		}
+		prev := "-"
+		if m.Previous != nil {
+			prev = m.Previous.Version
+		}
+		draining := "-"
+		if len(m.Draining) > 0 {
+			var vs []string
+			for _, d := range m.Draining {
+				vs = append(vs, fmt.Sprintf("%s (%d in flight)", d.Version, d.InFlight))
+			}
+			draining = strings.Join(vs, ", ")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d (%d idle)\t%s\t%d\t%d\t%s\t%s\n", m.Name, a.Version, shortDigest(a.Digest),
+			a.InFlight, a.Instances, a.IdleInstances, bytesString(a.MemoryBytes), a.Calls, a.Failures, prev, draining)
+	}
+	tw.Flush()
+}
+
+func shortDigest(hex string) string {
+	if len(hex) > 12 {
+		return hex[:12]
+	}
+	if hex == "" {
+		return "-"
+	}
+	return hex
+}
+
+func bytesString(n uint64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " …"
+	}
+	return s
+}

@@ -1,0 +1,224 @@
+package control
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/hotswapgo/hotswap/artifact"
+)
+
+// maxLine bounds one line of a streamed answer and one plain answer.
+const maxLine = 64 << 20
+
+// Client calls the control API of a service over its unix socket. Each
+// call opens a connection. Every method returns an answer whose Outcome
+// says whether the operation succeeded; when it did not, the error is an
+// *Error naming what failed and what still serves (its Kind is
+// KindUnreachable when the service could not be asked).
+//
+// A Client is safe for concurrent use.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for the control socket at path.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		DisableKeepAlives:  true,
+		DisableCompression: true,
+		// A request with a body waits for "100 Continue", so a refused
+		// peer is answered before it sends an artifact.
+		ExpectContinueTimeout: 10 * time.Second,
+	}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr}}
+}
+
+// Socket returns the path the client connects to.
+func (c *Client) Socket() string { return c.socket }
+
+// Status describes the service. Cancelling ctx abandons the request.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	st := &Status{}
+	return st, c.do(ctx, "status", http.MethodGet, pathStatus, nil, st, nil)
+}
+
+// History returns audit events of module (all targets when empty), newest
+// first, at most limit (0 means DefaultHistoryLimit).
+func (c *Client) History(ctx context.Context, module string, limit int) (*History, error) {
+	q := url.Values{}
+	if module != "" {
+		q.Set("module", module)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	path := pathHistory
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	op := "history"
+	if module != "" {
+		op += " " + module
+	}
+	h := &History{}
+	return h, c.do(ctx, op, http.MethodGet, path, nil, h, nil)
+}
+
+// Load sends an artifact's payload and manifest (nil: none) to be verified
+// and loaded as the next version of module. progress, if not nil, is
+// called as each step starts. Cancelling ctx closes the connection, which
+// aborts the load on the service unless it already activated.
+func (c *Client) Load(ctx context.Context, module string, req LoadRequest, progress func(Progress)) (*ModuleResult, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	res := &ModuleResult{Module: module}
+	return res, c.do(ctx, "load "+module, http.MethodPost, modulePath(pathLoad, module), body, res, progress)
+}
+
+// LoadFile reads the artifact at path and its manifest at path+".manifest"
+// (which may be missing) and loads them as module; see Load.
+func (c *Client) LoadFile(ctx context.Context, module, path string, progress func(Progress)) (*ModuleResult, error) {
+	payload, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: read artifact: %w", module, err)
+	}
+	manifest, err := os.ReadFile(artifact.ManifestPath(path))
+	if errors.Is(err, os.ErrNotExist) {
+		manifest, err = nil, nil // the service's trust policy decides
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load %s: read manifest: %w", module, err)
+	}
+	return c.Load(ctx, module, LoadRequest{Label: filepath.Base(path), Payload: payload, Manifest: manifest}, progress)
+}
+
+// Rollback makes the previous version of module serve again.
+func (c *Client) Rollback(ctx context.Context, module string, progress func(Progress)) (*ModuleResult, error) {
+	res := &ModuleResult{Module: module}
+	return res, c.do(ctx, "rollback "+module, http.MethodPost, modulePath(pathRollback, module), []byte("{}"), res, progress)
+}
+
+// Upgrade replaces the service's binary with the one at binary, a path on
+// the service's machine (empty: the service's configured binary), and
+// returns when the upgrade is decided: committed (ServingPID is the new
+// process), failed or rolled back (the process that answered serves).
+// Cancelling ctx aborts the upgrade until the new process is ready.
+func (c *Client) Upgrade(ctx context.Context, binary string, progress func(Progress)) (*UpgradeResult, error) {
+	body, err := json.Marshal(UpgradeRequest{Binary: binary})
+	if err != nil {
+		return nil, err
+	}
+	res := &UpgradeResult{}
+	return res, c.do(ctx, "upgrade", http.MethodPost, pathUpgrade, body, res, progress)
+}
+
+func modulePath(pattern, module string) string {
+	return APIPrefix + "/modules/" + url.PathEscape(module) + pattern[len(APIPrefix+"/modules/{module}"):]
+}
+
+type answer interface{ outcome() *Outcome }
+
+// do sends a request and decodes its answer into res, calling progress for
+// each progress line of a streamed answer. It returns res's Error, with Op
+// set, when the operation did not succeed.
+func (c *Client) do(ctx context.Context, op, method, path string, body []byte, res answer, progress func(Progress)) error {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://hotswap"+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Expect", "100-continue")
+	}
+	fail := func(e *Error) error {
+		e.Op = op
+		o := res.outcome()
+		o.OK, o.Error = false, e
+		return e
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fail(unreachable(c.socket, err))
+	}
+	defer resp.Body.Close()
+	if err := decodeAnswer(resp, res, progress); err != nil {
+		return fail(unreachable(c.socket, err))
+	}
+	o := res.outcome()
+	switch {
+	case o.OK && o.Error == nil:
+		return nil
+	case o.Error == nil:
+		o.Error = &Error{Kind: KindInternal, Message: fmt.Sprintf("the service answered HTTP %d without an error", resp.StatusCode)}
+	}
+	o.OK = false
+	o.Error.Op = op
+	return o.Error
+}
+
+// decodeAnswer reads a plain or streamed answer into res.
+func decodeAnswer(resp *http.Response, res answer, progress func(Progress)) error {
+	ct, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	switch ct {
+	case "application/json":
+		if err := json.NewDecoder(io.LimitReader(resp.Body, maxLine)).Decode(res); err != nil {
+			return fmt.Errorf("read answer (HTTP %d): %w", resp.StatusCode, err)
+		}
+		return nil
+	case ContentTypeNDJSON:
+	default:
+		return fmt.Errorf("not a hotswap control answer: HTTP %d, Content-Type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
+	for sc.Scan() {
+		var line struct {
+			Progress *Progress      `json:"progress"`
+			Result   json.RawMessage `json:"result"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			return fmt.Errorf("read answer: %w", err)
+		}
+		if line.Result != nil {
+			if err := json.Unmarshal(line.Result, res); err != nil {
+				return fmt.Errorf("read result: %w", err)
+			}
+			return nil
+		}
+		if line.Progress != nil && progress != nil {
+			progress(*line.Progress)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read answer: %w", err)
+	}
+	return errors.New("the answer ended before its result (did the service exit?)")
+}
