@@ -201,7 +201,7 @@ func decodeAnswer(resp *http.Response, res answer, progress func(Progress)) erro
 	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
 	for sc.Scan() {
 		var line struct {
-			Progress *Progress      `json:"progress"`
+			Progress *Progress       `json:"progress"`
 			Result   json.RawMessage `json:"result"`
 		}
 		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
