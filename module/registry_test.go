@@ -424,6 +424,7 @@ func TestSwapUnderLoad(t *testing.T) {
 			}
 		})
 	}
+	waitFor(t, "calls to start", func() bool { return calls.Load() > 0 })
 	for i := 1; i <= 200 && ctx.Err() == nil; i++ {
 		mustLoad(t, r, fmt.Sprintf("v%d", i), "")
 	}

@@ -14,12 +14,17 @@ import (
 	"github.com/hotswapgo/hotswap/module"
 )
 
-// Exit codes the host closes an instance with, told apart from a guest's own
-// exit when a call fails.
-const (
-	exitWatchdog uint32 = 0xeffffff0 + iota // call ran past CallTimeout
-	exitDrained                             // version closed under the call
+// Causes with which the host stops a running call, by cancelling the
+// instance's context: wazero then closes the instance from the call's own
+// goroutine, which is the only race-free way to close it under a call.
+var (
+	errWatchdog      = errors.New("call ran past CallTimeout")
+	errDrained       = errors.New("version closed under the call")
+	errCallerStopped = errors.New("the caller's context ended")
 )
+
+// exitClosed is the exit code an idle instance is closed with.
+const exitClosed uint32 = 0xeffffff0
 
 // initialExchange is the exchange buffer size requested from a new instance.
 const initialExchange = 16 << 10
@@ -33,6 +38,11 @@ type instance struct {
 	exchange api.Function
 	yield    api.Function
 	out      *output
+
+	// ctx is what calls run under in guarded runtimes; cancel stops the
+	// running call (see errWatchdog) and ends the instance.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
 
 	// Owned by the call that holds the instance.
 	xptr, xcap uint32   // exchange buffer in guest memory
@@ -58,7 +68,10 @@ func newInstance(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazer
 	if err != nil {
 		return nil, fmt.Errorf("instantiate: %w", err)
 	}
+	ictx, cancel := context.WithCancelCause(context.Background())
 	inst := &instance{
+		ctx:      ictx,
+		cancel:   cancel,
 		mod:      mod,
 		mem:      mod.Memory(),
 		call:     mod.ExportedFunction(exportCall),
@@ -68,7 +81,7 @@ func newInstance(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazer
 		stack:    make([]uint64, 2),
 	}
 	if inst.mem == nil {
-		mod.Close(ctx)
+		inst.close()
 		return nil, fmt.Errorf("%w: the module exports no memory", module.ErrMissingExport)
 	}
 	if _, err := inst.invoke(ctx, mod.ExportedFunction(exportInit)); err != nil {
@@ -122,14 +135,20 @@ func (inst *instance) failure(ctx context.Context, err error) error {
 	var exit *sys.ExitError
 	if errors.As(err, &exit) {
 		switch exit.ExitCode() {
-		case exitWatchdog:
-			return module.Fail(module.ErrTimeout, "stopped by the watchdog")
 		case sys.ExitCodeDeadlineExceeded:
 			return module.Fail(module.ErrTimeout, context.DeadlineExceeded.Error())
 		case sys.ExitCodeContextCanceled:
-			return module.Fail(context.Canceled, "the caller cancelled the call")
-		case exitDrained:
-			return module.Fail(module.ErrDrained, "")
+			switch cause := context.Cause(inst.ctx); cause {
+			case errWatchdog:
+				return module.Fail(module.ErrTimeout, "stopped by the watchdog")
+			case errDrained:
+				return module.Fail(module.ErrDrained, "")
+			case errCallerStopped:
+				if err := ctx.Err(); err != nil {
+					return module.Fail(err, "the caller's context ended during the call")
+				}
+			}
+			return module.Fail(context.Canceled, "")
 		}
 	}
 	detail := inst.out.summary()
@@ -164,23 +183,33 @@ func (inst *instance) do(ctx context.Context, c *code, dst []byte, id uint32, in
 	}
 	inst.stack[0], inst.stack[1] = uint64(id), uint64(len(in))
 
-	var tick int64
-	if c.wd != nil {
-		tick = c.wd.tick.Load()
-		inst.started.Store(tick)
-	} else if done := ctx.Done(); done != nil {
-		// Trusted code cannot be stopped once running; refuse to start
-		// it for a caller that already gave up.
+	if done := ctx.Done(); done != nil {
 		select {
-		case <-done:
+		case <-done: // refuse to start a call for a caller that gave up
 			return dst, false, module.Fail(ctx.Err(), "")
 		default:
 		}
-		ctx = c.bg
 	}
-	callErr := inst.call.CallWithStack(ctx, inst.stack)
-	if c.wd != nil && !inst.started.CompareAndSwap(tick, 0) {
-		dead = true // the watchdog closed the instance
+	var callErr error
+	if c.wd != nil {
+		// Guarded: the watchdog and the caller's context stop the call
+		// by cancelling the instance's context.
+		var stop func() bool
+		if ctx.Done() != nil {
+			stop = context.AfterFunc(ctx, func() { inst.cancel(errCallerStopped) })
+		}
+		tick := c.wd.tick.Load()
+		inst.started.Store(tick)
+		callErr = inst.call.CallWithStack(inst.ctx, inst.stack)
+		if !inst.started.CompareAndSwap(tick, 0) {
+			dead = true // the watchdog stopped the instance
+		}
+		if stop != nil && !stop() {
+			dead = true // the caller's context ended: the instance is cancelled
+		}
+	} else {
+		// Trusted: nothing can stop the call once it runs.
+		callErr = inst.call.CallWithStack(c.bg, inst.stack)
 	}
 	if callErr != nil {
 		return dst, true, inst.failure(ctx, callErr)
@@ -217,4 +246,8 @@ func (inst *instance) maintain(ctx context.Context) error {
 	return nil
 }
 
-func (inst *instance) close() { inst.mod.CloseWithExitCode(context.Background(), exitDrained) }
+// close closes an instance no call is running on.
+func (inst *instance) close() {
+	inst.cancel(errDrained)
+	inst.mod.CloseWithExitCode(context.Background(), exitClosed)
+}

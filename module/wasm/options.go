@@ -54,10 +54,11 @@ type Options struct {
 // every field means its default.
 type ModuleConfig struct {
 	// Trusted turns runaway protection off: calls are several times faster
-	// but CallTimeout is not enforced and cancelling a call's context does
-	// not stop it, so a guest stuck in a loop holds its caller forever.
-	// Initialization, self-test and migrate are always protected. Defaults
-	// to false.
+	// but CallTimeout is not enforced, a call's context is only checked
+	// before the call starts, and a call still running at its version's
+	// drain deadline finishes instead of failing with ErrDrained; so a guest
+	// stuck in a loop holds its caller forever. Initialization, self-test
+	// and migrate are always protected. Defaults to false.
 	Trusted bool
 	// Grants lists the capabilities the module may import beyond logging.
 	// A module importing anything else is refused at load. Defaults to none.

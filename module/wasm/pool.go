@@ -265,8 +265,9 @@ func (p *pool) forEachBusy(f func(*instance)) {
 }
 
 // close stops the pool. Idle instances close now; busy ones close when
-// their call returns, or at once if force is set, failing their calls with
-// ErrDrained. It returns once no background work is left.
+// their call returns. With force set, guarded calls still running are
+// stopped and fail with ErrDrained; trusted ones cannot be stopped and
+// finish first. It returns once no background work is left.
 func (p *pool) close(force bool) {
 	p.mu.Lock()
 	p.closed = true
@@ -278,9 +279,11 @@ func (p *pool) close(force bool) {
 		p.dropLocked(inst)
 	}
 	p.idle = nil
-	if force {
+	if force && p.rt == p.host.guarded {
 		for inst := range p.all {
-			inst.close()
+			if inst.started.Load() > 0 {
+				inst.cancel(errDrained)
+			}
 		}
 	}
 	p.mu.Unlock()

@@ -464,3 +464,40 @@ func TestSwapUnderLoad(t *testing.T) {
 		t.Fatalf("%d calls, %d failed (first: %v)", calls.Load(), len(failed), failed)
 	}
 }
+
+// TestDrainDeadlineStopsGuardedCall: a call still running on a retired
+// untrusted version when the drain deadline passes is stopped and fails with
+// ErrDrained; the serving version is untouched.
+func TestDrainDeadlineStopsGuardedCall(t *testing.T) {
+	b, err := wasm.New(wasm.Options{CacheDir: cacheDir(), Default: wasm.ModuleConfig{Grants: kv, CallTimeout: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := module.New(module.Options{Backend: b, DrainTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(context.Background())
+	load(t, r, "m", "v1", echo(t, "v1"))
+	m := r.Module("m")
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Call(context.Background(), "wait", []byte("never-set"))
+		done <- err
+	}()
+	waitFor(t, "the call to start", func() bool { return m.Status().Active.InFlight == 1 })
+	load(t, r, "m", "v2", echo(t, "v2"))
+	load(t, r, "m", "v3", echo(t, "v3")) // retires v1
+	select {
+	case err := <-done:
+		var ce *module.CallError
+		if !errors.Is(err, module.ErrDrained) || !errors.As(err, &ce) || ce.Version != "v1" {
+			t.Fatalf("call past the drain deadline = %v; want ErrDrained from m@v1", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the call was not stopped at the drain deadline")
+	}
+	if got := call(t, r, "m", "version", ""); got != "v3" {
+		t.Fatalf("version = %q; want v3", got)
+	}
+}

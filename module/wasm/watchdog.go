@@ -1,7 +1,6 @@
 package wasm
 
 import (
-	"context"
 	"sync/atomic"
 	"time"
 )
@@ -12,9 +11,10 @@ const watchdogTicks = 8
 
 // watchdog enforces CallTimeout for untrusted code without a context or a
 // timer per call: a call records the current tick when it starts, and the
-// watchdog closes every instance whose call is older than the timeout. The
-// guarded runtime's compiled code checks for closure at every loop head and
-// function entry, so the call stops and fails with ErrTimeout.
+// watchdog cancels the context of every instance whose call is older than
+// the timeout. wazero then closes the instance, and the guarded runtime's
+// compiled code, which checks for closure at every loop head, stops the
+// call: it fails with ErrTimeout.
 type watchdog struct {
 	tick atomic.Int64 // starts at 1: a zero start means idle
 	stop chan struct{}
@@ -48,7 +48,7 @@ func (w *watchdog) run(p *pool, period time.Duration) {
 			}
 		})
 		for _, inst := range overdue {
-			inst.mod.CloseWithExitCode(context.Background(), exitWatchdog)
+			inst.cancel(errWatchdog)
 		}
 	}
 }
