@@ -3,31 +3,16 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/hotswapgo/hotswap/artifact"
+	"github.com/hotswapgo/hotswap/host"
 )
 
 // stateDirEnv overrides where the CLI keeps keys and trusted keys by default.
-const stateDirEnv = "HOTSWAP_STATE_DIR"
-
-// stateDir returns the CLI's default state directory: $HOTSWAP_STATE_DIR, or
-// hotswap under the user's configuration directory ($XDG_CONFIG_HOME or
-// ~/.config on Linux). Keys live in its keys/ and trusted public keys in its
-// trust/.
-func stateDir() (string, error) {
-	if d := os.Getenv(stateDirEnv); d != "" {
-		return d, nil
-	}
-	cfg, err := os.UserConfigDir()
-	if err != nil {
-		return "", fmt.Errorf("find state directory (set %s): %w", stateDirEnv, err)
-	}
-	return filepath.Join(cfg, "hotswap"), nil
-}
+const stateDirEnv = host.StateDirEnv
 
 // stateSubdir returns flagValue if set, else the named directory of the
 // default state directory.
@@ -35,11 +20,7 @@ func stateSubdir(flagValue, name string) (string, error) {
 	if flagValue != "" {
 		return flagValue, nil
 	}
-	d, err := stateDir()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(d, name), nil
+	return filepath.Join(host.DefaultStateDir(), name), nil
 }
 
 // usageArgs marks argument-count errors as usage errors (exit code 2).
