@@ -53,7 +53,7 @@ upgrades, "control" for refused connections).`,
 			for _, ev := range h.Events {
 				change := ""
 				if ev.From != "" || ev.To != "" {
-					change = shortRef(ev.From) + " → " + shortRef(ev.To)
+					change = dash(shortRef(ev.From)) + " → " + dash(shortRef(ev.To))
 				}
 				if ev.Error != "" {
 					change = strings.TrimPrefix(change+": ", ": ") + firstLine(ev.Error)
@@ -72,13 +72,18 @@ upgrades, "control" for refused connections).`,
 	return cmd
 }
 
-// shortRef shortens "v2@sha256:<64 hex>" to "v2@sha256:<12 hex>".
+// shortRef shortens "v2@sha256:<64 hex>" to "v2@sha256:<12 hex>"; other
+// text is returned as it is.
 func shortRef(ref string) string {
-	if ref == "" {
-		return "-"
-	}
-	if i := strings.Index(ref, "sha256:"); i >= 0 && len(ref) > i+7+12 {
-		return ref[:i+7+12]
+	if i := strings.Index(ref, "@sha256:"); i >= 0 && len(ref) == i+8+64 {
+		return ref[:i+8+12]
 	}
 	return ref
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -49,7 +49,7 @@ var stepNotes = map[string]string{
 // progressPrinter returns a function that writes one line per step.
 func progressPrinter(w io.Writer) func(control.Progress) {
 	return func(p control.Progress) {
-		fmt.Fprintf(w, "%7.3fs  %-9s %s%s\n", float64(p.ElapsedMS)/1000, p.Step, p.Detail, stepNotes[p.Step])
+		fmt.Fprintf(w, "%7.3fs  %-9s %s%s\n", float64(p.ElapsedMS)/1000, p.Step, shortRef(p.Detail), stepNotes[p.Step])
 	}
 }
 
