@@ -475,6 +475,10 @@ func TestUpgradeRefusesUnverifiedBinary(t *testing.T) {
 			if p.Upgrading || p.LastUpgrade == nil || p.LastUpgrade.Err == nil {
 				t.Errorf("Process() = %+v; want not upgrading, last upgrade failed", p)
 			}
+			want := []event{{Actor: "carol", Action: "upgrade", Target: "process", To: path, Result: "refused", Error: ve.Error()}}
+			if got := events(history(t, h)); !slices.Equal(got, want) {
+				t.Errorf("audit log:\n%s\nwant:\n%s", lines(got), lines(want))
+			}
 		})
 	}
 }

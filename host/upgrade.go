@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 
@@ -40,7 +41,7 @@ func (h *Host) startUpgrader(opts upgrade.Options) error {
 	}
 	opts.OnResult = func(res upgrade.Result) {
 		h.setUpgrading(&res)
-		if res.Err != nil {
+		if res.Err != nil && !errors.As(res.Err, new(auditedError)) {
 			h.record(context.Background(), audit.Event{Action: audit.ActionUpgrade, Target: "process", To: res.Binary,
 				Result: audit.ResultFailed, Error: res.Err.Error()})
 		}
@@ -81,7 +82,7 @@ func (h *Host) prepareBinary(ctx context.Context, path string) (string, error) {
 	progress(ctx, StepVerify, path)
 	entry, err := h.verifier.VerifyToStore(ctx, h.store, path, artifact.Expect{Kind: artifact.KindBinary})
 	if err != nil {
-		return "", h.refuse(ctx, audit.ActionUpgrade, "process", path, err)
+		return "", auditedError{h.refuse(ctx, audit.ActionUpgrade, "process", path, err)}
 	}
 	to := versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
 	if err := h.record(ctx, audit.Event{Action: audit.ActionUpgrade, Target: "process", To: to, Result: audit.ResultOK}); err != nil {
@@ -90,3 +91,9 @@ func (h *Host) prepareBinary(ctx context.Context, path string) (string, error) {
 	progress(ctx, StepHandOver, entry.Path)
 	return entry.Path, nil
 }
+
+// auditedError is a refusal prepareBinary already recorded in the audit
+// log, so that OnResult does not record the same attempt again as failed.
+type auditedError struct{ error }
+
+func (e auditedError) Unwrap() error { return e.error }
