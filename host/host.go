@@ -173,14 +173,14 @@ func actor(ctx context.Context) string {
 func (h *Host) LoadFile(ctx context.Context, name, path string) (module.VersionStatus, error) {
 	payload, err := os.ReadFile(path)
 	if err != nil {
-		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", fmt.Errorf("load %s from %s: %w", name, path, err))
+		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", "", fmt.Errorf("load %s from %s: %w", name, path, err))
 	}
 	manifest, err := os.ReadFile(artifact.ManifestPath(path))
 	if errors.Is(err, os.ErrNotExist) {
 		manifest, err = nil, nil // the verifier decides whether unsigned is acceptable
 	}
 	if err != nil {
-		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", fmt.Errorf("load %s: read manifest: %w", name, err))
+		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", "", fmt.Errorf("load %s: read manifest: %w", name, err))
 	}
 	return h.LoadArtifact(ctx, name, filepath.Base(path), payload, manifest)
 }
@@ -195,12 +195,12 @@ func (h *Host) LoadArtifact(ctx context.Context, name, label string, payload, ma
 	progress(ctx, StepVerify, label)
 	vd, err := h.verifier.VerifyBytes(ctx, label, manifest, payload, artifact.Expect{Name: name, Kind: artifact.KindWasm})
 	if err != nil {
-		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", err)
+		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", "", err)
 	}
 	to := versionRef(vd.Manifest.Version, vd.Manifest.Digest.Hex())
 	progress(ctx, StepStore, to)
 	if _, err := h.store.Put(ctx, vd); err != nil {
-		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, to, fmt.Errorf("store %s: %w", to, err))
+		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", to, fmt.Errorf("store %s: %w", to, err))
 	}
 	prev := h.reg.Module(name).Status().Active
 	progress(ctx, StepPrepare, to)
@@ -230,8 +230,10 @@ func (h *Host) remember(ctx context.Context, name string, prev *module.VersionSt
 
 // Rollback makes the previous version of module name serve again. It is
 // instant when the previous version is still warm; after a restart it
-// loads the last-known-good version from the store, verified again.
+// loads the last-known-good version from the store, verified again. Either
+// way the audit log records one rollback, done or refused.
 func (h *Host) Rollback(ctx context.Context, name string) (module.VersionStatus, error) {
+	ctx = context.WithValue(ctx, rollbackKey{}, true)
 	st, err := h.reg.Rollback(ctx, name)
 	if err == nil {
 		if d, perr := artifact.ParseDigest(st.Digest); perr == nil {
@@ -241,21 +243,41 @@ func (h *Host) Rollback(ctx context.Context, name string) (module.VersionStatus,
 		}
 		return st, nil
 	}
-	if !errors.Is(err, module.ErrNoPrevious) && !errors.Is(err, module.ErrNotFound) {
+	if !noWarmPrevious(err) {
 		return st, err
+	}
+	// The registry left this refusal to us (see auditModule): record it
+	// below unless the last-known-good version serves instead.
+	cur := h.reg.Module(name).Status().Active
+	var from string
+	if cur != nil {
+		from = versionRef(cur.Version, cur.Digest)
 	}
 	entry, lerr := h.store.LastKnownGood(name)
 	if lerr != nil {
-		return st, fmt.Errorf("%w; no last-known-good version in the store either", err)
+		return st, h.refuse(ctx, audit.ActionRollback, name, from, "", fmt.Errorf("%w; no last-known-good version in the store either", err))
 	}
-	if cur := h.reg.Module(name).Status().Active; cur != nil && cur.Digest == entry.Manifest.Digest.Hex() {
-		return st, fmt.Errorf("%w; the last-known-good version %s is the one serving", err, entry.Manifest.Version)
+	to := versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
+	if cur != nil && cur.Digest == entry.Manifest.Digest.Hex() {
+		return st, h.refuse(ctx, audit.ActionRollback, name, from, "", fmt.Errorf("%w; the last-known-good version %s is the one serving", err, entry.Manifest.Version))
 	}
 	vd, verr := h.verifier.VerifyEntry(ctx, entry)
 	if verr != nil {
-		return st, h.refuse(ctx, audit.ActionRollback, name, versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex()), verr)
+		return st, h.refuse(ctx, audit.ActionRollback, name, from, to, verr)
 	}
-	return h.loadVerified(WithActor(ctx, actor(ctx)), name, vd)
+	return h.loadVerified(ctx, name, vd)
+}
+
+// rollbackKey marks the context of a Host.Rollback, so that auditModule
+// records its load of the last-known-good version as a rollback.
+type rollbackKey struct{}
+
+func inRollback(ctx context.Context) bool { return ctx.Value(rollbackKey{}) != nil }
+
+// noWarmPrevious reports whether the registry refused a rollback only
+// because it keeps no previous version, which the store may still have.
+func noWarmPrevious(err error) bool {
+	return errors.Is(err, module.ErrNoPrevious) || errors.Is(err, module.ErrNotFound)
 }
 
 func (h *Host) loadVerified(ctx context.Context, name string, vd *artifact.Verified) (module.VersionStatus, error) {
@@ -345,8 +367,11 @@ func (h *Host) auditModule(ctx context.Context, ev module.Event) error {
 		From:   versionRef(ev.FromVersion, ev.FromDigest),
 		To:     versionRef(ev.ToVersion, ev.ToDigest),
 	}
-	if ev.Action == module.ActionRollback {
+	if ev.Action == module.ActionRollback || inRollback(ctx) {
 		rec.Action = audit.ActionRollback
+	}
+	if ev.Action == module.ActionRollback && ev.Result == module.ResultRefused && inRollback(ctx) && noWarmPrevious(ev.Err) {
+		return nil // Host.Rollback tries the store and records the outcome
 	}
 	switch ev.Result {
 	case module.ResultPending:
@@ -363,8 +388,8 @@ func (h *Host) auditModule(ctx context.Context, ev module.Event) error {
 	return h.record(ctx, rec)
 }
 
-func (h *Host) refuse(ctx context.Context, action audit.Action, target, to string, err error) error {
-	if aerr := h.record(ctx, audit.Event{Action: action, Target: target, To: to, Result: audit.ResultRefused, Error: err.Error()}); aerr != nil {
+func (h *Host) refuse(ctx context.Context, action audit.Action, target, from, to string, err error) error {
+	if aerr := h.record(ctx, audit.Event{Action: action, Target: target, From: from, To: to, Result: audit.ResultRefused, Error: err.Error()}); aerr != nil {
 		h.log.Error("audit a refusal", "err", aerr)
 	}
 	h.log.Warn("change refused", "action", action, "target", target, "err", err)

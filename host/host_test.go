@@ -376,6 +376,13 @@ func TestRollbackAfterRestart(t *testing.T) {
 			if a := b.Module("pricing").Status().Active; a == nil || a.Version != wantVersion {
 				t.Errorf("active version after Rollback() = %+v; want %s", a, wantVersion)
 			}
+			wantEv := event{Actor: "oncall", Action: "rollback", Target: "pricing", From: ref("2.0.0", v2), To: ref("1.0.0", v1), Result: "ok"}
+			if tt.wantErr != nil {
+				wantEv.Result, wantEv.Error = "refused", err.Error()
+			}
+			if got := events([]audit.Event{newest(t, b)})[0]; got != wantEv {
+				t.Errorf("newest audit event = %v; want %v", got, wantEv)
+			}
 		})
 	}
 }
@@ -389,6 +396,49 @@ func script(t *testing.T, dir, file, marker string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestAuditTrail: every load, swap, rollback, upgrade and refusal is in the
+// audit log, in order, with the actor the change was asked with.
+func TestAuditTrail(t *testing.T) {
+	v1, v2 := guest(t, "v1"), guest(t, "v2")
+	f := newFixture(t)
+	h := f.open(t, hostOptions{upgrade: &upgrade.Options{NoSignals: true}})
+	marker := filepath.Join(f.dir, "executed")
+	r1, r2 := ref("1.0.0", v1), ref("2.0.0", v2)
+
+	mustLoad(t, h, "alice", f.signed(t, f.trusted, "pricing-v1.wasm", v1, artifact.Manifest{Version: "1.0.0"}))
+	mustLoad(t, h, "alice", f.signed(t, f.trusted, "pricing-v2.wasm", v2, artifact.Manifest{Version: "2.0.0"}))
+	_, errUnsigned := h.LoadFile(ctxFor(t, "mallory"), "pricing", f.write(t, "unsigned.wasm", v1))
+	if _, err := h.Rollback(ctxFor(t, "bob"), "pricing"); err != nil {
+		t.Fatalf("Rollback() = %v; want nil", err)
+	}
+	_, errNoPrevious := h.Rollback(ctxFor(t, "bob"), "pricing")
+	_, errUpgrade := h.Upgrade(ctxFor(t, "carol"), script(t, f.dir, "unsigned-binary", marker))
+	for _, err := range []error{errUnsigned, errNoPrevious, errUpgrade} {
+		if err == nil {
+			t.Fatalf("a change that must be refused returned nil")
+		}
+	}
+	var ve *artifact.VerifyError
+	if !errors.Is(errUpgrade, artifact.ErrUnsigned) || !errors.As(errUpgrade, &ve) {
+		t.Fatalf("Upgrade(unsigned) = %v; want ErrUnsigned from a *artifact.VerifyError", errUpgrade)
+	}
+	want := []event{
+		{Actor: "alice", Action: "swap", Target: "pricing", To: r1, Result: "ok"},
+		{Actor: "alice", Action: "swap", Target: "pricing", From: r1, To: r2, Result: "ok"},
+		{Actor: "mallory", Action: "swap", Target: "pricing", Result: "refused", Error: errUnsigned.Error()},
+		{Actor: "bob", Action: "rollback", Target: "pricing", From: r2, To: r1, Result: "ok"},
+		{Actor: "bob", Action: "rollback", Target: "pricing", From: r1, Result: "refused", Error: errNoPrevious.Error()},
+		{Actor: "carol", Action: "upgrade", Target: "process", To: filepath.Join(f.dir, "unsigned-binary"), Result: "refused", Error: ve.Error()},
+	}
+	got := events(history(t, h))
+	if !slices.Equal(got, want) {
+		t.Errorf("audit log:\n%s\nwant:\n%s", lines(got), lines(want))
+	}
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the refused binary was executed (marker: %v)", err)
+	}
 }
 
 func lines(evs []event) string {

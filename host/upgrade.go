@@ -82,7 +82,7 @@ func (h *Host) prepareBinary(ctx context.Context, path string) (string, error) {
 	progress(ctx, StepVerify, path)
 	entry, err := h.verifier.VerifyToStore(ctx, h.store, path, artifact.Expect{Kind: artifact.KindBinary})
 	if err != nil {
-		return "", auditedError{h.refuse(ctx, audit.ActionUpgrade, "process", path, err)}
+		return "", auditedError{h.refuse(ctx, audit.ActionUpgrade, "process", "", path, err)}
 	}
 	to := versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
 	if err := h.record(ctx, audit.Event{Action: audit.ActionUpgrade, Target: "process", To: to, Result: audit.ResultOK}); err != nil {
