@@ -286,6 +286,9 @@ func (h *Host) loadVerified(ctx context.Context, name string, vd *artifact.Verif
 	if err != nil {
 		return st, err
 	}
+	if inRollback(ctx) {
+		prev = nil // the version rolled back from is not known to be good
+	}
 	h.remember(ctx, name, prev, vd.Manifest.Digest)
 	return st, nil
 }

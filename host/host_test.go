@@ -376,6 +376,15 @@ func TestRollbackAfterRestart(t *testing.T) {
 			if a := b.Module("pricing").Status().Active; a == nil || a.Version != wantVersion {
 				t.Errorf("active version after Rollback() = %+v; want %s", a, wantVersion)
 			}
+			// The version rolled back from is not known to be good: a
+			// later restart must not fall back to it.
+			store, serr := artifact.OpenStore(filepath.Join(f.state, "store"), artifact.StoreOptions{})
+			if serr != nil {
+				t.Fatal(serr)
+			}
+			if lkg, err := store.LastKnownGood("pricing"); err != nil || lkg.Manifest.Version != "1.0.0" {
+				t.Errorf("store's last-known-good after Rollback() = %q, %v; want 1.0.0", lkg.Manifest.Version, err)
+			}
 			wantEv := event{Actor: "oncall", Action: "rollback", Target: "pricing", From: ref("2.0.0", v2), To: ref("1.0.0", v1), Result: "ok"}
 			if tt.wantErr != nil {
 				wantEv.Result, wantEv.Error = "refused", err.Error()
