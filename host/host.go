@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/hotswapgo/hotswap/artifact"
@@ -294,8 +295,11 @@ func (h *Host) loadVerified(ctx context.Context, name string, vd *artifact.Verif
 }
 
 // RestoreModules loads, for every module in the store, the version that was
-// current, verified again; if that fails, the last-known-good one. It
-// returns the errors of modules it could not restore.
+// current, verified again; if that fails, the last-known-good one. Every
+// version it could not restore is audited as refused and its error
+// returned, also when the last-known-good version serves in its place: a
+// stored version that no longer verifies means the store was tampered with
+// or the trusted keys changed.
 func (h *Host) RestoreModules(ctx context.Context) error {
 	names, err := h.store.Names()
 	if err != nil {
@@ -304,26 +308,28 @@ func (h *Host) RestoreModules(ctx context.Context) error {
 	var errs []error
 	ctx = WithActor(ctx, "restore")
 	for _, name := range names {
-		var tried []error
+		var tried []artifact.Digest
 		for _, get := range []func(string) (artifact.Entry, error){h.store.Current, h.store.LastKnownGood} {
 			entry, err := get(name)
-			if err != nil {
+			if err != nil || slices.Contains(tried, entry.Manifest.Digest) {
 				continue
 			}
 			if entry.Manifest.Kind != artifact.KindWasm {
 				break
 			}
+			tried = append(tried, entry.Manifest.Digest)
 			vd, err := h.verifier.VerifyEntry(ctx, entry)
-			if err == nil {
-				_, err = h.loadVerified(ctx, name, vd)
+			if err != nil {
+				to := versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
+				err = h.refuse(ctx, audit.ActionSwap, name, "", to, err)
+			} else {
+				_, err = h.loadVerified(ctx, name, vd) // the registry audits a refusal
 			}
 			if err == nil {
-				tried = nil
 				break
 			}
-			tried = append(tried, err)
+			errs = append(errs, fmt.Errorf("restore %s %s: %w", name, entry.Manifest.Version, err))
 		}
-		errs = append(errs, tried...)
 	}
 	return errors.Join(errs...)
 }

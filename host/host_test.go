@@ -396,6 +396,49 @@ func TestRollbackAfterRestart(t *testing.T) {
 	}
 }
 
+// TestRestoreFallsBackToLastKnownGood: when the current version's blob in
+// the store was tampered with, RestoreModules refuses it, audits the
+// refusal, loads the last-known-good version instead and reports the error.
+func TestRestoreFallsBackToLastKnownGood(t *testing.T) {
+	v1, v2 := guest(t, "v1"), guest(t, "v2")
+	f := newFixture(t)
+	a := f.open(t, hostOptions{noClose: true})
+	mustLoad(t, a, "deploy", f.signed(t, f.trusted, "pricing-v1.wasm", v1, artifact.Manifest{Version: "1.0.0"}))
+	mustLoad(t, a, "deploy", f.signed(t, f.trusted, "pricing-v2.wasm", v2, artifact.Manifest{Version: "2.0.0"}))
+	closeHost(t, a)
+	blob := filepath.Join(f.state, "store", "blobs", artifact.DigestOf(v2).Hex())
+	fi, err := os.Stat(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o222 != 0 {
+		t.Errorf("store blob mode = %v; want read-only", fi.Mode())
+	}
+	flipByte(t, blob)
+
+	b := f.open(t, hostOptions{})
+	err = b.RestoreModules(ctxFor(t, "boot"))
+	var ve *artifact.VerifyError
+	if !errors.Is(err, artifact.ErrDigestMismatch) || !errors.As(err, &ve) || !strings.Contains(err.Error(), artifact.DigestOf(v2).Hex()) {
+		t.Fatalf("RestoreModules() = %v; want ErrDigestMismatch naming v2's blob", err)
+	}
+	if got := servedBy(t, b); got != "v1" {
+		t.Errorf("after RestoreModules served by %q; want v1 (last-known-good)", got)
+	}
+	if a := b.Module("pricing").Status().Active; a == nil || a.Version != "1.0.0" {
+		t.Errorf("active version = %+v; want 1.0.0", a)
+	}
+	got := events(history(t, b))
+	got = got[len(got)-2:]
+	want := []event{
+		{Actor: "restore", Action: "swap", Target: "pricing", To: ref("2.0.0", v2), Result: "refused", Error: ve.Error()},
+		{Actor: "restore", Action: "swap", Target: "pricing", To: ref("1.0.0", v1), Result: "ok"},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("last audit events = %v; want %v", got, want)
+	}
+}
+
 // script writes an executable shell script to dir that creates marker when
 // run, so a test can tell whether it was ever executed.
 func script(t *testing.T, dir, file, marker string) string {
