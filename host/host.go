@@ -169,21 +169,20 @@ func actor(ctx context.Context) string {
 }
 
 // LoadFile verifies the artifact at path (with its manifest at
-// path+".manifest") as a version of module name and loads it. See
-// LoadArtifact.
+// path+".manifest") as a version of module name and loads it. It reads the
+// manifest up to artifact.MaxManifestSize and, only once the manifest
+// passed, the payload up to the size the manifest states, so a huge file
+// costs nothing. See LoadArtifact.
 func (h *Host) LoadFile(ctx context.Context, name, path string) (module.VersionStatus, error) {
-	payload, err := os.ReadFile(path)
-	if err != nil {
+	progress(ctx, StepVerify, filepath.Base(path))
+	if _, err := os.Stat(path); err != nil {
 		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", "", fmt.Errorf("load %s from %s: %w", name, path, err))
 	}
-	manifest, err := os.ReadFile(artifact.ManifestPath(path))
-	if errors.Is(err, os.ErrNotExist) {
-		manifest, err = nil, nil // the verifier decides whether unsigned is acceptable
-	}
+	vd, err := h.verifier.Verify(ctx, path, artifact.Expect{Name: name, Kind: artifact.KindWasm})
 	if err != nil {
-		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", "", fmt.Errorf("load %s: read manifest: %w", name, err))
+		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", "", err)
 	}
-	return h.LoadArtifact(ctx, name, filepath.Base(path), payload, manifest)
+	return h.storeAndLoad(ctx, name, vd)
 }
 
 // LoadArtifact verifies payload against manifest (nil: none) as a WASM
@@ -198,19 +197,18 @@ func (h *Host) LoadArtifact(ctx context.Context, name, label string, payload, ma
 	if err != nil {
 		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", "", err)
 	}
+	return h.storeAndLoad(ctx, name, vd)
+}
+
+// storeAndLoad keeps a verified artifact in the store and loads it.
+func (h *Host) storeAndLoad(ctx context.Context, name string, vd *artifact.Verified) (module.VersionStatus, error) {
 	to := versionRef(vd.Manifest.Version, vd.Manifest.Digest.Hex())
 	progress(ctx, StepStore, to)
 	if _, err := h.store.Put(ctx, vd); err != nil {
 		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", to, fmt.Errorf("store %s: %w", to, err))
 	}
-	prev := h.reg.Module(name).Status().Active
 	progress(ctx, StepPrepare, to)
-	st, err := h.reg.Load(ctx, name, module.Source{Version: vd.Manifest.Version, Artifact: vd.Payload, Digest: vd.Manifest.Digest.Hex()})
-	if err != nil {
-		return st, err // the registry audited the refusal
-	}
-	h.remember(ctx, name, prev, vd.Manifest.Digest)
-	return st, nil
+	return h.loadVerified(ctx, name, vd)
 }
 
 // remember records in the store which version is current and which served

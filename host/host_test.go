@@ -868,3 +868,66 @@ func countFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+// TestLoadFileReadsOnlyWhatVerificationNeeds: LoadFile reads a manifest up
+// to its size limit and a payload up to the size its manifest states, so a
+// huge file dropped beside a service costs it no memory.
+func TestLoadFileReadsOnlyWhatVerificationNeeds(t *testing.T) {
+	const huge = 256 << 20 // sparse: costs no disk
+	v1 := guest(t, "v1")
+	f := newFixture(t)
+	h := f.open(t, hostOptions{})
+	grow := func(t *testing.T, path string) {
+		if err := os.Truncate(path, huge); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name     string
+		artifact func(t *testing.T) string
+		wantErr  error
+	}{
+		{
+			name: "payload larger than its manifest says",
+			artifact: func(t *testing.T) string {
+				p := f.signed(t, f.trusted, "grown.wasm", v1, artifact.Manifest{Version: "1.0.0"})
+				grow(t, p)
+				return p
+			},
+			wantErr: artifact.ErrDigestMismatch,
+		},
+		{
+			name: "huge manifest",
+			artifact: func(t *testing.T) string {
+				p := f.signed(t, f.trusted, "huge-manifest.wasm", v1, artifact.Manifest{Version: "1.0.0"})
+				grow(t, artifact.ManifestPath(p))
+				return p
+			},
+			wantErr: artifact.ErrManifestTooLarge,
+		},
+		{
+			name: "huge payload without a manifest",
+			artifact: func(t *testing.T) string {
+				p := f.write(t, "huge.wasm", nil)
+				grow(t, p)
+				return p
+			},
+			wantErr: artifact.ErrUnsigned,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := tt.artifact(t)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err := h.LoadFile(ctxFor(t, "watch"), "pricing", path)
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("LoadFile() = %v; want %v", err, tt.wantErr)
+			}
+			if n := after.TotalAlloc - before.TotalAlloc; n > huge/8 {
+				t.Errorf("LoadFile() allocated %d MiB for a %d MiB file; want it to read no more than verification needs", n>>20, huge>>20)
+			}
+		})
+	}
+}
