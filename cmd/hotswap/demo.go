@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hotswapgo/hotswap/artifact"
+	"github.com/hotswapgo/hotswap/control"
 	"github.com/hotswapgo/hotswap/examples/pricing"
 	"github.com/hotswapgo/hotswap/host"
 	"github.com/hotswapgo/hotswap/internal/dropdir"
@@ -140,6 +141,24 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
+	// The control socket: the CLI's status, load, rollback, history and
+	// upgrade talk to it. It comes from the upgrader, so it is inherited.
+	cln, err := control.Listen(ctx, h, control.DefaultSocketPath())
+	if err != nil {
+		return err
+	}
+	csrv, err := control.New(h, control.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	go csrv.Serve(cln)
+	defer func() {
+		// Shutdown lets the caller of an upgrade read its answer.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		csrv.Shutdown(sctx)
+	}()
+
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go func() {
@@ -165,7 +184,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		return err
 	}
 	if !up.HasParent() {
-		printDemoHelp(stdout, o.addr, arts, dropDir)
+		printDemoHelp(stdout, o.addr, arts, dropDir, control.DefaultSocketPath(), h.Module(pricing.Module).Status().Active.Version)
 	} else {
 		fmt.Fprintf(stdout, "hotswap demo: pid %d took over http://%s\n", os.Getpid(), o.addr)
 	}
@@ -187,17 +206,21 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	return nil
 }
 
-func printDemoHelp(w io.Writer, addr string, arts map[string]string, dropDir string) {
+func printDemoHelp(w io.Writer, addr string, arts map[string]string, dropDir, socket, serving string) {
 	pid := os.Getpid()
-	fmt.Fprintf(w, `hotswap demo: pricing service on http://%[1]s (pid %[2]d), module pricing@v1
+	fmt.Fprintf(w, `hotswap demo: pricing service on http://%[1]s (pid %[2]d), module pricing@%[7]s
+control socket: %[8]s
 
   quote:     curl 'http://%[1]s/quote?item=apple&qty=12'
-  swap:      cp %[3]s* %[4]s/
-  refused:   cp %[5]s* %[4]s/   (traps in init)
-  tampered:  cp %[6]s* %[4]s/   (digest mismatch)
-  upgrade:   kill -HUP %[2]d   (replace the binary; listeners and module state carry over)
+  status:    hotswap status
+  swap:      hotswap load pricing %[3]s        (or: cp %[3]s* %[4]s/)
+  refused:   hotswap load pricing %[5]s        (traps in init: refused, the serving version stays)
+  tampered:  hotswap load pricing %[6]s        (digest mismatch)
+  rollback:  hotswap rollback pricing
+  history:   hotswap history pricing
+  upgrade:   hotswap upgrade                   (or: kill -HUP %[2]d; listeners and module state carry over)
 
-`, addr, pid, arts["v2"], dropDir, arts["broken-trapinit"], arts["tampered"])
+`, addr, pid, arts["v2"], dropDir, arts["broken-trapinit"], arts["tampered"], serving, socket)
 }
 
 // moduleOf names the module an artifact is for: its manifest's name, else
