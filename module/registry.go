@@ -138,18 +138,18 @@ func (r *Registry) Load(ctx context.Context, name string, src Source) (VersionSt
 		sum := sha256.Sum256(src.Artifact)
 		src.Digest = hex.EncodeToString(sum[:])
 	}
+	ev := Event{Action: ActionLoad, Module: name, ToVersion: src.Version, ToDigest: src.Digest}
 	if r.isClosed() {
-		return VersionStatus{}, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrClosed)
+		return VersionStatus{}, r.refuse(ctx, ev, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrClosed))
 	}
 	m := r.Module(name)
 	if !m.busy.CompareAndSwap(false, true) {
-		return VersionStatus{}, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrBusy)
+		return VersionStatus{}, r.refuse(ctx, ev, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrBusy))
 	}
 	defer m.busy.Store(false)
 
 	start := time.Now()
 	cur := m.active.Load()
-	ev := Event{Action: ActionLoad, Module: name, ToVersion: src.Version, ToDigest: src.Digest}
 	warm := 0
 	if cur != nil {
 		ev.FromVersion, ev.FromDigest = cur.name, cur.digest
@@ -172,7 +172,7 @@ func (r *Registry) Load(ctx context.Context, name string, src Source) (VersionSt
 	if r.closed {
 		r.mu.Unlock()
 		code.Close(ctx)
-		return VersionStatus{}, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrClosed)
+		return VersionStatus{}, r.refuse(ctx, ev, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrClosed))
 	}
 	// Holding r.mu orders this switch before Close's sweep of actives.
 	m.activate(v)
@@ -187,11 +187,11 @@ func (r *Registry) Load(ctx context.Context, name string, src Source) (VersionSt
 // once: it is still warm. The version rolled back from drains and closes.
 func (r *Registry) Rollback(ctx context.Context, name string) (VersionStatus, error) {
 	if r.isClosed() {
-		return VersionStatus{}, fmt.Errorf("rollback %s: %w", name, ErrClosed)
+		return VersionStatus{}, r.refuse(ctx, Event{Action: ActionRollback, Module: name}, fmt.Errorf("rollback %s: %w", name, ErrClosed))
 	}
 	m := r.Module(name)
 	if !m.busy.CompareAndSwap(false, true) {
-		return VersionStatus{}, fmt.Errorf("rollback %s: %w", name, ErrBusy)
+		return VersionStatus{}, r.refuse(ctx, Event{Action: ActionRollback, Module: name}, fmt.Errorf("rollback %s: %w", name, ErrBusy))
 	}
 	defer m.busy.Store(false)
 
@@ -216,7 +216,7 @@ func (r *Registry) Rollback(ctx context.Context, name string) (VersionStatus, er
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
-		return VersionStatus{}, fmt.Errorf("rollback %s: %w", name, ErrClosed)
+		return VersionStatus{}, r.refuse(ctx, ev, fmt.Errorf("rollback %s: %w", name, ErrClosed))
 	}
 	m.mu.Lock()
 	m.active.Store(prev)

@@ -434,3 +434,45 @@ func TestSwapUnderLoad(t *testing.T) {
 		t.Fatalf("calls %d, failed %d; want >0 calls and none failed", calls.Load(), failed.Load())
 	}
 }
+
+func TestBusyAndClosedRefusalsAreAudited(t *testing.T) {
+	b := &fakeBackend{prepareGate: make(chan struct{}), entered: make(chan struct{}, 1)}
+	var mu sync.Mutex
+	var refused []error
+	r, err := module.New(module.Options{Backend: b, Audit: func(_ context.Context, ev module.Event) error {
+		if ev.Result == module.ResultRefused {
+			mu.Lock()
+			refused = append(refused, ev.Err)
+			mu.Unlock()
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan error, 1)
+	go func() {
+		_, err := r.Load(context.Background(), "m", module.Source{Version: "a"})
+		first <- err
+	}()
+	<-b.entered
+	r.Load(context.Background(), "m", module.Source{Version: "b"})
+	r.Rollback(context.Background(), "m")
+	close(b.prepareGate)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	r.Close(context.Background())
+	r.Load(context.Background(), "m", module.Source{Version: "c"})
+	mu.Lock()
+	defer mu.Unlock()
+	want := []error{module.ErrBusy, module.ErrBusy, module.ErrClosed}
+	if len(refused) != len(want) {
+		t.Fatalf("audited refusals = %v; want %v", refused, want)
+	}
+	for i, w := range want {
+		if !errors.Is(refused[i], w) {
+			t.Errorf("refusal %d = %v; want %v", i, refused[i], w)
+		}
+	}
+}
