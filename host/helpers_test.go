@@ -178,40 +178,14 @@ func (f *fixture) open(t *testing.T, o hostOptions) *host.Host {
 	return h
 }
 
-// closeHost closes h, bounded, once its guest instances are back in their
-// pools (see quiesce).
+// closeHost closes h, bounded.
 func closeHost(t *testing.T, h *host.Host) {
 	t.Helper()
-	quiesce(t, h)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := h.Close(ctx); err != nil {
 		t.Errorf("Close() = %v", err)
 	}
-}
-
-// quiesce waits (bounded) until no guest instance of h is out of its pool:
-// module/wasm closes instances on Close while a maintenance yield may still
-// run a guest call on one, which the race detector reports (the same wait
-// as cmd/hotswap's tests). It keeps these tests about the host.
-func quiesce(t *testing.T, h *host.Host) {
-	t.Helper()
-	waitFor(t, "guest instances idle", func() bool {
-		for _, m := range h.Registry().Status() {
-			vs := slices.Clone(m.Draining)
-			for _, v := range []*module.VersionStatus{m.Active, m.Previous} {
-				if v != nil {
-					vs = append(vs, *v)
-				}
-			}
-			for _, v := range vs {
-				if v.Instances != v.IdleInstances || v.InFlight != 0 {
-					return false
-				}
-			}
-		}
-		return true
-	})
 }
 
 func testLogger() *slog.Logger {
