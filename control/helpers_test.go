@@ -167,7 +167,8 @@ func newEnvAt(t *testing.T, state, socket string, o envOptions) *env {
 		t.Fatal(err)
 	}
 	b, err := wasm.New(wasm.Options{CacheDir: cacheDir(), Default: wasm.ModuleConfig{
-		Grants: []wasm.Capability{wasm.CapKV}, RequiredHandlers: []string{"quote"}, MinInstances: 2}})
+		Grants: []wasm.Capability{wasm.CapKV}, RequiredHandlers: []string{"quote"}, MinInstances: 2,
+		CallTimeout: 30 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}

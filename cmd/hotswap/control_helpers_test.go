@@ -72,7 +72,10 @@ func newService(t *testing.T, o serviceOptions) *service {
 		t.Fatal(err)
 	}
 	b, err := wasm.New(wasm.Options{CacheDir: filepath.Join(os.TempDir(), "hotswap-test-wazero-cache"),
-		Default: wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}, RequiredHandlers: []string{"quote"}}})
+		// A generous call timeout: these tests are about the control path,
+		// and a starved -race run must not turn a slow call into a failure.
+		Default: wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}, RequiredHandlers: []string{"quote"},
+			CallTimeout: 30 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}

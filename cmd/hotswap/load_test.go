@@ -43,10 +43,23 @@ func TestLoadUnderLoad(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(100 * time.Millisecond)
+	// Bounded waits, not sleeps: a starved -race run may be slow.
+	waitFor := func(what string, cond func() bool) {
+		deadline := time.Now().Add(30 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Errorf("no %s within 30s", what)
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor("100 calls before the load", func() bool { return calls.Load() >= 100 })
 	before := calls.Load()
 	out, errOut, code, err := ctl(t, s.socket, "load", "pricing", v2)
-	time.Sleep(100 * time.Millisecond)
+	if code == 0 {
+		waitFor("100 calls answered by v2", func() bool { return onV2.Load() >= 100 })
+	}
 	close(stop)
 	wg.Wait()
 
