@@ -18,7 +18,6 @@ import (
 	"github.com/hotswapgo/hotswap/control"
 	"github.com/hotswapgo/hotswap/host"
 	"github.com/hotswapgo/hotswap/internal/guestbuild"
-	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/module/wasm"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
@@ -203,7 +202,6 @@ func newEnvAt(t *testing.T, state, socket string, o envOptions) *env {
 		case <-ctx.Done():
 			t.Errorf("Serve() did not return after Shutdown")
 		}
-		quiesce(t, e.h)
 		if err := e.h.Close(ctx); err != nil {
 			t.Errorf("host Close() = %v", err)
 		}
@@ -274,33 +272,4 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
 	w.t.Log(string(p))
 	return len(p), nil
-}
-
-// quiesce waits (bounded) until no guest instance of h is out of its pool.
-// module/wasm force-closes instances on Close while a maintenance yield may
-// still run a guest call on one, which the race detector reports; waiting
-// for the yields to finish keeps these tests about the control path.
-func quiesce(t *testing.T, h *host.Host) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		busy := false
-		for _, m := range h.Registry().Status() {
-			vs := append([]module.VersionStatus{}, m.Draining...)
-			for _, v := range []*module.VersionStatus{m.Active, m.Previous} {
-				if v != nil {
-					vs = append(vs, *v)
-				}
-			}
-			for _, v := range vs {
-				busy = busy || v.Instances != v.IdleInstances || v.InFlight != 0
-			}
-			busy = busy || len(m.Draining) > 0
-		}
-		if !busy {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Logf("guest instances still busy 10s after the test")
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/hotswapgo/hotswap/control"
 	"github.com/hotswapgo/hotswap/host"
 	"github.com/hotswapgo/hotswap/internal/guestbuild"
-	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/module/wasm"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
@@ -106,7 +105,6 @@ func newService(t *testing.T, o serviceOptions) *service {
 		if err := <-served; err != nil {
 			t.Errorf("Serve() = %v", err)
 		}
-		quiesce(t, s.h)
 		if err := s.h.Close(ctx); err != nil {
 			t.Errorf("host Close() = %v", err)
 		}
@@ -180,33 +178,4 @@ func mustCtl(t *testing.T, socket string, args ...string) string {
 		t.Fatalf("hotswap %q = %v (exit %d)\nstdout: %s\nstderr: %s", args, err, code, out, errOut)
 	}
 	return out
-}
-
-// quiesce waits (bounded) until no guest instance of h is out of its pool.
-// module/wasm force-closes instances on Close while a maintenance yield may
-// still run a guest call on one, which the race detector reports; waiting
-// for the yields to finish keeps these tests about the control path.
-func quiesce(t *testing.T, h *host.Host) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		busy := false
-		for _, m := range h.Registry().Status() {
-			vs := append([]module.VersionStatus{}, m.Draining...)
-			for _, v := range []*module.VersionStatus{m.Active, m.Previous} {
-				if v != nil {
-					vs = append(vs, *v)
-				}
-			}
-			for _, v := range vs {
-				busy = busy || v.Instances != v.IdleInstances || v.InFlight != 0
-			}
-			busy = busy || len(m.Draining) > 0
-		}
-		if !busy {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Logf("guest instances still busy 10s after the test")
 }
