@@ -1,7 +1,14 @@
 // Command hotswap runs the demo service and operates hotswap-enabled services.
 //
-// Exit codes: 0 on success, 1 when the requested action failed (the message
-// says what failed and what still serves), 2 on a usage error.
+// Exit codes (see docs/cli.md):
+//
+//	0  success
+//	1  the requested action was refused or failed; the message says what
+//	   failed (the artifact or binary and the failed check) and what still
+//	   serves
+//	2  usage error; nothing was asked
+//	3  the service's control socket could not be reached, or its answer
+//	   could not be read
 package main
 
 import (
