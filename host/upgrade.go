@@ -42,7 +42,7 @@ func (h *Host) startUpgrader(opts upgrade.Options) error {
 	opts.OnResult = func(res upgrade.Result) {
 		h.setUpgrading(&res)
 		if res.Err != nil && !errors.As(res.Err, new(auditedError)) {
-			h.record(context.Background(), audit.Event{Action: audit.ActionUpgrade, Target: "process", To: res.Binary,
+			h.record(WithActor(context.Background(), "upgrade "+res.Trigger), audit.Event{Action: audit.ActionUpgrade, Target: "process", To: res.Binary,
 				Result: audit.ResultFailed, Error: res.Err.Error()})
 		}
 		if onResult != nil {

@@ -121,7 +121,11 @@ func (r *Registry) Module(name string) *Module {
 
 // Call runs handler of the named module's active version.
 func (r *Registry) Call(ctx context.Context, module, handler string, in []byte) ([]byte, error) {
-	return r.Module(module).Call(ctx, handler, in)
+	m := (*r.lookup.Load())[module]
+	if m == nil {
+		return nil, fmt.Errorf("call %s %s: %w", module, handler, ErrNotFound)
+	}
+	return m.Call(ctx, handler, in)
 }
 
 // Load prepares src as the next version of the named module and, if every
@@ -189,7 +193,10 @@ func (r *Registry) Rollback(ctx context.Context, name string) (VersionStatus, er
 	if r.isClosed() {
 		return VersionStatus{}, r.refuse(ctx, Event{Action: ActionRollback, Module: name}, fmt.Errorf("rollback %s: %w", name, ErrClosed))
 	}
-	m := r.Module(name)
+	m := (*r.lookup.Load())[name]
+	if m == nil { // never loaded: do not make an entry for a typo
+		return VersionStatus{}, r.refuse(ctx, Event{Action: ActionRollback, Module: name}, fmt.Errorf("rollback %s: %w", name, ErrNotFound))
+	}
 	if !m.busy.CompareAndSwap(false, true) {
 		return VersionStatus{}, r.refuse(ctx, Event{Action: ActionRollback, Module: name}, fmt.Errorf("rollback %s: %w", name, ErrBusy))
 	}
@@ -229,12 +236,17 @@ func (r *Registry) Rollback(ctx context.Context, name string) (VersionStatus, er
 	return *prev.status(), nil
 }
 
-// Status describes every module, sorted by name.
+// Status describes every module that has a version or state, sorted by
+// name.
 func (r *Registry) Status() []Status {
 	mods := *r.lookup.Load()
 	out := make([]Status, 0, len(mods))
 	for _, m := range mods {
-		out = append(out, m.Status())
+		st := m.Status()
+		if st.Active == nil && st.Previous == nil && len(st.Draining) == 0 && st.StateKeys == 0 {
+			continue // a handle taken before any load
+		}
+		out = append(out, st)
 	}
 	slices.SortFunc(out, func(a, b Status) int {
 		switch {

@@ -476,3 +476,17 @@ func TestBusyAndClosedRefusalsAreAudited(t *testing.T) {
 		}
 	}
 }
+
+func TestUnknownModuleLeavesNoEntry(t *testing.T) {
+	r := newTestRegistry(t, &fakeBackend{}, time.Second)
+	if _, err := r.Rollback(context.Background(), "typo"); !errors.Is(err, module.ErrNotFound) {
+		t.Errorf("Rollback(typo) = %v; want ErrNotFound", err)
+	}
+	if _, err := r.Call(context.Background(), "typo", "f", nil); !errors.Is(err, module.ErrNotFound) {
+		t.Errorf("Call(typo) = %v; want ErrNotFound", err)
+	}
+	r.Module("handle-only")
+	if st := r.Status(); len(st) != 0 {
+		t.Errorf("Status() = %+v; want no modules", st)
+	}
+}
