@@ -4,6 +4,7 @@ package guest
 
 import (
 	"runtime"
+	"runtime/metrics"
 	"unsafe"
 )
 
@@ -94,21 +95,32 @@ func exportMigrate(n uint32) uint64 {
 	return pack(nil, statusOK)
 }
 
+// allocs reads the bytes allocated since the guest started.
+var allocs = []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+
+var allocsAtYield uint64
+
 // exportYield lets the runtime's background work, the garbage collector's
-// mark workers above all, run; with full set it runs a whole collection. The
-// host calls it between calls, never during one.
+// mark workers above all, run; with full set it runs a whole collection. It
+// returns the bytes allocated since the previous yield, which the host uses
+// to pace the next one. The host calls it between calls, never during one.
 //
 //go:wasmexport hotswap_yield
-func exportYield(full uint32) {
+func exportYield(full uint32) uint64 {
 	if full != 0 {
 		runtime.GC()
-		return
+	} else {
+		// One yield rarely lets a collection cycle finish; a few do,
+		// and cost little when nothing else is runnable.
+		for range 8 {
+			runtime.Gosched()
+		}
 	}
-	// One yield rarely lets a collection cycle finish; a few do, and cost
-	// little when nothing else is runnable.
-	for range 8 {
-		runtime.Gosched()
-	}
+	metrics.Read(allocs)
+	total := allocs[0].Value.Uint64()
+	since := total - allocsAtYield
+	allocsAtYield = total
+	return since
 }
 
 //go:wasmimport hotswap log

@@ -27,6 +27,9 @@ type Spec struct {
 	Version string
 	// Artifact is the payload, already verified by the caller.
 	Artifact []byte
+	// Digest is the artifact's hex sha256: a backend may reuse what it
+	// prepared from the same bytes before.
+	Digest string
 	// State is the module's host-kept state, shared by all its versions.
 	State *KV
 	// Warm is how many instances the active version has; a backend that

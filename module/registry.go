@@ -159,7 +159,7 @@ func (r *Registry) Load(ctx context.Context, name string, src Source) (VersionSt
 		ev.FromVersion, ev.FromDigest = cur.name, cur.digest
 		warm = cur.code.Stats().Instances
 	}
-	code, err := r.backend.Prepare(ctx, Spec{Module: name, Version: src.Version, Artifact: src.Artifact, State: m.state, Warm: warm})
+	code, err := r.backend.Prepare(ctx, Spec{Module: name, Version: src.Version, Artifact: src.Artifact, Digest: src.Digest, State: m.state, Warm: warm})
 	if err != nil {
 		return VersionStatus{}, r.refuse(ctx, ev, loadError(name, src.Version, "prepare", err))
 	}

@@ -40,7 +40,7 @@ var requiredExports = map[string]signature{
 	exportCall:       {[]api.ValueType{i32, i32}, []api.ValueType{i64}},
 	exportSelfTest:   {nil, []api.ValueType{i64}},
 	exportMigrate:    {[]api.ValueType{i32}, []api.ValueType{i64}},
-	exportYield:      {[]api.ValueType{i32}, nil},
+	exportYield:      {[]api.ValueType{i32}, []api.ValueType{i64}},
 }
 
 // Packed results: address in bits 32..63, status in bits 30..31, length in

@@ -2,6 +2,8 @@ package wasm
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -98,21 +100,27 @@ func (b *Backend) Prepare(ctx context.Context, spec module.Spec) (module.Code, e
 	}
 	cctx := experimental.WithCompilationWorkers(ctx, procs())
 
+	digest := spec.Digest
+	if digest == "" {
+		sum := sha256.Sum256(spec.Artifact)
+		digest = hex.EncodeToString(sum[:])
+	}
 	// Compile for validation and, for trusted modules, for serving at once.
 	var (
-		fast    wazero.CompiledModule
-		fastErr error
-		wg      sync.WaitGroup
+		fast, guarded               wazero.CompiledModule
+		releaseFast, releaseGuarded func()
+		fastErr                     error
+		wg                          sync.WaitGroup
 	)
 	if h.fast != nil {
-		wg.Go(func() { fast, fastErr = h.fast.CompileModule(cctx, spec.Artifact) })
+		wg.Go(func() { fast, releaseFast, fastErr = h.compile(cctx, false, digest, spec.Artifact) })
 	}
-	guarded, err := h.guarded.CompileModule(cctx, spec.Artifact)
+	guarded, releaseGuarded, err = h.compile(cctx, true, digest, spec.Artifact)
 	wg.Wait()
-	closeAll := func() {
-		for _, cm := range []wazero.CompiledModule{fast, guarded} {
-			if cm != nil {
-				cm.Close(context.Background())
+	releaseAll := func() {
+		for _, release := range []func(){releaseFast, releaseGuarded} {
+			if release != nil {
+				release()
 			}
 		}
 	}
@@ -120,23 +128,24 @@ func (b *Backend) Prepare(ctx context.Context, spec module.Spec) (module.Code, e
 		err = fastErr
 	}
 	if err != nil {
-		closeAll()
+		releaseAll()
 		return nil, module.Reject("compile", fmt.Errorf("%w: %v", module.ErrInvalidModule, err))
 	}
 	if err := checkExports(guarded); err != nil {
-		closeAll()
+		releaseAll()
 		return nil, err
 	}
 	if err := h.checkImports(guarded); err != nil {
-		closeAll()
+		releaseAll()
 		return nil, err
 	}
 
 	c, err := b.validate(ctx, h, guarded, spec)
 	if err != nil {
-		closeAll()
+		releaseAll()
 		return nil, err
 	}
+	c.release = releaseAll
 	c.guarded, c.serving = guarded, guarded
 	if fast != nil {
 		c.serving = fast

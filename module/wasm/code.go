@@ -29,6 +29,7 @@ type code struct {
 	// the runaway-protected one used for validation (the same when the
 	// module is untrusted).
 	serving, guarded wazero.CompiledModule
+	release          func() // releases serving and guarded
 
 	// refused counts calls failed before reaching an instance.
 	refused atomic.Uint64
@@ -124,10 +125,7 @@ func (c *code) Close(ctx context.Context) error {
 		}
 		c.mu.Unlock()
 		c.pool.close(true)
-		c.serving.Close(ctx)
-		if c.guarded != c.serving {
-			c.guarded.Close(ctx)
-		}
+		c.release()
 	})
 	return nil
 }

@@ -48,10 +48,73 @@ type moduleHost struct {
 	guarded wazero.Runtime
 	// fast has none; it serves calls when cfg.Trusted, else it is nil.
 	fast wazero.Runtime
+
+	mu       sync.Mutex // protects compiled
+	compiled map[compiledKey]*compiledModule
+}
+
+// compiledKey names compiled code: the runtime it belongs to and the
+// artifact's digest.
+type compiledKey struct {
+	guarded bool
+	digest  string
+}
+
+// compiledModule is compiled code shared by the versions made from the same
+// artifact, closed when the last of them is. wazero decodes and validates a
+// whole binary on every CompileModule, even when its own caches hold the
+// machine code, so swapping back to a version still loaded (the previous
+// one) would otherwise pay that again and keep a second decoded copy.
+type compiledModule struct {
+	cm   wazero.CompiledModule
+	refs int
+}
+
+// compile returns the compiled code of bin for the guarded or fast runtime,
+// reusing it when a live version has it, and the function that releases it.
+func (h *moduleHost) compile(ctx context.Context, guarded bool, digest string, bin []byte) (wazero.CompiledModule, func(), error) {
+	key := compiledKey{guarded, digest}
+	rt := h.fast
+	if guarded {
+		rt = h.guarded
+	}
+	h.mu.Lock()
+	c := h.compiled[key]
+	if c != nil {
+		c.refs++
+	}
+	h.mu.Unlock()
+	if c == nil {
+		cm, err := rt.CompileModule(ctx, bin)
+		if err != nil {
+			return nil, nil, err
+		}
+		h.mu.Lock()
+		if c = h.compiled[key]; c != nil { // compiled concurrently: keep one
+			c.refs++
+			cm.Close(context.Background())
+		} else {
+			c = &compiledModule{cm: cm, refs: 1}
+			h.compiled[key] = c
+		}
+		h.mu.Unlock()
+	}
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			if c.refs--; c.refs == 0 {
+				delete(h.compiled, key)
+				c.cm.Close(context.Background())
+			}
+		})
+	}
+	return c.cm, release, nil
 }
 
 func newModuleHost(ctx context.Context, name string, cfg ModuleConfig, state *module.KV, cache wazero.CompilationCache, log *slog.Logger) (*moduleHost, error) {
-	h := &moduleHost{name: name, cfg: cfg, state: state, log: log.With("module", name)}
+	h := &moduleHost{name: name, cfg: cfg, state: state, log: log.With("module", name), compiled: make(map[compiledKey]*compiledModule)}
 	var err error
 	if h.guarded, err = h.newRuntime(ctx, cache, true); err != nil {
 		return nil, err

@@ -48,6 +48,7 @@ type instance struct {
 	xptr, xcap uint32   // exchange buffer in guest memory
 	stack      []uint64 // CallWithStack's parameters and results
 	sinceYield int      // calls since the last maintenance yield
+	yieldEvery int      // calls between light yields; adapts, see maintain
 	memMark    uint32   // memory size at the last maintenance yield
 
 	// memBytes mirrors the memory size for Stats, which runs concurrently.
@@ -229,16 +230,31 @@ func (inst *instance) do(ctx context.Context, c *code, dst []byte, id uint32, in
 	return append(dst, b...), dead, nil
 }
 
-// maintain yields to the guest runtime so its garbage collector can finish;
-// a full collection when memory grew since the last time.
-func (inst *instance) maintain(ctx context.Context) error {
-	size := inst.mem.Size()
+// Pacing of light yields: a guest that allocated less than quietAllocs
+// since its last yield has little for its collector to finish, so its next
+// yield comes twice as many calls later, up to MaintainEvery times
+// maxYieldBackoff; one that allocated more yields every MaintainEvery calls.
+const (
+	quietAllocs     = 1 << 20
+	maxYieldBackoff = 64
+)
+
+// maintain yields to the guest runtime so its garbage collector can finish:
+// a full collection when memory grew since the last time, else a light
+// yield.
+func (inst *instance) maintain(ctx context.Context, every int) error {
 	full := uint64(0)
-	if size > inst.memMark {
+	if inst.mem.Size() > inst.memMark {
 		full = 1
 	}
-	if _, err := inst.invoke(ctx, inst.yield, full); err != nil {
+	allocated, err := inst.invoke(ctx, inst.yield, full)
+	if err != nil {
 		return err
+	}
+	if allocated < quietAllocs {
+		inst.yieldEvery = min(max(inst.yieldEvery, every)*2, every*maxYieldBackoff)
+	} else {
+		inst.yieldEvery = every
 	}
 	inst.sinceYield = 0
 	inst.memMark = inst.mem.Size()

@@ -111,7 +111,7 @@ func (p *pool) done(inst *instance, dead, failed bool) {
 		p.discardLocked(inst)
 	case p.closed:
 		p.dropLocked(inst)
-	case size > inst.memMark || inst.sinceYield >= p.cfg.MaintainEvery:
+	case size > inst.memMark || inst.sinceYield >= max(inst.yieldEvery, p.cfg.MaintainEvery):
 		inst.memBytes.Store(uint64(size))
 		p.yielding++
 		p.wg.Add(1)
@@ -136,7 +136,7 @@ func (p *pool) release(inst *instance) {
 func (p *pool) maintain(inst *instance) {
 	defer p.wg.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.InitTimeout)
-	err := inst.maintain(ctx)
+	err := inst.maintain(ctx, p.cfg.MaintainEvery)
 	cancel()
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -22,6 +22,6 @@ func selfTest() uint64 { return 0 }
 func migrate(n uint32) uint64 { return 0 }
 
 //go:wasmexport hotswap_yield
-func yield(full uint32) {}
+func yield(full uint32) uint64 { return 0 }
 
 func main() {}
