@@ -4,7 +4,10 @@
 //
 //	go run ./bench/modcall
 //
-// A call echoes 1 KiB in and 1 KiB out. Latencies are medians of the mean
+// A call echoes 1 KiB in and 1 KiB out. "raw" is the best hand-written wazero
+// call of the same guest; "raw guarded" is the same with wazero's runaway
+// protection on, the floor under the registry's untrusted mode (wazero
+// starts a goroutine per call to watch the context). Latencies are medians of the mean
 // per-call time of batches of 100 calls (timing single 60 ns calls would
 // measure the clock); trusted, untrusted and raw batches are interleaved so
 // machine noise hits them alike.
@@ -73,11 +76,16 @@ func run(rounds, allocCalls int) error {
 		return err
 	}
 	defer ur.Close(ctx)
-	raw, err := newRaw(ctx, code, cache)
+	raw, err := newRaw(ctx, code, cache, false)
 	if err != nil {
 		return err
 	}
 	defer raw.close(ctx)
+	rawGuarded, err := newRaw(ctx, code, cache, true)
+	if err != nil {
+		return err
+	}
+	defer rawGuarded.close(ctx)
 
 	in := make([]byte, 1024)
 	for i := range in {
@@ -101,6 +109,7 @@ func run(rounds, allocCalls int) error {
 		{name: "raw", call: func() error { return raw.echo(ctx, in, &dst) }},
 		{name: "trusted", call: viaRegistry(trusted)},
 		{name: "untrusted", call: viaRegistry(untrusted)},
+		{name: "raw guarded", call: func() error { return rawGuarded.echo(ctx, in, &dst) }},
 	}
 	for i := range variants { // warm up
 		for range 20 * batch {
@@ -124,6 +133,7 @@ func run(rounds, allocCalls int) error {
 	rawP50 := benchutil.Percentile(variants[0].ns, 50)
 	trustedP50 := benchutil.Percentile(variants[1].ns, 50)
 	untrustedP50 := benchutil.Percentile(variants[2].ns, 50)
+	rawGuardedP50 := benchutil.Percentile(variants[3].ns, 50)
 
 	// The allocating handler, on a fresh trusted registry.
 	allocMod, ar, err := newReg(true)
@@ -140,13 +150,15 @@ func run(rounds, allocCalls int) error {
 	st := allocMod.Status()
 	ar.Close(ctx)
 
-	fmt.Printf("raw p50 %.1f ns, trusted p50 %.1f ns, untrusted p50 %.1f ns\n", rawP50, trustedP50, untrustedP50)
+	fmt.Printf("raw p50 %.1f ns, trusted p50 %.1f ns, untrusted p50 %.1f ns, raw guarded p50 %.1f ns\n", rawP50, trustedP50, untrustedP50, rawGuardedP50)
 	fmt.Printf("alloc: %d calls in %v, %d instances, guest memory %.1f MiB\n", allocCalls, allocElapsed,
 		st.Active.Instances, float64(st.Active.MemoryBytes)/(1<<20))
 	benchutil.Result(map[string]any{
 		"trusted_p50_ns":       round1(trustedP50),
 		"untrusted_p50_ns":     round1(untrustedP50),
 		"raw_p50_ns":           round1(rawP50),
+		"raw_guarded_p50_ns":   round1(rawGuardedP50),
+		"untrusted_ratio":      round2(untrustedP50 / rawGuardedP50),
 		"ratio":                round2(trustedP50 / rawP50),
 		"alloc_calls":          allocCalls,
 		"alloc_guest_mem_mb":   round1(float64(st.Active.MemoryBytes) / (1 << 20)),
@@ -172,12 +184,15 @@ type rawEcho struct {
 	stack []uint64
 }
 
-func newRaw(ctx context.Context, code []byte, cacheDir string) (*rawEcho, error) {
+// newRaw instantiates the guest on a bare wazero runtime; guarded turns on
+// wazero's runaway protection (WithCloseOnContextDone), the floor of the
+// registry's untrusted mode.
+func newRaw(ctx context.Context, code []byte, cacheDir string, guarded bool) (*rawEcho, error) {
 	cache, err := wazero.NewCompilationCacheWithDir(cacheDir)
 	if err != nil {
 		return nil, err
 	}
-	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfig().WithCompilationCache(cache))
+	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfig().WithCompilationCache(cache).WithCloseOnContextDone(guarded))
 	wasi_snapshot_preview1.MustInstantiate(ctx, rt)
 	noop := api.GoModuleFunc(func(context.Context, api.Module, []uint64) {})
 	i32, i64 := api.ValueTypeI32, api.ValueTypeI64
