@@ -28,3 +28,15 @@ type VersionStatus struct {
 	Failures      uint64    `json:"failures"`
 	Discarded     uint64    `json:"discarded_instances"`
 }
+
+// Versions returns every live version of the module: the active one, the
+// previous one and those draining, in that order.
+func (s Status) Versions() []VersionStatus {
+	var vs []VersionStatus
+	for _, v := range []*VersionStatus{s.Active, s.Previous} {
+		if v != nil {
+			vs = append(vs, *v)
+		}
+	}
+	return append(vs, s.Draining...)
+}

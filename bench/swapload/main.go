@@ -363,20 +363,10 @@ func run(c config) error {
 // instances is the number of live instances over every version of st.
 func instances(st module.Status) int {
 	n := 0
-	for _, v := range append([]*module.VersionStatus{st.Active, st.Previous}, ptrs(st.Draining)...) {
-		if v != nil {
-			n += v.Instances
-		}
+	for _, v := range st.Versions() {
+		n += v.Instances
 	}
 	return n
-}
-
-func ptrs(vs []module.VersionStatus) []*module.VersionStatus {
-	out := make([]*module.VersionStatus, len(vs))
-	for i := range vs {
-		out[i] = &vs[i]
-	}
-	return out
 }
 
 // floor2 keeps two decimals, rounding down.

@@ -269,30 +269,18 @@ func waitDrained(mod *module.Module, limit time.Duration) error {
 
 func guestMem(st module.Status) uint64 {
 	var n uint64
-	for _, v := range append([]*module.VersionStatus{st.Active, st.Previous}, ptrs(st.Draining)...) {
-		if v != nil {
-			n += v.MemoryBytes
-		}
+	for _, v := range st.Versions() {
+		n += v.MemoryBytes
 	}
 	return n
 }
 
 func instances(st module.Status) int {
 	n := 0
-	for _, v := range append([]*module.VersionStatus{st.Active, st.Previous}, ptrs(st.Draining)...) {
-		if v != nil {
-			n += v.Instances
-		}
+	for _, v := range st.Versions() {
+		n += v.Instances
 	}
 	return n
-}
-
-func ptrs(vs []module.VersionStatus) []*module.VersionStatus {
-	out := make([]*module.VersionStatus, len(vs))
-	for i := range vs {
-		out[i] = &vs[i]
-	}
-	return out
 }
 
 // rss collects garbage, returns freed memory to the OS and reads VmRSS.
