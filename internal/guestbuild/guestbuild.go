@@ -109,7 +109,8 @@ func sourceKey(root, pkg, ldflags string) (string, error) {
 				return err
 			}
 			data, err := os.ReadFile(path)
-			fmt.Fprintln(h, path, len(data))
+			rel, _ := filepath.Rel(root, path) // a clone elsewhere shares the cache
+			fmt.Fprintln(h, rel, len(data))
 			h.Write(data)
 			return err
 		})
