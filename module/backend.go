@@ -32,9 +32,9 @@ type Spec struct {
 	Digest string
 	// State is the module's host-kept state, shared by all its versions.
 	State *KV
-	// Warm is how many instances the active version has; a backend that
-	// pools instances pre-warms at least this many so the switch does not
-	// slow calls down.
+	// Warm is the most calls the active version has run at once; a backend
+	// that pools instances pre-warms at least this many so the switch does
+	// not slow calls down.
 	Warm int
 }
 

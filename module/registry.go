@@ -157,7 +157,7 @@ func (r *Registry) Load(ctx context.Context, name string, src Source) (VersionSt
 	warm := 0
 	if cur != nil {
 		ev.FromVersion, ev.FromDigest = cur.name, cur.digest
-		warm = cur.code.Stats().Instances
+		warm = int(cur.peak.Load())
 	}
 	code, err := r.backend.Prepare(ctx, Spec{Module: name, Version: src.Version, Artifact: src.Artifact, Digest: src.Digest, State: m.state, Warm: warm})
 	if err != nil {

@@ -23,7 +23,10 @@ type version struct {
 	// incremented refs to a non-negative value may use code until it
 	// decrements; code is closed only after refs reached -drainBias or the
 	// drain deadline passed.
-	refs      atomic.Int64
+	refs atomic.Int64
+	// peak is the most calls seen holding the version at once (it may miss
+	// a racing maximum by one); the next version pre-warms for it.
+	peak      atomic.Int64
 	drained   chan struct{}
 	drainOnce sync.Once
 }
@@ -34,7 +37,10 @@ func newVersion(m *Module, name, digest string, code Code) *version {
 
 // tryAcquire takes a reference unless the version is retiring.
 func (v *version) tryAcquire() bool {
-	if v.refs.Add(1) > 0 {
+	if n := v.refs.Add(1); n > 0 {
+		if n > v.peak.Load() {
+			v.peak.Store(n)
+		}
 		return true
 	}
 	v.release()
