@@ -105,57 +105,66 @@ func (b *Backend) Prepare(ctx context.Context, spec module.Spec) (module.Code, e
 		sum := sha256.Sum256(spec.Artifact)
 		digest = hex.EncodeToString(sum[:])
 	}
-	// Compile for validation and, for trusted modules, for serving at once.
 	var (
-		fast, guarded               wazero.CompiledModule
-		releaseFast, releaseGuarded func()
-		fastErr                     error
-		wg                          sync.WaitGroup
+		validation, serving wazero.CompiledModule
+		release             func()
+		rt                  = h.fast // what validation runs in
 	)
-	if h.fast != nil {
-		wg.Go(func() { fast, releaseFast, fastErr = h.compile(cctx, false, digest, spec.Artifact) })
-	}
-	guarded, releaseGuarded, err = h.compile(cctx, true, digest, spec.Artifact)
-	wg.Wait()
-	releaseAll := func() {
-		for _, release := range []func(){releaseFast, releaseGuarded} {
-			if release != nil {
-				release()
+	if h.cfg.Trusted {
+		// Served as compiled; validated in the guarded runtime. Both
+		// compile at once.
+		var (
+			releaseServing, releaseValidation func()
+			servingErr                        error
+			wg                                sync.WaitGroup
+		)
+		wg.Go(func() { serving, releaseServing, servingErr = h.compile(cctx, plain, digest, spec.Artifact) })
+		validation, releaseValidation, err = h.compile(cctx, guarded, digest, spec.Artifact)
+		wg.Wait()
+		release = func() {
+			for _, r := range []func(){releaseServing, releaseValidation} {
+				if r != nil {
+					r()
+				}
 			}
 		}
-	}
-	if err == nil {
-		err = fastErr
+		if err == nil {
+			err = servingErr
+		}
+		rt = h.guarded
+	} else {
+		// Instrumented with a stop flag, which protects validation and
+		// calls alike.
+		validation, release, err = h.compile(cctx, stopFlag, digest, spec.Artifact)
+		serving = validation
 	}
 	if err != nil {
-		releaseAll()
+		if release != nil {
+			release()
+		}
 		return nil, module.Reject("compile", fmt.Errorf("%w: %v", module.ErrInvalidModule, err))
 	}
-	if err := checkExports(guarded); err != nil {
-		releaseAll()
+	if err := checkExports(validation); err != nil {
+		release()
 		return nil, err
 	}
-	if err := h.checkImports(guarded); err != nil {
-		releaseAll()
+	if err := h.checkImports(validation); err != nil {
+		release()
 		return nil, err
 	}
 
-	c, err := b.validate(ctx, h, guarded, spec)
+	c, err := b.validate(ctx, h, rt, validation, spec)
 	if err != nil {
-		releaseAll()
+		release()
 		return nil, err
 	}
-	c.release = releaseAll
-	c.guarded, c.serving = guarded, guarded
-	if fast != nil {
-		c.serving = fast
-	}
-	c.pool = newPool(h, h.guarded, c.serving)
+	c.release = release
+	c.serving = serving
+	c.bg = context.Background()
+	untrusted := !h.cfg.Trusted
+	c.pool = newPool(h, h.fast, serving, untrusted)
 	warm := min(max(h.cfg.MinInstances, spec.Warm), h.cfg.MaxInstances)
-	if fast != nil {
-		c.pool.rt = h.fast
-		c.bg = context.Background()
-	} else {
+	if untrusted {
 		warm-- // the validation instance joins the pool after Migrate
 		c.wd = startWatchdog(c.pool, h.cfg.CallTimeout)
 	}
@@ -187,12 +196,13 @@ func checkExports(cm wazero.CompiledModule) error {
 	return nil
 }
 
-// validate instantiates the module under runaway protection and runs the
-// checks that need a live instance. The instance is kept for Migrate.
-func (b *Backend) validate(ctx context.Context, h *moduleHost, cm wazero.CompiledModule, spec module.Spec) (*code, error) {
+// validate instantiates the module under runaway protection (cm is
+// guarded or instrumented with a stop flag) and runs the checks that need a
+// live instance. The instance is kept for Migrate.
+func (b *Backend) validate(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazero.CompiledModule, spec module.Spec) (*code, error) {
 	ictx, cancel := context.WithTimeout(ctx, h.cfg.InitTimeout)
 	defer cancel()
-	inst, err := newInstance(ictx, h, h.guarded, cm)
+	inst, err := newInstance(ictx, h, rt, cm, !h.cfg.Trusted)
 	if err != nil {
 		return nil, module.Reject("init", initFailure(err))
 	}

@@ -23,13 +23,12 @@ type code struct {
 	names    []string
 	pool     *pool
 	wd       *watchdog       // nil for trusted code
-	bg       context.Context // the context trusted calls run under
+	bg       context.Context // the context calls run under
 	prepared time.Duration
-	// Compiled modules: serving is what the pool instantiates; guarded is
-	// the runaway-protected one used for validation (the same when the
-	// module is untrusted).
-	serving, guarded wazero.CompiledModule
-	release          func() // releases serving and guarded
+	// serving is the compiled module the pool instantiates: plain for
+	// trusted code, instrumented with a stop flag for untrusted code.
+	serving wazero.CompiledModule
+	release func() // releases serving and the validation's compiled module
 
 	// refused counts calls failed before reaching an instance.
 	refused atomic.Uint64

@@ -15,6 +15,7 @@ import (
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
 	"github.com/hotswapgo/hotswap/module"
+	"github.com/hotswapgo/hotswap/module/wasm/internal/stopflag"
 )
 
 // hostFunc is one host function and the capability that grants it.
@@ -43,20 +44,37 @@ type moduleHost struct {
 	state *module.KV
 	log   *slog.Logger
 
-	// guarded has runaway protection; it runs every initialization,
-	// self-test and migrate hook, and serves calls unless cfg.Trusted.
-	guarded wazero.Runtime
-	// fast has none; it serves calls when cfg.Trusted, else it is nil.
+	// fast has no runtime-wide runaway protection. It serves every call:
+	// trusted modules run their code as it is, untrusted ones run it
+	// instrumented with a stop flag (see package stopflag), which also
+	// protects their initialization, self-test and migrate hook.
 	fast wazero.Runtime
+	// guarded has wazero's runaway protection (WithCloseOnContextDone); it
+	// runs the initialization, self-test and migrate hook of trusted
+	// modules, and is nil for untrusted ones.
+	guarded wazero.Runtime
 
 	mu       sync.Mutex // protects compiled
 	compiled map[compiledKey]*compiledModule
 }
 
-// compiledKey names compiled code: the runtime it belongs to and the
-// artifact's digest.
+// variant is a way of compiling an artifact.
+type variant uint8
+
+const (
+	// plain is the artifact as it is, in the fast runtime: trusted calls.
+	plain variant = iota
+	// guarded is the artifact in the guarded runtime: trusted validation.
+	guarded
+	// stopFlag is the artifact instrumented with a stop flag, in the fast
+	// runtime: everything an untrusted module runs.
+	stopFlag
+)
+
+// compiledKey names compiled code: how it was compiled and the artifact's
+// digest.
 type compiledKey struct {
-	guarded bool
+	variant variant
 	digest  string
 }
 
@@ -64,18 +82,19 @@ type compiledKey struct {
 // artifact, closed when the last of them is. wazero decodes and validates a
 // whole binary on every CompileModule, even when its own caches hold the
 // machine code, so swapping back to a version still loaded (the previous
-// one) would otherwise pay that again and keep a second decoded copy.
+// one) would otherwise pay that again and keep a second decoded copy (and,
+// for the stopFlag variant, instrument it again).
 type compiledModule struct {
 	cm   wazero.CompiledModule
 	refs int
 }
 
-// compile returns the compiled code of bin for the guarded or fast runtime,
-// reusing it when a live version has it, and the function that releases it.
-func (h *moduleHost) compile(ctx context.Context, guarded bool, digest string, bin []byte) (wazero.CompiledModule, func(), error) {
-	key := compiledKey{guarded, digest}
+// compile returns the compiled code of bin in variant v, reusing it when a
+// live version has it, and the function that releases it.
+func (h *moduleHost) compile(ctx context.Context, v variant, digest string, bin []byte) (wazero.CompiledModule, func(), error) {
+	key := compiledKey{v, digest}
 	rt := h.fast
-	if guarded {
+	if v == guarded {
 		rt = h.guarded
 	}
 	h.mu.Lock()
@@ -85,6 +104,12 @@ func (h *moduleHost) compile(ctx context.Context, guarded bool, digest string, b
 	}
 	h.mu.Unlock()
 	if c == nil {
+		if v == stopFlag {
+			var err error
+			if bin, err = stopflag.Instrument(bin); err != nil {
+				return nil, nil, err
+			}
+		}
 		cm, err := rt.CompileModule(ctx, bin)
 		if err != nil {
 			return nil, nil, err
@@ -116,12 +141,12 @@ func (h *moduleHost) compile(ctx context.Context, guarded bool, digest string, b
 func newModuleHost(ctx context.Context, name string, cfg ModuleConfig, state *module.KV, cache wazero.CompilationCache, log *slog.Logger) (*moduleHost, error) {
 	h := &moduleHost{name: name, cfg: cfg, state: state, log: log.With("module", name), compiled: make(map[compiledKey]*compiledModule)}
 	var err error
-	if h.guarded, err = h.newRuntime(ctx, cache, true); err != nil {
+	if h.fast, err = h.newRuntime(ctx, cache, false); err != nil {
 		return nil, err
 	}
 	if cfg.Trusted {
-		if h.fast, err = h.newRuntime(ctx, cache, false); err != nil {
-			h.guarded.Close(ctx)
+		if h.guarded, err = h.newRuntime(ctx, cache, true); err != nil {
+			h.fast.Close(ctx)
 			return nil, err
 		}
 	}
@@ -208,9 +233,9 @@ func lookupHostFunc(name string) (hostFunc, bool) {
 }
 
 func (h *moduleHost) close(ctx context.Context) {
-	h.guarded.Close(ctx)
-	if h.fast != nil {
-		h.fast.Close(ctx)
+	h.fast.Close(ctx)
+	if h.guarded != nil {
+		h.guarded.Close(ctx)
 	}
 }
 

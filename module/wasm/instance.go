@@ -12,11 +12,13 @@ import (
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/hotswapgo/hotswap/module"
+	"github.com/hotswapgo/hotswap/module/wasm/internal/stopflag"
 )
 
-// Causes with which the host stops a running call, by cancelling the
-// instance's context: wazero then closes the instance from the call's own
-// goroutine, which is the only race-free way to close it under a call.
+// Causes with which the host stops a call running on an instance with a
+// stop flag (see halt). A call stopped while the caller's context was done
+// fails with that context's error; one run by invoke under a context that
+// ended fails with ErrTimeout (deadline) or context.Canceled.
 var (
 	errWatchdog      = errors.New("call ran past CallTimeout")
 	errDrained       = errors.New("version closed under the call")
@@ -39,10 +41,11 @@ type instance struct {
 	yield    api.Function
 	out      *output
 
-	// ctx is what calls run under in guarded runtimes; cancel stops the
-	// running call (see errWatchdog) and ends the instance.
-	ctx    context.Context
-	cancel context.CancelCauseFunc
+	// flag is the stop flag of an instrumented (untrusted) instance, nil
+	// otherwise; see halt.
+	flag api.MutableGlobal
+	// halted holds the cause the instance was stopped with, nil until then.
+	halted atomic.Pointer[haltCause]
 
 	// Owned by the call that holds the instance.
 	xptr, xcap uint32   // exchange buffer in guest memory
@@ -54,25 +57,49 @@ type instance struct {
 	// memBytes mirrors the memory size for Stats, which runs concurrently.
 	memBytes atomic.Uint64
 	// started is the watchdog tick at which the running call started, 0
-	// when idle, or killed once the watchdog closed the instance. Only a
-	// CompareAndSwap from the value it stored ends a call, so the watchdog
-	// can never close an instance for the wrong call.
+	// when idle, or killed once the watchdog claimed the instance to stop
+	// it. Only a CompareAndSwap from the value it stored ends a call, and
+	// the watchdog halts only an instance it claimed, so it can never stop
+	// the wrong call: if the call ended between the claim and the halt,
+	// its CompareAndSwap fails and the instance is discarded, never reused.
 	started atomic.Int64
 }
 
 const killed = -1
 
-// newInstance instantiates cm and runs its initialization under a deadline.
-func newInstance(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazero.CompiledModule) (*instance, error) {
+type haltCause struct{ err error }
+
+// halt stops the call running on inst, from any goroutine, and poisons
+// inst: the call traps with unreachable within stopflag.YieldEvery loop
+// iterations, and so would every later one, so an instance that was halted
+// is discarded. The first cause is kept, and only the goroutine that stores
+// it sets the flag, so the flag is written by one goroutine only.
+//
+// Setting the flag is a plain 8-byte store into the instance's globals
+// (api.MutableGlobal.Set, in wazero's compiler engine), which the guest
+// reads with a plain load (see package stopflag). No other Go code touches that
+// word after instantiation (nobody calls Get), so the race detector sees no
+// race. The guest's load is machine code wazero generates, outside the Go
+// memory model: the store becomes visible to it through cache coherence,
+// as wazero's own close-on-context-done relies on for its closed flag. The
+// CompareAndSwap on halted (a full barrier) orders the cause before the
+// flag, so a call that trapped on the flag finds the cause.
+func (inst *instance) halt(cause error) {
+	if inst.halted.CompareAndSwap(nil, &haltCause{cause}) {
+		inst.flag.Set(1)
+	}
+}
+
+// newInstance instantiates cm and runs its initialization under a deadline:
+// ctx's, which must have one. cm must be instrumented with a stop flag
+// (compiled as stopFlag) or compiled in the guarded runtime.
+func newInstance(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazero.CompiledModule, stoppable bool) (*instance, error) {
 	out := &output{}
 	mod, err := rt.InstantiateModule(ctx, cm, h.instanceConfig(out))
 	if err != nil {
 		return nil, fmt.Errorf("instantiate: %w", err)
 	}
-	ictx, cancel := context.WithCancelCause(context.Background())
 	inst := &instance{
-		ctx:      ictx,
-		cancel:   cancel,
 		mod:      mod,
 		mem:      mod.Memory(),
 		call:     mod.ExportedFunction(exportCall),
@@ -84,6 +111,22 @@ func newInstance(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazer
 	if inst.mem == nil {
 		inst.close()
 		return nil, fmt.Errorf("%w: the module exports no memory", module.ErrMissingExport)
+	}
+	if stoppable {
+		flag, ok := mod.ExportedGlobal(stopflag.Export).(api.MutableGlobal)
+		if !ok {
+			inst.close()
+			return nil, fmt.Errorf("instantiate: the instrumented module has no stop flag")
+		}
+		inst.flag = flag
+		// The start function, which wazero would have run inside
+		// instantiation, out of reach of the flag.
+		if start := mod.ExportedFunction(stopflag.StartExport); start != nil {
+			if _, err := inst.invoke(ctx, start); err != nil {
+				inst.close()
+				return nil, err
+			}
+		}
 	}
 	if _, err := inst.invoke(ctx, mod.ExportedFunction(exportInit)); err != nil {
 		inst.close()
@@ -98,11 +141,30 @@ func newInstance(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazer
 	return inst, nil
 }
 
-// invoke calls a parameterless export, translating failures.
+// errHalted stands for the failure of a call that returned normally on an
+// instance halted under it.
+var errHalted = errors.New("instance halted")
+
+// invoke calls an export off the request path, translating failures. ctx
+// ending stops the call: wazero's close-on-context-done in the guarded
+// runtime, or halt on an instance with a stop flag.
 func (inst *instance) invoke(ctx context.Context, fn api.Function, params ...uint64) (uint64, error) {
 	stack := make([]uint64, max(len(params), 1))
 	copy(stack, params)
-	if err := fn.CallWithStack(ctx, stack); err != nil {
+	var stop func() bool
+	if inst.flag != nil && ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { inst.halt(ctx.Err()) })
+	}
+	err := fn.CallWithStack(ctx, stack)
+	if stop != nil && !stop() {
+		// ctx ended as the call ran: the flag is or will be set, so the
+		// instance is poisoned even if the call returned.
+		inst.halt(ctx.Err())
+		if err == nil {
+			err = errHalted
+		}
+	}
+	if err != nil {
 		return 0, inst.failure(ctx, err)
 	}
 	return stack[0], nil
@@ -133,22 +195,27 @@ func (inst *instance) growExchange(ctx context.Context, n int) error {
 // failure classifies an error from a guest call into a call sentinel with
 // diagnostics. Every such failure leaves the instance unusable.
 func (inst *instance) failure(ctx context.Context, err error) error {
+	if h := inst.halted.Load(); h != nil {
+		switch h.err {
+		case errWatchdog:
+			return module.Fail(module.ErrTimeout, "stopped by the watchdog")
+		case errDrained:
+			return module.Fail(module.ErrDrained, "")
+		case errCallerStopped:
+			if err := ctx.Err(); err != nil {
+				return module.Fail(err, "the caller's context ended during the call")
+			}
+		case context.DeadlineExceeded:
+			return module.Fail(module.ErrTimeout, context.DeadlineExceeded.Error())
+		}
+		return module.Fail(context.Canceled, "")
+	}
 	var exit *sys.ExitError
 	if errors.As(err, &exit) {
 		switch exit.ExitCode() {
 		case sys.ExitCodeDeadlineExceeded:
 			return module.Fail(module.ErrTimeout, context.DeadlineExceeded.Error())
 		case sys.ExitCodeContextCanceled:
-			switch cause := context.Cause(inst.ctx); cause {
-			case errWatchdog:
-				return module.Fail(module.ErrTimeout, "stopped by the watchdog")
-			case errDrained:
-				return module.Fail(module.ErrDrained, "")
-			case errCallerStopped:
-				if err := ctx.Err(); err != nil {
-					return module.Fail(err, "the caller's context ended during the call")
-				}
-			}
 			return module.Fail(context.Canceled, "")
 		}
 	}
@@ -193,20 +260,24 @@ func (inst *instance) do(ctx context.Context, c *code, dst []byte, id uint32, in
 	}
 	var callErr error
 	if c.wd != nil {
-		// Guarded: the watchdog and the caller's context stop the call
-		// by cancelling the instance's context.
+		// Untrusted: the watchdog, the caller's context and a forced
+		// drain stop the call by halting the instance.
 		var stop func() bool
 		if ctx.Done() != nil {
-			stop = context.AfterFunc(ctx, func() { inst.cancel(errCallerStopped) })
+			stop = context.AfterFunc(ctx, func() { inst.halt(errCallerStopped) })
 		}
 		tick := c.wd.tick.Load()
 		inst.started.Store(tick)
-		callErr = inst.call.CallWithStack(inst.ctx, inst.stack)
+		callErr = inst.call.CallWithStack(c.bg, inst.stack)
 		if !inst.started.CompareAndSwap(tick, 0) {
-			dead = true // the watchdog stopped the instance
+			dead = true // the watchdog claimed the instance and halts it
 		}
 		if stop != nil && !stop() {
-			dead = true // the caller's context ended: the instance is cancelled
+			inst.halt(errCallerStopped) // (again: the first cause is kept)
+			dead = true
+		}
+		if inst.halted.Load() != nil {
+			dead = true // a drain halted it
 		}
 	} else {
 		// Trusted: nothing can stop the call once it runs.
@@ -264,6 +335,5 @@ func (inst *instance) maintain(ctx context.Context, every int) error {
 
 // close closes an instance no call is running on.
 func (inst *instance) close() {
-	inst.cancel(errDrained)
 	inst.mod.CloseWithExitCode(context.Background(), exitClosed)
 }

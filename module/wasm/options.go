@@ -73,8 +73,8 @@ type ModuleConfig struct {
 	// the migrate hook. Defaults to DefaultInitTimeout (10s).
 	InitTimeout time.Duration
 	// MinInstances is how many instances a new version pre-warms before it
-	// may serve (more if the version it replaces had more). Defaults to
-	// GOMAXPROCS.
+	// may serve (more if the version it replaces ran more calls at once).
+	// Defaults to GOMAXPROCS.
 	MinInstances int
 	// MaxInstances caps the instances of one version, which is the number of
 	// calls it runs at once; further calls wait. Defaults to 4*GOMAXPROCS.

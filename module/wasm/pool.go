@@ -16,10 +16,11 @@ import (
 // none is idle, the call waits for the first one to come back or be created;
 // instances are created in the background, never on a call's own stack.
 type pool struct {
-	host *moduleHost
-	rt   wazero.Runtime
-	cm   wazero.CompiledModule
-	cfg  *ModuleConfig
+	host      *moduleHost
+	rt        wazero.Runtime
+	cm        wazero.CompiledModule
+	stoppable bool // cm has a stop flag: calls can be halted
+	cfg       *ModuleConfig
 
 	mu       sync.Mutex // protects every field below
 	idle     []*instance
@@ -35,8 +36,8 @@ type pool struct {
 	wg sync.WaitGroup // background creations and maintenance yields
 }
 
-func newPool(h *moduleHost, rt wazero.Runtime, cm wazero.CompiledModule) *pool {
-	return &pool{host: h, rt: rt, cm: cm, cfg: &h.cfg, all: make(map[*instance]struct{})}
+func newPool(h *moduleHost, rt wazero.Runtime, cm wazero.CompiledModule, stoppable bool) *pool {
+	return &pool{host: h, rt: rt, cm: cm, stoppable: stoppable, cfg: &h.cfg, all: make(map[*instance]struct{})}
 }
 
 // get returns an idle instance, waiting for one if needed; ctx bounds the
@@ -186,7 +187,7 @@ func (p *pool) startCreateLocked() {
 func (p *pool) create() {
 	defer p.wg.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.InitTimeout)
-	inst, err := newInstance(ctx, p.host, p.rt, p.cm)
+	inst, err := newInstance(ctx, p.host, p.rt, p.cm, p.stoppable)
 	cancel()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -235,7 +236,7 @@ func (p *pool) warm(ctx context.Context, n int) error {
 		go func() {
 			defer func() { <-sem }()
 			ictx, cancel := context.WithTimeout(ctx, p.cfg.InitTimeout)
-			inst, err := newInstance(ictx, p.host, p.rt, p.cm)
+			inst, err := newInstance(ictx, p.host, p.rt, p.cm, p.stoppable)
 			cancel()
 			if err == nil {
 				p.add(inst)
@@ -265,8 +266,8 @@ func (p *pool) forEachBusy(f func(*instance)) {
 }
 
 // close stops the pool. Idle instances close now; busy ones close when
-// their call returns. With force set, guarded calls still running are
-// stopped and fail with ErrDrained; trusted ones cannot be stopped and
+// their call returns. With force set, untrusted calls still running are
+// halted and fail with ErrDrained; trusted ones cannot be stopped and
 // finish first. It returns once no background work is left.
 func (p *pool) close(force bool) {
 	p.mu.Lock()
@@ -279,10 +280,10 @@ func (p *pool) close(force bool) {
 		p.dropLocked(inst)
 	}
 	p.idle = nil
-	if force && p.rt == p.host.guarded {
+	if force && p.stoppable {
 		for inst := range p.all {
 			if inst.started.Load() > 0 {
-				inst.cancel(errDrained)
+				inst.halt(errDrained)
 			}
 		}
 	}

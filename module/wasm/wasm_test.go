@@ -501,3 +501,32 @@ func TestDrainDeadlineStopsGuardedCall(t *testing.T) {
 		t.Fatalf("version = %q; want v3", got)
 	}
 }
+
+// TestRunawayCallLetsTheWorldStop: a guest looping in machine code cannot
+// be preempted, so an untrusted call must leave it regularly, or the Go
+// garbage collector's stop-the-world phase (and with it the whole process,
+// the watchdog included) would wait for the loop forever.
+func TestRunawayCallLetsTheWorldStop(t *testing.T) {
+	r := newRegistry(t, wasm.ModuleConfig{Grants: kv, CallTimeout: 3 * time.Second, MinInstances: 1})
+	load(t, r, "m", "v1", echo(t, "v1"))
+	m := r.Module("m")
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Call(context.Background(), "loop", nil)
+		done <- err
+	}()
+	waitFor(t, "the loop to start", func() bool { return m.Status().Active.InFlight == 1 })
+	start := time.Now()
+	runtime.GC()
+	if elapsed := time.Since(start); elapsed > time.Second {
+		t.Errorf("runtime.GC() took %v while a guest looped; want well under the 3s call timeout", elapsed)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, module.ErrTimeout) {
+			t.Fatalf("Call(loop) = %v; want ErrTimeout", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the runaway call was never stopped")
+	}
+}

@@ -11,10 +11,9 @@ const watchdogTicks = 8
 
 // watchdog enforces CallTimeout for untrusted code without a context or a
 // timer per call: a call records the current tick when it starts, and the
-// watchdog cancels the context of every instance whose call is older than
-// the timeout. wazero then closes the instance, and the guarded runtime's
-// compiled code, which checks for closure at every loop head, stops the
-// call: it fails with ErrTimeout.
+// watchdog halts every instance whose call is older than the timeout: it
+// sets the instance's stop flag, and the call traps within
+// stopflag.YieldEvery loop iterations and fails with ErrTimeout.
 type watchdog struct {
 	tick atomic.Int64 // starts at 1: a zero start means idle
 	stop chan struct{}
@@ -48,7 +47,7 @@ func (w *watchdog) run(p *pool, period time.Duration) {
 			}
 		})
 		for _, inst := range overdue {
-			inst.cancel(errWatchdog)
+			inst.halt(errWatchdog)
 		}
 	}
 }
