@@ -25,7 +25,7 @@
 // Untrusted modules (the default) run with runaway protection: a watchdog
 // stops calls that run past CallTimeout, and cancelling a call's context
 // stops it. Trusted modules (ModuleConfig.Trusted) run without it and are
-// several times cheaper per call; see the field's doc for what that gives up.
+// slightly cheaper per call; see the field's doc for what that gives up.
 //
 // Go guests only collect garbage when they yield; the pool lets an instance
 // yield between calls, off the request path, when its memory grew or every

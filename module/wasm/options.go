@@ -53,12 +53,20 @@ type Options struct {
 // ModuleConfig configures every version of one module. The zero value of
 // every field means its default.
 type ModuleConfig struct {
-	// Trusted turns runaway protection off: calls are several times faster
-	// but CallTimeout is not enforced, a call's context is only checked
-	// before the call starts, and a call still running at its version's
-	// drain deadline finishes instead of failing with ErrDrained; so a guest
-	// stuck in a loop holds its caller forever. Initialization, self-test
-	// and migrate are always protected. Defaults to false.
+	// Trusted turns runaway protection off. Untrusted modules are rewritten
+	// at load to check a stop flag in their loops (a few nanoseconds per
+	// call of a typical handler) and must use only instructions the
+	// rewriter knows: WebAssembly 1.0, sign extension, saturating
+	// conversions, bulk memory, reference types and SIMD (what Go and most
+	// compilers emit; threads, tail calls and exceptions are refused at
+	// load). A trusted module runs as compiled, but CallTimeout is not
+	// enforced, a call's context is only checked before the call starts,
+	// and a call still running at its version's drain deadline finishes
+	// instead of failing with ErrDrained; so a guest stuck in a loop holds
+	// its caller forever, and, since wazero's machine code cannot be
+	// preempted, stalls the Go garbage collector and with it the process.
+	// Initialization, self-test and migrate are always protected. Defaults
+	// to false.
 	Trusted bool
 	// Grants lists the capabilities the module may import beyond logging.
 	// A module importing anything else is refused at load. Defaults to none.
