@@ -5,9 +5,10 @@
 //	go run ./bench/modcall
 //
 // A call echoes 1 KiB in and 1 KiB out. "raw" is the best hand-written wazero
-// call of the same guest; "raw guarded" is the same with wazero's runaway
-// protection on, the floor under the registry's untrusted mode (wazero
-// starts a goroutine per call to watch the context). Latencies are medians of the mean
+// call of the same guest; "raw guarded" is the same with wazero's own runaway
+// protection on (WithCloseOnContextDone: a goroutine per call watches the
+// context), for comparison with the registry's untrusted mode, which gets
+// its protection from stop-flag instrumentation instead (see RATIONALE.md). Latencies are medians of the mean
 // per-call time of batches of 100 calls (timing single 60 ns calls would
 // measure the clock); trusted, untrusted and raw batches are interleaved so
 // machine noise hits them alike.
@@ -185,8 +186,7 @@ type rawEcho struct {
 }
 
 // newRaw instantiates the guest on a bare wazero runtime; guarded turns on
-// wazero's runaway protection (WithCloseOnContextDone), the floor of the
-// registry's untrusted mode.
+// wazero's own runaway protection (WithCloseOnContextDone).
 func newRaw(ctx context.Context, code []byte, cacheDir string, guarded bool) (*rawEcho, error) {
 	cache, err := wazero.NewCompilationCacheWithDir(cacheDir)
 	if err != nil {
