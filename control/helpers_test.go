@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -105,20 +104,10 @@ func serveHelper() error {
 // are reused across tests and runs.
 func cacheDir() string { return filepath.Join(os.TempDir(), "hotswap-test-wazero-cache") }
 
-var guestMu sync.Mutex
-
 // guest builds (or reuses) an example guest and returns its bytes.
 func guest(t testing.TB, pkg string) []byte {
 	t.Helper()
-	guestMu.Lock()
-	defer guestMu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	path, err := guestbuild.Build(ctx, filepath.Join(os.TempDir(), "hotswap-test-guests"), pkg, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(path)
+	b, err := guestbuild.Bytes(pkg, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -89,21 +89,11 @@ func runChild() int {
 // code is reused across tests and runs, as in production.
 func cacheDir() string { return filepath.Join(os.TempDir(), "hotswap-test-wazero-cache") }
 
-var guestMu sync.Mutex
-
 // guest builds (or reuses) the pricing guest variant ("v1", "v2") and
 // returns its bytes.
 func guest(t testing.TB, variant string) []byte {
 	t.Helper()
-	guestMu.Lock()
-	defer guestMu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	path, err := guestbuild.Build(ctx, filepath.Join(os.TempDir(), "hotswap-test-guests"), "./examples/pricing/guests/"+variant, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(path)
+	b, err := guestbuild.Bytes("./examples/pricing/guests/"+variant, "")
 	if err != nil {
 		t.Fatal(err)
 	}

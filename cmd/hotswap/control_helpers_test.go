@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -112,22 +111,12 @@ func newService(t *testing.T, o serviceOptions) *service {
 	return s
 }
 
-var guestMu sync.Mutex
-
 // artifact writes the guest pkg to the service's artifact directory as
 // file, signed as pricing at version (no manifest when version is empty),
 // and returns its path.
 func (s *service) artifact(t *testing.T, pkg, file, version string) string {
 	t.Helper()
-	guestMu.Lock()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	built, err := guestbuild.Build(ctx, filepath.Join(os.TempDir(), "hotswap-test-guests"), pkg, "")
-	cancel()
-	guestMu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	payload, err := os.ReadFile(built)
+	payload, err := guestbuild.Bytes(pkg, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -177,9 +177,7 @@ func prebuildDemoGuests(t *testing.T, ctx context.Context, dst string) {
 		t.Fatal(err)
 	}
 	for _, pkg := range demoGuests {
-		guestMu.Lock()
-		p, err := guestbuild.Build(ctx, filepath.Join(os.TempDir(), "hotswap-test-guests"), pkg, "")
-		guestMu.Unlock()
+		p, err := guestbuild.Build(ctx, guestbuild.SharedCacheDir(), pkg, "")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,7 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
+	"time"
 )
 
 // Command returns the build command for a guest package, as documented for
@@ -66,8 +66,6 @@ func findMod(dir string) (string, error) {
 	}
 }
 
-var mu sync.Mutex // serializes builds into the shared cache directory
-
 // Build compiles the guest package pkg (a path relative to the repository
 // root, e.g. "./examples/pricing/guests/v1") with ldflags, caching the result
 // under cacheDir by a digest of the sources, and returns the module's path.
@@ -82,20 +80,43 @@ func Build(ctx context.Context, cacheDir, pkg, ldflags string) (string, error) {
 	}
 	name := strings.Trim(strings.ReplaceAll(pkg, "/", "_"), "._")
 	out := filepath.Join(cacheDir, name+"-"+key[:16]+".wasm")
-	mu.Lock()
-	defer mu.Unlock()
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return "", err
 	}
-	tmp := out + ".tmp"
+	// Test binaries of several packages build at once: each writes its own
+	// temporary file and renames it into place, which is atomic.
+	f, err := os.CreateTemp(cacheDir, name+"-*.tmp")
+	if err != nil {
+		return "", err
+	}
+	tmp := f.Name()
+	f.Close()
+	defer os.Remove(tmp)
 	cmd := Command(ctx, root, pkg, tmp, ldflags)
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build guest %s: %v\n%s", pkg, err, msg)
 	}
 	return out, os.Rename(tmp, out)
+}
+
+// SharedCacheDir is where tests and benchmarks keep built guests, so that
+// every package's tests and every run reuse them.
+func SharedCacheDir() string { return filepath.Join(os.TempDir(), "hotswap-guests") }
+
+// Bytes builds (or reuses) the guest package pkg with ldflags in
+// SharedCacheDir and returns the module's bytes, waiting at most 5 minutes
+// for the build.
+func Bytes(pkg, ldflags string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	path, err := Build(ctx, SharedCacheDir(), pkg, ldflags)
+	if err != nil {
+		return nil, err
+	}
+	return os.ReadFile(path)
 }
 
 // sourceKey digests everything a guest build depends on in this repository:

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/hotswapgo/hotswap/internal/guestbuild"
@@ -16,11 +14,10 @@ import (
 func Example() {
 	ctx := context.Background()
 	// A module built with: GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared
-	path, err := guestbuild.Build(ctx, filepath.Join(os.TempDir(), "hotswap-test-guests"), "./internal/testguests/echo", "-X main.version=v1")
+	code, err := guestbuild.Bytes("./internal/testguests/echo", "-X main.version=v1")
 	if err != nil {
 		log.Fatal(err)
 	}
-	code, _ := os.ReadFile(path)
 
 	backend, _ := wasm.New(wasm.Options{Modules: map[string]wasm.ModuleConfig{
 		"echo": {

@@ -16,16 +16,12 @@ import (
 // instance, closed when the test ends.
 func prepareEcho(t *testing.T) *code {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	bin, err := guestbuild.Bytes("./internal/testguests/echo", "-X main.version=v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	path, err := guestbuild.Build(ctx, filepath.Join(os.TempDir(), "hotswap-test-guests"), "./internal/testguests/echo", "-X main.version=v1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	b, err := New(Options{CacheDir: filepath.Join(os.TempDir(), "hotswap-test-wazero-cache"),
 		Default: ModuleConfig{Grants: []Capability{CapKV}, MinInstances: 2, CallTimeout: time.Minute}})
 	if err != nil {

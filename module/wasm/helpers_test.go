@@ -15,13 +15,7 @@ import (
 // guest builds (or reuses) a guest module and returns its bytes.
 func guest(t testing.TB, pkg, ldflags string) []byte {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	path, err := guestbuild.Build(ctx, filepath.Join(os.TempDir(), "hotswap-test-guests"), pkg, ldflags)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(path)
+	b, err := guestbuild.Bytes(pkg, ldflags)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,11 +3,8 @@
 package benchutil
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
@@ -16,15 +13,7 @@ import (
 
 // Guest builds (or reuses) a guest module of this repository and returns
 // its bytes.
-func Guest(pkg, ldflags string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	path, err := guestbuild.Build(ctx, filepath.Join(os.TempDir(), "hotswap-bench-guests"), pkg, ldflags)
-	if err != nil {
-		return nil, err
-	}
-	return os.ReadFile(path)
-}
+func Guest(pkg, ldflags string) ([]byte, error) { return guestbuild.Bytes(pkg, ldflags) }
 
 // Percentile returns the p-th percentile (0..100) of xs by nearest rank.
 func Percentile[T int64 | float64 | time.Duration](xs []T, p float64) T {

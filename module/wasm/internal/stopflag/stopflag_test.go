@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -291,13 +290,7 @@ func mustInstrument(t testing.TB, bin []byte) []byte {
 // guest builds a guest module of this repository.
 func guest(t testing.TB, pkg string) []byte {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	path, err := guestbuild.Build(ctx, filepath.Join(os.TempDir(), "hotswap-test-guests"), pkg, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(path)
+	b, err := guestbuild.Bytes(pkg, "")
 	if err != nil {
 		t.Fatal(err)
 	}
