@@ -209,7 +209,7 @@ func TestForbidden(t *testing.T) {
 	if !errors.Is(err, control.ErrForbidden) || res.Serving != nil {
 		t.Fatalf("Load() = %v; want ErrForbidden", err)
 	}
-	if st := e.h.Registry().Status(); len(st) != 0 {
+	if st := e.h.Status(); len(st) != 0 {
 		t.Errorf("a refused load changed the registry: %+v", st)
 	}
 	events, err := e.h.History(ctx, audit.Filter{Target: "control"})
