@@ -293,7 +293,7 @@ func TestDevelopmentMode(t *testing.T) {
 			if got := servedBy(t, h); got != "v2" {
 				t.Errorf("served by %q; want v2", got)
 			}
-			want := event{Actor: "dev", Action: "swap", Target: "pricing", To: ref(wantVersion, v2), Result: "ok"}
+			want := event{Actor: "dev", Action: "swap", Target: "pricing", Artifact: "pricing.wasm", To: ref(wantVersion, v2), Result: "ok"}
 			if got := events([]audit.Event{ev})[0]; got != want {
 				t.Errorf("newest audit event = %v; want %v", got, want)
 			}
