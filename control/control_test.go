@@ -75,7 +75,7 @@ func TestLoadProgress(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load(v2) = %v", err)
 	}
-	if want := []string{"verify", "store", "prepare", "activate"}; !slices.Equal(steps, want) {
+	if want := []string{"verify", "prepare", "store", "activate"}; !slices.Equal(steps, want) {
 		t.Errorf("Load(v2) progress = %q; want %q", steps, want)
 	}
 	if !res.OK || res.Serving == nil || res.Serving.Version != "v2" || res.Previous == nil || res.Previous.Version != "v1" {
@@ -181,12 +181,19 @@ func TestHistory(t *testing.T) {
 			t.Errorf("History() event %+v: actor %q; want %q", ev, ev.Actor, want)
 		}
 	}
-	want := []string{"rollback ok", "swap refused", "swap ok", "swap ok"}
+	// Newest first; every change's record of its start comes before (here:
+	// after) its outcome, with the same ID.
+	want := []string{"rollback ok", "rollback started", "swap refused", "swap started", "swap ok", "swap started", "swap ok", "swap started"}
 	if !slices.Equal(got, want) {
 		t.Errorf("History() = %q; want %q", got, want)
 	}
-	if len(h.Events) > 1 && !strings.Contains(h.Events[1].Error, "init check failed") {
-		t.Errorf("History() refusal error = %q; want it to name the init check", h.Events[1].Error)
+	for i := 0; i+1 < len(h.Events); i += 2 {
+		if h.Events[i].ID == "" || h.Events[i].ID != h.Events[i+1].ID {
+			t.Errorf("History() records %d and %d have IDs %q and %q; want one ID per change", i, i+1, h.Events[i].ID, h.Events[i+1].ID)
+		}
+	}
+	if len(h.Events) > 2 && !strings.Contains(h.Events[2].Error, "init check failed") {
+		t.Errorf("History() refusal error = %q; want it to name the init check", h.Events[2].Error)
 	}
 	h, err = e.client.History(ctx, "pricing", 2)
 	if err != nil || len(h.Events) != 2 {

@@ -161,7 +161,7 @@ func newEnvAt(t *testing.T, state, socket string, o envOptions) *env {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	e.h, err = host.New(host.Options{Backend: b, StateDir: e.dir, Development: o.dev, Upgrade: o.upgrade,
+	e.h, err = host.New(host.Options{Backend: b, StateDir: e.dir, Development: o.dev, Upgrade: o.upgrade, Service: "svc",
 		Logger: log, DrainTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -86,7 +86,7 @@ func (h *Host) prepareBinary(ctx context.Context, path string) (string, error) {
 	progress(ctx, StepVerify, path)
 	service, err := h.serviceName()
 	if err != nil {
-		return refuse(err)
+		return refuse(&artifact.VerifyError{Artifact: path, Check: artifact.CheckName, Err: err})
 	}
 	entry, err := h.verifier.VerifyToStore(ctx, h.store, path, artifact.Expect{Kind: artifact.KindBinary, Name: service})
 	if err != nil {

@@ -78,7 +78,7 @@ func newService(t *testing.T, o serviceOptions) *service {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	s.h, err = host.New(host.Options{Backend: b, StateDir: state, Development: o.dev, Upgrade: o.upgrade, Logger: log,
+	s.h, err = host.New(host.Options{Backend: b, StateDir: state, Development: o.dev, Upgrade: o.upgrade, Logger: log, Service: "hotswap",
 		DrainTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)

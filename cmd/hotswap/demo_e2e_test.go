@@ -150,7 +150,23 @@ func TestDemoEndToEnd(t *testing.T) {
 	if len(keys) != 1 {
 		t.Fatalf("demo keys = %q; want one", keys)
 	}
-	mustCtl(t, socket, "sign", "--key", keys[0], "--kind", "binary", bad)
+	// A binary correctly signed by the trusted key, but of another program:
+	// refused by the name check, never executed.
+	impostor := filepath.Join(dir, "impostor")
+	marker := filepath.Join(dir, "impostor-ran")
+	os.WriteFile(impostor, []byte("#!/bin/sh\ntouch '"+marker+"'\nexec sleep 60\n"), 0o755)
+	mustCtl(t, socket, "sign", "--key", keys[0], "--kind", "binary", "--name", "impostor", "--version", "6.6.6", impostor)
+	_, _, code, err = ctl(t, socket, "upgrade", "--binary", impostor)
+	if code != 1 || !strings.Contains(err.Error(), "name check failed") || !strings.Contains(err.Error(), `manifest names "impostor", want "hotswap"`) ||
+		!strings.Contains(err.Error(), fmt.Sprintf("; pid %d keeps serving", servingPID)) {
+		t.Errorf("hotswap upgrade --binary impostor = %v (exit %d); want exit 1, the name check, pid %d keeps serving", err, code, servingPID)
+	}
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the impostor binary was executed (marker: %v)", err)
+	}
+	l.waitCalls(t, 50)
+
+	mustCtl(t, socket, "sign", "--key", keys[0], "--kind", "binary", "--name", "hotswap", "--version", "bad-1", bad)
 	_, _, code, err = ctl(t, socket, "upgrade", "--binary", bad)
 	if code != 1 || !strings.Contains(err.Error(), "exit status 3") || !strings.Contains(err.Error(), "fatal: cannot read config") ||
 		!strings.Contains(err.Error(), fmt.Sprintf("; pid %d keeps serving", servingPID)) {
