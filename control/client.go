@@ -207,6 +207,9 @@ func (c *Client) send(ctx context.Context, op, method, path string, header http.
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return fail(canceled(cerr))
+		}
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err
@@ -215,6 +218,9 @@ func (c *Client) send(ctx context.Context, op, method, path string, header http.
 	}
 	defer resp.Body.Close()
 	if err := decodeAnswer(resp, res, progress); err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return fail(canceled(cerr))
+		}
 		return fail(unreachable(c.socket, err))
 	}
 	o := res.outcome()

@@ -30,14 +30,17 @@ import (
 // The test binary doubles as the new process of an upgrade: TestMain runs
 // runChild instead of the tests when envHelper is set.
 const (
-	envHelper = "HOST_TEST_HELPER" // "child"
+	envHelper = "HOST_TEST_HELPER" // "child" (see runChild) or "load" (see runLoad)
 	envOut    = "HOST_TEST_OUT"    // where the child writes what it inherited
 	envState  = "HOST_TEST_STATE"  // the child's state directory
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envHelper) == "child" {
+	switch os.Getenv(envHelper) {
+	case "child":
 		os.Exit(runChild())
+	case "load":
+		os.Exit(runLoad())
 	}
 	os.Exit(m.Run())
 }
@@ -144,10 +147,12 @@ func newFixture(t *testing.T) *fixture {
 }
 
 type hostOptions struct {
-	dev     bool
-	service string // Options.Service; defaults to "svc"
-	upgrade *upgrade.Options
-	noClose bool // the test closes the host itself
+	dev            bool
+	service        string // Options.Service; defaults to "svc"
+	followSymlinks bool
+	maxModuleSize  int64
+	upgrade        *upgrade.Options
+	noClose        bool // the test closes the host itself
 }
 
 // open returns a host over the fixture's state directory with a fresh wasm
@@ -160,6 +165,7 @@ func (f *fixture) open(t *testing.T, o hostOptions) *host.Host {
 		t.Fatal(err)
 	}
 	h, err := host.New(host.Options{Backend: b, StateDir: f.state, Development: o.dev, Upgrade: o.upgrade, Service: cmp.Or(o.service, "svc"),
+		FollowSymlinks: o.followSymlinks, MaxModuleSize: o.maxModuleSize,
 		Logger: testLogger(), DrainTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatalf("New() = %v", err)
