@@ -198,7 +198,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		return err
 	}
 	if !up.HasParent() {
-		printDemoHelp(stdout, o.addr, arts, dropDir, control.DefaultSocketPath(), h.Module(pricing.Module).Status().Active.Version)
+		printDemoHelp(stdout, o.addr, arts, dropDir, control.DefaultSocketPath(), h.Module(pricing.Module).Status().Active.Version, state)
 	} else {
 		fmt.Fprintf(stdout, "hotswap demo: pid %d took over http://%s\n", os.Getpid(), o.addr)
 	}
@@ -220,10 +220,11 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	return nil
 }
 
-func printDemoHelp(w io.Writer, addr string, arts map[string]string, dropDir, socket, serving string) {
+func printDemoHelp(w io.Writer, addr string, arts map[string]string, dropDir, socket, serving, state string) {
 	pid := os.Getpid()
 	fmt.Fprintf(w, `hotswap demo: pricing service on http://%[1]s (pid %[2]d), module pricing@%[7]s
 control socket: %[8]s
+state:          %[9]s
 
   quote:     curl 'http://%[1]s/quote?item=apple&qty=12'
   status:    hotswap status
@@ -234,7 +235,7 @@ control socket: %[8]s
   history:   hotswap history pricing
   upgrade:   hotswap upgrade                   (or: kill -HUP %[2]d; listeners and module state carry over)
 
-`, addr, pid, arts["v2"], dropDir, arts["broken-trapinit"], arts["tampered"], serving, socket)
+`, addr, pid, arts["v2"], dropDir, arts["broken-trapinit"], arts["tampered"], serving, socket, state)
 }
 
 // moduleOf names the module an artifact is for: its manifest's name, else
