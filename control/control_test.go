@@ -20,6 +20,7 @@ import (
 
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/control"
+	"github.com/hotswapgo/hotswap/internal/testhost"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
 
@@ -349,14 +350,9 @@ func TestUpgradeFails(t *testing.T) {
 // helper "service") and checks the answer names it, and that the control
 // socket answered throughout.
 func TestUpgradeCommits(t *testing.T) {
-	sockDir, err := os.MkdirTemp("", "hsctl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(sockDir)
-	state := t.TempDir()
-	socket := filepath.Join(sockDir, "hotswap.sock")
-	e := newEnvAt(t, state, socket, envOptions{dev: true, upgrade: &upgrade.Options{
+	f := testhost.NewFixture(t)
+	state, socket := f.State, testhost.SocketPath(t)
+	e := newEnvAt(t, f, socket, envOptions{dev: true, upgrade: &upgrade.Options{
 		Binary:    os.Args[0],
 		Args:      []string{"-test.run=^$"},
 		Env:       []string{envHelper + "=service", envSocket + "=" + socket, envState + "=" + state},

@@ -50,11 +50,7 @@ func (b *watchedBody) Close() error { return nil }
 // body, so the client never sends it.
 func TestUploadRefusedBeforeItsPayload(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	signer, err := artifact.NewSigner(e.priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sm, err := signer.Sign(artifact.Manifest{Name: "pricing", Version: "huge", Kind: artifact.KindWasm,
+	sm, err := e.f.Trusted.Sign(artifact.Manifest{Name: "pricing", Version: "huge", Kind: artifact.KindWasm,
 		Digest: artifact.DigestOf(nil), Size: 1 << 40})
 	if err != nil {
 		t.Fatal(err)
