@@ -97,6 +97,15 @@ type Options struct {
 	// DrainTimeout is the registry's drain bound. Defaults to
 	// module.DefaultDrainTimeout.
 	DrainTimeout time.Duration
+
+	// Durability says when changes to the modules' host-kept state reach
+	// StateDir/state.db (see state.go and docs/state.md). Defaults to
+	// DurabilityWindow.
+	Durability Durability
+	// CommitWindow bounds how long a change waits for the commit that
+	// writes it, under DurabilityWindow. Defaults to DefaultCommitWindow
+	// (20ms).
+	CommitWindow time.Duration
 }
 
 // Host is a service's hot-swap machinery. It is safe for concurrent use.
@@ -114,6 +123,7 @@ type Host struct {
 	started   time.Time
 	proc      processState // generation, parent and upgrade state; see Process
 	closed    atomic.Bool  // set by Close: changes are refused from then on
+	state     *kvState     // the modules' host-kept state and its file; see state.go
 }
 
 // New opens the state directory and returns a Host. Call RestoreModules to
@@ -165,7 +175,11 @@ func New(opts Options) (*Host, error) {
 	}
 	h := &Host{verifier: verifier, store: store, audit: al, log: log, dev: opts.Development, service: opts.Service,
 		maxModule: cmpOr(opts.MaxModuleSize, DefaultMaxModuleSize), started: time.Now()}
-	h.reg, err = module.New(module.Options{Backend: opts.Backend, Logger: log, DrainTimeout: opts.DrainTimeout})
+	if h.state, err = newKVState(opts, log); err != nil {
+		al.Close()
+		return nil, err
+	}
+	h.reg, err = module.New(module.Options{Backend: opts.Backend, Logger: log, DrainTimeout: opts.DrainTimeout, State: h.state.newKV})
 	if err != nil {
 		al.Close()
 		return nil, fmt.Errorf("host: %w", err)
@@ -176,6 +190,14 @@ func New(opts Options) (*Host, error) {
 			al.Close()
 			return nil, err
 		}
+	}
+	if err := h.state.open(h.reg, h.up != nil && h.up.HasParent()); err != nil {
+		h.reg.Close(context.Background())
+		if h.up != nil {
+			h.up.Close()
+		}
+		al.Close()
+		return nil, err
 	}
 	if h.dev {
 		log.Warn("development mode: unsigned artifacts are accepted")
@@ -452,10 +474,12 @@ func (h *Host) Upgrade(ctx context.Context, path string) (upgrade.Result, error)
 	return h.up.UpgradeBinary(WithActor(ctx, actor(ctx)), path)
 }
 
-// Close drains and closes every module version, then the audit log.
+// Close drains and closes every module version, commits the modules'
+// state and closes its file, then the audit log.
 func (h *Host) Close(ctx context.Context) error {
 	h.closed.Store(true)
 	err := h.reg.Close(ctx)
+	err = errors.Join(err, h.state.close())
 	if h.up != nil {
 		err = errors.Join(err, h.up.Close())
 	}

@@ -21,13 +21,23 @@ type handover struct {
 	App []byte `json:"app,omitempty"`
 	// Generation is the generation of the process handing over.
 	Generation int `json:"generation,omitempty"`
+	// StateFile says the process handing over keeps the modules' state in
+	// the state file, which it hands over by closing it: the new process
+	// then replays its own changes onto the file's contents. Without it
+	// (DurabilityMemory, or a version before the state file), Modules is
+	// the whole state.
+	StateFile bool `json:"state_file,omitempty"`
 }
 
 func (h *Host) startUpgrader(opts upgrade.Options) error {
 	appSnapshot, onResult := opts.Snapshot, opts.OnResult
 	opts.PrepareBinary = h.prepareBinary
 	opts.Snapshot = func(ctx context.Context) ([]byte, error) {
-		ho := handover{Modules: make(map[string]map[string][]byte), Generation: h.generation()}
+		keepsFile, err := h.state.handover(ctx)
+		if err != nil {
+			return nil, err
+		}
+		ho := handover{Modules: make(map[string]map[string][]byte), Generation: h.generation(), StateFile: keepsFile}
 		for _, st := range h.reg.Status() {
 			ho.Modules[st.Name] = h.reg.Module(st.Name).State().Snapshot()
 		}
@@ -65,6 +75,7 @@ func (h *Host) startUpgrader(opts upgrade.Options) error {
 		}
 		h.appState = ho.App
 		h.proc.generation = ho.Generation + 1
+		h.state.parentKeepsFile = ho.StateFile
 	}
 	if up.HasParent() {
 		h.proc.parentPID = os.Getppid()

@@ -27,6 +27,11 @@ type Options struct {
 	// running then fail with ErrDrained and are counted. Defaults to
 	// DefaultDrainTimeout (30s).
 	DrainTimeout time.Duration
+	// State, when set, makes the host-kept state of each module the
+	// registry creates (package host attaches its persistence to it). It
+	// is called once per module, with the registry's lock held: it must
+	// not call the registry. Defaults to nil: NewKV.
+	State func(module string) *KV
 }
 
 // Source is one version's artifact.
@@ -50,6 +55,7 @@ type Registry struct {
 	backend      Backend
 	log          *slog.Logger
 	drainTimeout time.Duration
+	newState     func(module string) *KV // Options.State
 
 	mu      sync.Mutex // protects modules, closed; writers publish lookup
 	modules map[string]*Module
@@ -73,9 +79,13 @@ func New(opts Options) (*Registry, error) {
 		log:          opts.Logger,
 		drainTimeout: cmp(opts.DrainTimeout, DefaultDrainTimeout),
 		modules:      make(map[string]*Module),
+		newState:     opts.State,
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.newState == nil {
+		r.newState = func(string) *KV { return NewKV() }
 	}
 	r.lookup.Store(&map[string]*Module{})
 	return r, nil
@@ -100,7 +110,7 @@ func (r *Registry) Module(name string) *Module {
 	if m := r.modules[name]; m != nil {
 		return m
 	}
-	m := &Module{name: name, reg: r, state: NewKV()}
+	m := &Module{name: name, reg: r, state: r.newState(name)}
 	r.modules[name] = m
 	next := make(map[string]*Module, len(r.modules))
 	for k, v := range r.modules {
