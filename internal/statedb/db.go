@@ -124,7 +124,12 @@ type Stats struct {
 // Open opens (creating it, mode 0600) the state file at path and starts
 // its committer. A file that is not a state file, or is corrupt, is refused
 // with an error matching ErrCorrupt and left as it is.
-func Open(path string, opts Options) (db *DB, err error) {
+func Open(path string, opts Options) (*DB, error) {
+	return open(path, opts, bbolt.Options{})
+}
+
+// open is Open with bbolt options to start from (tests set MaxSize).
+func open(path string, opts Options, bo bbolt.Options) (db *DB, err error) {
 	if opts.Window < 0 {
 		return nil, fmt.Errorf("statedb: negative Window %v", opts.Window)
 	}
@@ -137,7 +142,8 @@ func Open(path string, opts Options) (db *DB, err error) {
 	}
 	defer guard(path, &err)
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	b, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, FreelistType: bbolt.FreelistMapType, NoStatistics: true})
+	bo.Timeout, bo.FreelistType, bo.NoStatistics = timeout, bbolt.FreelistMapType, true
+	b, err := bbolt.Open(path, 0o600, &bo)
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, &FileError{path, ErrLocked}
@@ -191,29 +197,40 @@ func guard(path string, err *error) {
 	}
 }
 
-// initFormat marks a new file with the format, and refuses a file marked
-// with another one or holding anything else.
+// initFormat marks a new (empty) file with the format, and refuses a file
+// marked with another one or holding anything else. It writes nothing to a
+// file that has the format, so a file refused later stays as it was.
 func initFormat(b *bbolt.DB) error {
-	return b.Update(func(tx *bbolt.Tx) error {
+	var empty bool
+	err := b.View(func(tx *bbolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta == nil {
-			empty := true
-			tx.ForEach(func([]byte, *bbolt.Bucket) error { empty = false; return nil })
+			empty = tx.ForEach(func([]byte, *bbolt.Bucket) error { return ErrCorrupt }) == nil
 			if !empty {
 				return fmt.Errorf("%w: no format marker", ErrCorrupt)
 			}
-			var err error
-			if meta, err = tx.CreateBucket(bucketMeta); err != nil {
-				return err
-			}
-			if err := meta.Put(keyFormat, []byte(formatV1)); err != nil {
-				return err
-			}
+			return nil
 		}
 		if f := meta.Get(keyFormat); string(f) != formatV1 {
 			return fmt.Errorf("%w: format %.40q, want %q", ErrCorrupt, f, formatV1)
 		}
-		_, err := tx.CreateBucketIfNotExists(bucketModules)
+		if mods := tx.Bucket(bucketModules); mods == nil {
+			return fmt.Errorf("%w: no modules bucket", ErrCorrupt)
+		}
+		return nil
+	})
+	if err != nil || !empty {
+		return err
+	}
+	return b.Update(func(tx *bbolt.Tx) error {
+		meta, err := tx.CreateBucket(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if err := meta.Put(keyFormat, []byte(formatV1)); err != nil {
+			return err
+		}
+		_, err = tx.CreateBucket(bucketModules)
 		return err
 	})
 }
