@@ -28,9 +28,9 @@ import (
 // The state tests run the test binary as a child process through
 // TestStateHelperProcess, which does what envStateHelper names.
 const (
-	envStateHelper     = "HOST_STATE_HELPER"     // "window", "sync" or "upgrade"
-	envStateDir        = "HOST_STATE_DIR"        // the child's state directory
-	envStateOut        = "HOST_STATE_OUT"        // where the upgrade child writes its report
+	envStateHelper     = "HOST_STATE_HELPER" // "window", "sync" or "upgrade"
+	envStateDir        = "HOST_STATE_DIR"    // the child's state directory
+	envStateOut        = "HOST_STATE_OUT"    // where the upgrade child writes its report
 	helperProcessFlag  = "-test.run=^TestStateHelperProcess$"
 	commitSlack        = time.Second // bounds one commit on a loaded machine
 	windowWrites       = 5000

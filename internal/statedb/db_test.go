@@ -46,9 +46,11 @@ func equal(a, b map[string]map[string]string) bool {
 	return maps.EqualFunc(a, b, func(x, y map[string]string) bool { return maps.Equal(x, y) })
 }
 
-func set(k, v string) module.KVChange { return module.KVChange{Op: module.KVSet, Key: k, Value: []byte(v)} }
-func del(k string) module.KVChange    { return module.KVChange{Op: module.KVDelete, Key: k} }
-func reset() module.KVChange          { return module.KVChange{Op: module.KVReset} }
+func set(k, v string) module.KVChange {
+	return module.KVChange{Op: module.KVSet, Key: k, Value: []byte(v)}
+}
+func del(k string) module.KVChange { return module.KVChange{Op: module.KVDelete, Key: k} }
+func reset() module.KVChange       { return module.KVChange{Op: module.KVReset} }
 
 func TestChangesSurviveReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
