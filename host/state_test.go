@@ -28,7 +28,7 @@ import (
 // The state tests run the test binary as a child process through
 // TestStateHelperProcess, which does what envStateHelper names.
 const (
-	envStateHelper     = "HOST_STATE_HELPER" // "window", "sync" or "upgrade"
+	envStateHelper     = "HOST_STATE_HELPER" // "window", "sync", "upgrade" or "die"
 	envStateDir        = "HOST_STATE_DIR"    // the child's state directory
 	envStateOut        = "HOST_STATE_OUT"    // where the upgrade child writes its report
 	helperProcessFlag  = "-test.run=^TestStateHelperProcess$"
@@ -52,6 +52,8 @@ func TestStateHelperProcess(t *testing.T) {
 		err = runKVWriter(mode)
 	case "upgrade":
 		err = runUpgradedWriter()
+	case "die":
+		err = runDyingWriter()
 	default:
 		err = fmt.Errorf("unknown helper %q", mode)
 	}
@@ -167,6 +169,23 @@ func runUpgradedWriter() error {
 		return err
 	}
 	return os.WriteFile(os.Getenv(envStateOut), data, 0o600)
+}
+
+// runDyingWriter is a new process that says ready, counts a little and
+// dies within its probation.
+func runDyingWriter() error {
+	h, err := host.New(host.Options{Backend: noCode{}, StateDir: os.Getenv(envStateDir), Upgrade: &upgrade.Options{NoSignals: true}})
+	if err != nil {
+		return err
+	}
+	if err := h.Upgrader().Ready(); err != nil {
+		return err
+	}
+	for range 1000 {
+		h.Module("counter").State().Add("n", 1)
+	}
+	os.Exit(3)
+	return nil
 }
 
 func atoi(b []byte) int64 { n, _ := strconv.ParseInt(string(b), 10, 64); return n }
@@ -423,6 +442,34 @@ func TestUpgradeUnderKVLoadLosesNoIncrement(t *testing.T) {
 	want := parentAcked.Load() + rep.Acked
 	if got := counter(f.open(t, hostOptions{})); got != want {
 		t.Errorf("counter in the state file = %d; want %d = %d (parent) + %d (new process)", got, want, parentAcked.Load(), rep.Acked)
+	}
+}
+
+// TestRolledBackUpgradeKeepsParentState: a new process that dies in its
+// probation never took the state file over; the parent goes on writing it.
+// (The dead process's writes are lost, as docs/state.md says.)
+func TestRolledBackUpgradeKeepsParentState(t *testing.T) {
+	f := newFixture(t)
+	binPath := signedTestBinary(t, f, "2")
+	h := f.open(t, hostOptions{noClose: true, upgrade: &upgrade.Options{
+		NoSignals: true,
+		Probation: 10 * time.Second,
+		Args:      []string{helperProcessFlag},
+		Env:       []string{envStateHelper + "=die", envStateDir + "=" + f.state},
+	}})
+	kv := h.Module("counter").State()
+	kv.Add("n", 5)
+	res, err := h.Upgrade(ctxFor(t, "deploy"), binPath)
+	if !errors.Is(err, upgrade.ErrRolledBack) || res.Outcome != upgrade.RolledBack {
+		t.Fatalf("Upgrade() = %+v, %v; want RolledBack", res, err)
+	}
+	kv.Add("n", 5)
+	if st := h.StateStatus(); st.TakingOver || st.LastError != "" || st.Commits == 0 {
+		t.Errorf("parent StateStatus() = %+v; want it still writing the file", st)
+	}
+	closeHost(t, h)
+	if got := counter(f.open(t, hostOptions{})); got != 10 {
+		t.Errorf("counter = %d; want the parent's 10", got)
 	}
 }
 
