@@ -15,6 +15,16 @@ const (
 	maxRetry = time.Second
 )
 
+// In sync mode, after a commit that several writers shared, the next one
+// starts a fraction of a commit's time later (at most maxGather), so that
+// the writers it released can join it: without that pause, writers fall
+// into two groups that take turns, and four writers share each commit by
+// two.
+const (
+	gatherFraction = 4
+	maxGather      = 2 * time.Millisecond
+)
+
 // sink is the KVSink of one module's KV.
 type sink struct {
 	db   *DB
@@ -106,7 +116,7 @@ func (db *DB) run() {
 		db.cond.Broadcast()
 		db.mu.Unlock()
 	}
-	var retry time.Duration
+	var retry, gather time.Duration
 	for {
 		select {
 		case <-db.kick:
@@ -117,7 +127,7 @@ func (db *DB) run() {
 		db.mu.Lock()
 		wait := time.Until(db.dirtySince.Add(db.window))
 		db.mu.Unlock()
-		wait = max(wait, retry)
+		wait = max(wait, retry, gather)
 		if wait > 0 {
 			t := time.NewTimer(wait)
 			select {
@@ -128,7 +138,15 @@ func (db *DB) run() {
 				return
 			}
 		}
-		if db.commit() {
+		start := time.Now()
+		ok, changes := db.commit()
+		gather = 0
+		if db.sync && changes > 1 {
+			// Writers wait for commits at the same time: let those this
+			// commit releases come back and share the next one.
+			gather = min(time.Since(start)/gatherFraction, maxGather)
+		}
+		if ok {
 			retry = 0
 			continue
 		}
@@ -149,14 +167,16 @@ type batch struct {
 
 // commit writes every pending change in one transaction and wakes the
 // writers waiting for it. A failed commit's changes go back under the
-// newer ones, to be retried; it reports false.
-func (db *DB) commit() bool {
+// newer ones, to be retried; it reports false. It returns how many
+// changes it took.
+func (db *DB) commit() (ok bool, changes int) {
 	db.mu.Lock()
 	seq := db.next
 	db.next++
 	var work []batch
 	for _, s := range db.sinks {
 		if s.pending != nil || s.reset {
+			changes += len(s.pending)
 			work = append(work, batch{s, s.pending, s.reset})
 			s.pending, s.reset = nil, false
 		}
@@ -200,10 +220,10 @@ func (db *DB) commit() bool {
 
 	if err != nil {
 		db.log.Error("commit module state; retrying, the changes stay in memory meanwhile", "file", db.path, "err", err)
-		return false
+		return false, changes
 	}
 	db.skipped(skipped)
-	return true
+	return true, changes
 }
 
 // putBack returns a failed batch to s, under the changes made since it was
