@@ -116,7 +116,8 @@ func (db *DB) run() {
 		db.cond.Broadcast()
 		db.mu.Unlock()
 	}
-	var retry, gather time.Duration
+	var retry time.Duration
+	var gatherUntil time.Time
 	for {
 		select {
 		case <-db.kick:
@@ -127,7 +128,7 @@ func (db *DB) run() {
 		db.mu.Lock()
 		wait := time.Until(db.dirtySince.Add(db.window))
 		db.mu.Unlock()
-		wait = max(wait, retry, gather)
+		wait = max(wait, retry, time.Until(gatherUntil))
 		if wait > 0 {
 			t := time.NewTimer(wait)
 			select {
@@ -140,11 +141,10 @@ func (db *DB) run() {
 		}
 		start := time.Now()
 		ok, changes := db.commit()
-		gather = 0
-		if db.sync && changes > 1 {
+		if end := time.Now(); db.sync && changes > 1 {
 			// Writers wait for commits at the same time: let those this
 			// commit releases come back and share the next one.
-			gather = min(time.Since(start)/gatherFraction, maxGather)
+			gatherUntil = end.Add(min(end.Sub(start)/gatherFraction, maxGather))
 		}
 		if ok {
 			retry = 0
