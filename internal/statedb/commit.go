@@ -2,6 +2,7 @@ package statedb
 
 import (
 	"math"
+	"runtime/debug"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -109,6 +110,7 @@ func (s *sink) Wait(ticket uint64) {
 // everything changed while one runs goes into the next.
 func (db *DB) run() {
 	defer close(db.done)
+	debug.SetPanicOnFault(true) // a fault reading the mapped file: see write
 	last := func() {
 		db.commit()
 		db.mu.Lock()
@@ -187,17 +189,7 @@ func (db *DB) commit() (ok bool, changes int) {
 	var err error
 	skipped := 0
 	if len(work) > 0 {
-		err = db.bolt.Update(func(tx *bbolt.Tx) error {
-			mods := tx.Bucket(bucketModules)
-			for _, b := range work {
-				n, err := writeModule(mods, b.s.name, b.reset, b.changes)
-				if err != nil {
-					return err
-				}
-				skipped += n
-			}
-			return nil
-		})
+		skipped, err = db.write(work)
 	}
 
 	db.mu.Lock()
@@ -224,6 +216,25 @@ func (db *DB) commit() (ok bool, changes int) {
 	}
 	db.skipped(skipped)
 	return true, changes
+}
+
+// write writes work in one transaction. A panic inside bbolt (a damaged
+// page; bbolt rolls the transaction back) is returned as an error matching
+// ErrCorrupt rather than taking the service down.
+func (db *DB) write(work []batch) (skipped int, err error) {
+	defer guard(db.path, &err)
+	err = db.bolt.Update(func(tx *bbolt.Tx) error {
+		mods := tx.Bucket(bucketModules)
+		for _, b := range work {
+			n, err := writeModule(mods, b.s.name, b.reset, b.changes)
+			if err != nil {
+				return err
+			}
+			skipped += n
+		}
+		return nil
+	})
+	return skipped, err
 }
 
 // putBack returns a failed batch to s, under the changes made since it was
