@@ -60,7 +60,7 @@ type Options struct {
 	// host owns it from now on.
 	Backend module.Backend
 	// StateDir holds trust/ (trusted public keys), store/ (verified
-	// artifacts) and audit.log. It is created mode 0700 if missing, and the
+	// artifacts), audit.log and state.db (the modules' host-kept state). It is created mode 0700 if missing, and the
 	// host refuses to start when it, or a directory above it, can be written
 	// by another user (see docs/security.md). Defaults to DefaultStateDir().
 	StateDir string
