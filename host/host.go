@@ -60,9 +60,10 @@ type Options struct {
 	// host owns it from now on.
 	Backend module.Backend
 	// StateDir holds trust/ (trusted public keys), store/ (verified
-	// artifacts), audit.log and state.db (the modules' host-kept state). It is created mode 0700 if missing, and the
-	// host refuses to start when it, or a directory above it, can be written
-	// by another user (see docs/security.md). Defaults to DefaultStateDir().
+	// artifacts), audit.log and state.db (the modules' host-kept state).
+	// It is created mode 0700 if missing, and the host refuses to start
+	// when it, or a directory above it, can be written by another user
+	// (see docs/security.md). Defaults to DefaultStateDir().
 	StateDir string
 	// Development accepts unsigned artifacts (digests are still checked).
 	// Status reports it, so no one mistakes a development host for a
