@@ -128,22 +128,7 @@ func runUpgradedWriter() error {
 	if err := h.Upgrader().Ready(); err != nil {
 		return err
 	}
-	var acked atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 2 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				kv.Add("n", 1)
-				acked.Add(1)
-			}
-		})
-	}
+	acked, stop := count(kv, 2)
 	select {
 	case <-term:
 	case <-time.After(helperMaxLife):
@@ -157,9 +142,7 @@ func runUpgradedWriter() error {
 	}
 	rep.AtTakeover = acked.Load() // an upper bound: some may be after
 	time.Sleep(afterTakeoverWrite)
-	close(stop)
-	wg.Wait()
-	rep.Acked = acked.Load()
+	rep.Acked = stop()
 	rep.Status = h.StateStatus()
 	if err := h.Close(context.Background()); err != nil {
 		return err
@@ -186,6 +169,32 @@ func runDyingWriter() error {
 	}
 	os.Exit(3)
 	return nil
+}
+
+// count adds 1 to kv's "n" from writers goroutines until stop, which
+// returns how many increments were acknowledged.
+func count(kv *module.KV, writers int) (acked *atomic.Int64, stop func() int64) {
+	acked = new(atomic.Int64)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range writers {
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				kv.Add("n", 1)
+				acked.Add(1)
+			}
+		})
+	}
+	var once sync.Once
+	return acked, func() int64 {
+		once.Do(func() { close(done); wg.Wait() })
+		return acked.Load()
+	}
 }
 
 func atoi(b []byte) int64 { n, _ := strconv.ParseInt(string(b), 10, 64); return n }
@@ -391,35 +400,18 @@ func TestUpgradeUnderKVLoadLosesNoIncrement(t *testing.T) {
 		Args:      []string{helperProcessFlag},
 		Env:       []string{envStateHelper + "=upgrade", envStateDir + "=" + f.state, envStateOut + "=" + out},
 	}})
-	kv := h.Module("counter").State()
-	var parentAcked atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 2 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				kv.Add("n", 1)
-				parentAcked.Add(1)
-			}
-		})
-	}
+	parentAcked, stop := count(h.Module("counter").State(), 2)
 	waitFor(t, "parent writes", func() bool { return parentAcked.Load() > 100 })
 	res, err := h.Upgrade(ctxFor(t, "deploy"), binPath)
 	if res.PID != 0 {
 		t.Cleanup(func() { stopProcess(t, res.PID) })
 	}
 	if err != nil || res.Outcome != upgrade.Committed {
-		close(stop)
+		stop()
 		t.Fatalf("Upgrade() = %+v, %v; want Committed", res, err)
 	}
 	time.Sleep(300 * time.Millisecond) // both processes write meanwhile
-	close(stop)
-	wg.Wait()
+	stop()
 	closeHost(t, h) // releases the state file to the new process
 	stopProcess(t, res.PID)
 
