@@ -24,8 +24,9 @@ type Durability int
 
 const (
 	// DurabilityWindow: a write returns at once; the commit that writes it
-	// starts at most Options.CommitWindow after it, so a crash loses at
-	// most the writes of the last window plus one commit.
+	// starts at most Options.CommitWindow after it (or when the commit in
+	// progress ends, if later), so a crash loses at most the writes of the
+	// last window plus one commit.
 	DurabilityWindow Durability = iota
 	// DurabilitySync: a write returns once the commit holding it is on
 	// disk (synced); writers waiting at the same time share one commit. A
