@@ -16,16 +16,6 @@ const (
 	maxRetry = time.Second
 )
 
-// In sync mode, after a commit that several writers shared, the next one
-// starts a fraction of a commit's time later (at most maxGather), so that
-// the writers it released can join it: without that pause, writers fall
-// into two groups that take turns, and four writers share each commit by
-// two.
-const (
-	gatherFraction = 4
-	maxGather      = 2 * time.Millisecond
-)
-
 // sink is the KVSink of one module's KV.
 type sink struct {
 	db   *DB
@@ -119,7 +109,6 @@ func (db *DB) run() {
 		db.mu.Unlock()
 	}
 	var retry time.Duration
-	var gatherUntil time.Time
 	for {
 		select {
 		case <-db.kick:
@@ -130,7 +119,7 @@ func (db *DB) run() {
 		db.mu.Lock()
 		wait := time.Until(db.dirtySince.Add(db.window))
 		db.mu.Unlock()
-		wait = max(wait, retry, time.Until(gatherUntil))
+		wait = max(wait, retry)
 		if wait > 0 {
 			t := time.NewTimer(wait)
 			select {
@@ -141,14 +130,7 @@ func (db *DB) run() {
 				return
 			}
 		}
-		start := time.Now()
-		ok, changes := db.commit()
-		if end := time.Now(); db.sync && changes > 1 {
-			// Writers wait for commits at the same time: let those this
-			// commit releases come back and share the next one.
-			gatherUntil = end.Add(min(end.Sub(start)/gatherFraction, maxGather))
-		}
-		if ok {
+		if db.commit() {
 			retry = 0
 			continue
 		}
@@ -169,16 +151,14 @@ type batch struct {
 
 // commit writes every pending change in one transaction and wakes the
 // writers waiting for it. A failed commit's changes go back under the
-// newer ones, to be retried; it reports false. It returns how many
-// changes it took.
-func (db *DB) commit() (ok bool, changes int) {
+// newer ones, to be retried; it reports false.
+func (db *DB) commit() bool {
 	db.mu.Lock()
 	seq := db.next
 	db.next++
 	var work []batch
 	for _, s := range db.sinks {
 		if s.pending != nil || s.reset {
-			changes += len(s.pending)
 			work = append(work, batch{s, s.pending, s.reset})
 			s.pending, s.reset = nil, false
 		}
@@ -212,10 +192,10 @@ func (db *DB) commit() (ok bool, changes int) {
 
 	if err != nil {
 		db.log.Error("commit module state; retrying, the changes stay in memory meanwhile", "file", db.path, "err", err)
-		return false, changes
+		return false
 	}
 	db.skipped(skipped)
-	return true, changes
+	return true
 }
 
 // write writes work in one transaction. A panic inside bbolt (a damaged
