@@ -42,6 +42,9 @@ func TestMain(m *testing.M) {
 	case "load":
 		os.Exit(runLoad())
 	}
+	if mode := os.Getenv(envStateHelper); mode != "" {
+		os.Exit(runStateHelper(mode))
+	}
 	os.Exit(m.Run())
 }
 

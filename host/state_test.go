@@ -26,12 +26,12 @@ import (
 )
 
 // The state tests run the test binary as a child process through
-// TestStateHelperProcess, which does what envStateHelper names.
+// runStateHelper, which does what envStateHelper names.
 const (
 	envStateHelper     = "HOST_STATE_HELPER" // "window", "sync", "upgrade" or "die"
 	envStateDir        = "HOST_STATE_DIR"    // the child's state directory
 	envStateOut        = "HOST_STATE_OUT"    // where the upgrade child writes its report
-	helperProcessFlag  = "-test.run=^TestStateHelperProcess$"
+	helperProcessFlag  = "-test.run=^$" // the helper runs from TestMain, before any test
 	commitSlack        = time.Second // bounds one commit on a loaded machine
 	windowWrites       = 5000
 	helperMaxLife      = 2 * time.Minute
@@ -39,13 +39,9 @@ const (
 	afterTakeoverWrite = 200 * time.Millisecond
 )
 
-// TestStateHelperProcess is the child process of the state tests; run by
-// itself it does nothing.
-func TestStateHelperProcess(t *testing.T) {
-	mode := os.Getenv(envStateHelper)
-	if mode == "" {
-		return
-	}
+// runStateHelper is the child process of the state tests (see TestMain): it
+// does what envStateHelper names.
+func runStateHelper(mode string) int {
 	var err error
 	switch mode {
 	case "window", "sync":
@@ -59,9 +55,9 @@ func TestStateHelperProcess(t *testing.T) {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "state helper:", err)
-		os.Exit(1)
+		return 1
 	}
-	os.Exit(0)
+	return 0
 }
 
 // noCode is a Backend that prepares nothing: the state tests use the KVs
