@@ -31,8 +31,8 @@ const (
 	envStateHelper     = "HOST_STATE_HELPER" // "window", "sync", "upgrade" or "die"
 	envStateDir        = "HOST_STATE_DIR"    // the child's state directory
 	envStateOut        = "HOST_STATE_OUT"    // where the upgrade child writes its report
-	helperProcessFlag  = "-test.run=^$" // the helper runs from TestMain, before any test
-	commitSlack        = time.Second // bounds one commit on a loaded machine
+	helperProcessFlag  = "-test.run=^$"      // the helper runs from TestMain, before any test
+	commitSlack        = time.Second         // bounds one commit on a loaded machine
 	windowWrites       = 5000
 	helperMaxLife      = 2 * time.Minute
 	takeoverBound      = 10 * time.Second
