@@ -29,6 +29,8 @@ const (
 	envUnix    = "UPGRADE_TEST_UNIX"
 	envUDP     = "UPGRADE_TEST_UDP"
 	envPIDFile = "UPGRADE_TEST_PIDFILE"
+	envCert    = "UPGRADE_TEST_CERT" // serve-h2: TLS certificate and key files
+	envKey     = "UPGRADE_TEST_KEY"
 )
 
 func TestMain(m *testing.M) {
@@ -47,6 +49,8 @@ func TestMain(m *testing.M) {
 //	hang          never say ready
 //	die-probation claim the sockets, accept nothing, say ready, exit 2 after 300 ms
 //	fake-v2       speak hand-over protocol 2.0: refuse the hello
+//	serve-h2      serve HTTP/1.1 and HTTP/2 on envTCP, over TLS with the
+//	              ticket keys shared if envCert is set, else h2c
 func runHelper(scenario string) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if scenario == "fake-v2" {
@@ -71,6 +75,8 @@ func runHelper(scenario string) int {
 	case "hang":
 		time.Sleep(time.Hour)
 		return 5
+	case "serve-h2":
+		return serveH2Helper(u)
 	}
 	ctx := context.Background()
 	mux := http.NewServeMux()
