@@ -119,7 +119,9 @@ func NewServer(opts Options, sopts ...grpc.ServerOption) *Server {
 func (s *Server) GRPC() *grpc.Server { return s.grpc }
 
 // RegisterService implements grpc.ServiceRegistrar.
-func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) { s.grpc.RegisterService(desc, impl) }
+func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	s.grpc.RegisterService(desc, impl)
+}
 
 // Notice fires when Drain starts; every call's context carries it too
 // (upgrade.NoticeFrom).
