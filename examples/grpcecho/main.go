@@ -31,7 +31,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/hotswapgo/hotswap/examples/grpcecho/echo"
 	"github.com/hotswapgo/hotswap/upgrade"
@@ -105,7 +104,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	srv := grpcdrain.NewServer(grpcdrain.Options{Logger: log}, sopts...)
-	echo.Register(srv, service{pid: strconv.Itoa(os.Getpid())})
+	echo.Register(srv, echo.Service{Name: strconv.Itoa(os.Getpid())})
 	go srv.Serve(ln)
 
 	if err := u.Ready(); err != nil {
@@ -121,54 +120,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	err = srv.Drain(dctx)
 	log.Info("drained; exiting")
 	return errors.Join(err, u.Close())
-}
-
-// service answers with this process's pid, so that clients see who served.
-type service struct{ pid string }
-
-func (s service) Unary(_ context.Context, in *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
-	return wrapperspb.String(s.pid + " " + in.GetValue()), nil
-}
-
-// Chat answers every message until the client closes the stream or the
-// server drains: then it ends the stream with grpcdrain.ErrReconnect.
-func (s service) Chat(stream grpc.BidiStreamingServer[wrapperspb.StringValue, wrapperspb.StringValue]) error {
-	type received struct {
-		msg *wrapperspb.StringValue
-		err error
-	}
-	ctx := stream.Context()
-	recv := make(chan received)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			select {
-			case recv <- received{m, err}:
-			case <-ctx.Done(): // the handler returned
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	drain := upgrade.NoticeFrom(ctx)
-	for {
-		select {
-		case <-drain.Done():
-			return grpcdrain.ErrReconnect
-		case r := <-recv:
-			if errors.Is(r.err, io.EOF) {
-				return nil // the client closed its side
-			}
-			if r.err != nil {
-				return r.err
-			}
-			if err := stream.Send(wrapperspb.String(s.pid + " " + r.msg.GetValue())); err != nil {
-				return err
-			}
-		}
-	}
 }
 
 // appendResult records an upgrade attempt as a JSON line, as

@@ -11,9 +11,14 @@ package echo
 
 import (
 	"context"
+	"errors"
+	"io"
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/hotswapgo/hotswap/upgrade"
+	"github.com/hotswapgo/hotswap/upgrade/grpcdrain"
 )
 
 // ServiceName is the service's full name.
@@ -82,4 +87,56 @@ func (c *Client) Chat(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiSt
 		return nil, err
 	}
 	return &grpc.GenericClientStream[wrapperspb.StringValue, wrapperspb.StringValue]{ClientStream: s}, nil
+}
+
+// Service answers every message with its Name (grpcecho uses its pid)
+// followed by the message, so that clients see who served them. Its Chat
+// streams end with grpcdrain.ErrReconnect when the server drains.
+type Service struct{ Name string }
+
+// Unary answers "Name in".
+func (s Service) Unary(_ context.Context, in *wrapperspb.StringValue) (*wrapperspb.StringValue, error) {
+	return wrapperspb.String(s.Name + " " + in.GetValue()), nil
+}
+
+// Chat answers every message until the client closes the stream, or until
+// the server drains: then it ends the stream with grpcdrain.ErrReconnect,
+// which tells the client to open it again, on the process that took over.
+func (s Service) Chat(stream grpc.BidiStreamingServer[wrapperspb.StringValue, wrapperspb.StringValue]) error {
+	type received struct {
+		msg *wrapperspb.StringValue
+		err error
+	}
+	ctx := stream.Context()
+	recv := make(chan received)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			select {
+			case recv <- received{m, err}:
+			case <-ctx.Done(): // the handler returned
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	drain := upgrade.NoticeFrom(ctx)
+	for {
+		select {
+		case <-drain.Done():
+			return grpcdrain.ErrReconnect
+		case r := <-recv:
+			if errors.Is(r.err, io.EOF) {
+				return nil // the client closed its side
+			}
+			if r.err != nil {
+				return r.err
+			}
+			if err := stream.Send(wrapperspb.String(s.Name + " " + r.msg.GetValue())); err != nil {
+				return err
+			}
+		}
+	}
 }
