@@ -51,6 +51,7 @@ func TestMain(m *testing.M) {
 //	fake-v2       speak hand-over protocol 2.0: refuse the hello
 //	serve-h2      serve HTTP/1.1 and HTTP/2 on envTCP, over TLS with the
 //	              ticket keys shared if envCert is set, else h2c
+//	resume-line   answer lines on the live connection handed over
 func runHelper(scenario string) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if scenario == "fake-v2" {
@@ -77,6 +78,8 @@ func runHelper(scenario string) int {
 		return 5
 	case "serve-h2":
 		return serveH2Helper(u)
+	case "resume-line":
+		return resumeLineHelper(u)
 	}
 	ctx := context.Background()
 	mux := http.NewServeMux()
