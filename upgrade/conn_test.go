@@ -24,9 +24,9 @@ const liveConnName = "conn:live"
 
 // lineServer answers "pid line" to every line of c until paused.
 type lineServer struct {
-	c      net.Conn
-	br     *bufio.Reader
-	pause  chan chan []byte // a pause request; answered with the read-ahead bytes
+	c       net.Conn
+	br      *bufio.Reader
+	pause   chan chan []byte // a pause request; answered with the read-ahead bytes
 	stopped chan struct{}
 }
 
