@@ -28,7 +28,7 @@ import (
 //
 // Messages, in order:
 //
-//	parent → child  hello   files and state (see encodeHello)
+//	parent → child  hello   files, state and sections (see encodeHello)
 //	child  → parent refuse  UTF-8 reason (instead of ready; child exits)
 //	child  → parent ready   empty
 //	parent → child  commit     empty: probation passed, the child now serves alone
