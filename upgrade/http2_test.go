@@ -142,6 +142,17 @@ func writeTestCert(t *testing.T, dir string) (cert, key string, pool *x509.CertP
 // away by themselves (GOAWAY) long before the drain deadline, and over TLS
 // the client resumes its session with the new process.
 func TestHTTP2DrainAcrossUpgrade(t *testing.T) {
+	fds, fdList := countFDs(t), listFDs()
+	defer func() {
+		// Connections close asynchronously once both sides are done.
+		deadline := time.Now().Add(5 * time.Second)
+		for countFDs(t) > fds && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := countFDs(t); got > fds {
+			t.Errorf("open descriptors = %d; want at most %d as before\nbefore: %s\nafter:  %s", got, fds, fdList, listFDs())
+		}
+	}()
 	for _, useTLS := range []bool{true, false} {
 		name := "h2c"
 		if useTLS {

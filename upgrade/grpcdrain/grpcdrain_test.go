@@ -83,6 +83,15 @@ func runHelper() int {
 	return 0
 }
 
+func countFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatalf("read /proc/self/fd: %v", err)
+	}
+	return len(ents)
+}
+
 func dial(t *testing.T, addr string) *echo.Client {
 	t.Helper()
 	// No retry policy: only what grpc-go does by itself for calls the
@@ -222,6 +231,17 @@ func (l *load) finish(t *testing.T) {
 // process held ends with ErrReconnect and opens again on the new process,
 // and the old process's drain ends long before its deadline.
 func TestUpgradeUnderLoad(t *testing.T) {
+	fds := countFDs(t)
+	t.Cleanup(func() { // after the client's cleanup
+		// Connections close asynchronously once both sides are done.
+		deadline := time.Now().Add(5 * time.Second)
+		for countFDs(t) > fds && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := countFDs(t); got > fds {
+			t.Errorf("open descriptors = %d; want at most %d as before", got, fds)
+		}
+	})
 	u, err := upgrade.New(upgrade.Options{NoSignals: true, Probation: 200 * time.Millisecond,
 		Env: []string{envHelper + "=1", envAddr + "=127.0.0.1:0"}})
 	if err != nil {
