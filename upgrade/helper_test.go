@@ -124,6 +124,15 @@ func runHelper(scenario string) int {
 		time.Sleep(300 * time.Millisecond)
 		return 2
 	}
+	code := readyThenDrain(u, srv)
+	for _, c := range closers {
+		c.Close()
+	}
+	return code
+}
+
+// readyThenDrain says ready, waits for Exit or SIGTERM and drains srv.
+func readyThenDrain(u *Upgrader, srv *HTTPServer) int {
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
 	if err := u.Ready(); err != nil {
@@ -134,13 +143,10 @@ func runHelper(scenario string) int {
 	case <-u.Exit():
 	case <-term:
 	}
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := srv.Drain(dctx); err != nil {
+	if err := srv.Drain(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "helper: drain:", err)
-	}
-	for _, c := range closers {
-		c.Close()
 	}
 	return 0
 }

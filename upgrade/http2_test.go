@@ -15,12 +15,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -78,22 +76,7 @@ func serveH2Helper(u *Upgrader) int {
 		fmt.Fprintln(os.Stderr, "helper:", err)
 		return 1
 	}
-	term := make(chan os.Signal, 1)
-	signal.Notify(term, syscall.SIGTERM)
-	if err := u.Ready(); err != nil {
-		fmt.Fprintln(os.Stderr, "helper:", err)
-		return 1
-	}
-	select {
-	case <-u.Exit():
-	case <-term:
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := s.Drain(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "helper: drain:", err)
-	}
-	return 0
+	return readyThenDrain(u, s)
 }
 
 // writeTestCert writes a self-signed certificate for 127.0.0.1 and its key

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"strconv"
 	"sync"
@@ -158,13 +157,8 @@ func isDrainStatus(err error) bool {
 }
 
 func (l *grpcLoad) stop(timeout time.Duration) (grpcResult, error) {
-	close(l.quit)
-	done := make(chan struct{})
-	go func() { l.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		return grpcResult{}, fmt.Errorf("load did not stop within %v", timeout)
+	if err := stopWorkers(l.quit, &l.wg, timeout); err != nil {
+		return grpcResult{}, err
 	}
 	for _, cc := range l.conns {
 		cc.Close()

@@ -112,13 +112,8 @@ func get(client *http.Client, url string) error {
 }
 
 func (l *h2Load) stop(timeout time.Duration) (h2Result, error) {
-	close(l.quit)
-	done := make(chan struct{})
-	go func() { l.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		return h2Result{}, fmt.Errorf("load did not stop within %v", timeout)
+	if err := stopWorkers(l.quit, &l.wg, timeout); err != nil {
+		return h2Result{}, err
 	}
 	for _, tr := range l.transports {
 		tr.CloseIdleConnections()

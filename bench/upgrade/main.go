@@ -719,13 +719,8 @@ func roundTrip(conn net.Conn, br *bufio.Reader, req []byte) (closeAfter bool, er
 }
 
 func (l *load) stop(timeout time.Duration) (modeResult, error) {
-	close(l.quit)
-	done := make(chan struct{})
-	go func() { l.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		return modeResult{}, fmt.Errorf("load did not stop within %v", timeout)
+	if err := stopWorkers(l.quit, &l.wg, timeout); err != nil {
+		return modeResult{}, err
 	}
 	return modeResult{Requests: l.requests.Load(), Failed: l.failed.Load()}, nil
 }

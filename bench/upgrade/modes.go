@@ -66,6 +66,20 @@ func withCounts(res any, c upgradeCounts) any {
 	return res
 }
 
+// stopWorkers closes quit and waits until the workers in wg returned, at
+// most timeout.
+func stopWorkers(quit chan struct{}, wg *sync.WaitGroup, timeout time.Duration) error {
+	close(quit)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-time.After(timeout):
+		return fmt.Errorf("load did not stop within %v", timeout)
+	}
+}
+
 // tally counts failures by kind. The zero value is ready.
 type tally struct {
 	failed atomic.Int64
