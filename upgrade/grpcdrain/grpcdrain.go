@@ -34,7 +34,8 @@
 // Options.EndStreamsBefore the deadline: their context is cancelled and,
 // whatever they return, the stream ends with ErrReconnect. When ctx ends,
 // what is still running is cut (grpc.Server.Stop) and Drain returns a
-// *DrainError counting it.
+// *DrainError counting it; handlers that ignore their context may still
+// be running then.
 package grpcdrain
 
 import (
@@ -181,8 +182,9 @@ wait:
 	s.mu.Lock()
 	de := &DrainError{Unary: s.unary, Streams: len(s.streams), Err: ctx.Err()}
 	s.mu.Unlock()
-	s.grpc.Stop() // GracefulStop then returns too
-	<-stopped
+	// Stop closes the connections; GracefulStop returns once the handlers
+	// that ignore their context returned too, which Drain does not wait for.
+	s.grpc.Stop()
 	s.log.Warn("grpc drain: deadline passed", "err", de, "after", time.Since(start))
 	return de
 }
