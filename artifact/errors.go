@@ -40,6 +40,13 @@ var (
 	ErrInsecureKeyFile = errors.New("private key file is accessible to other users")
 	// ErrDuplicateKey: two files of a trust store hold the same key id.
 	ErrDuplicateKey = errors.New("duplicate key id in trust store")
+	// ErrSymlink: the artifact or manifest path is a symbolic link and the
+	// verifier does not follow them (VerifierOptions.FollowSymlinks).
+	ErrSymlink = errors.New("path is a symbolic link")
+	// ErrVersionReused: the manifest gives a name and version that the
+	// store already knows for other bytes. A version label names one
+	// payload per name, forever.
+	ErrVersionReused = errors.New("version label already names another payload")
 	// ErrNotFound: the store holds no such entry.
 	ErrNotFound = errors.New("not found in artifact store")
 )
@@ -58,6 +65,7 @@ const (
 	CheckABI       Check = "abi"       // the caller's expected ABI: ErrABIMismatch
 	CheckPayload   Check = "payload"   // read the payload: ErrPayloadTooLarge or an I/O error
 	CheckDigest    Check = "digest"    // size and SHA-256 match the manifest: ErrDigestMismatch
+	CheckVersion   Check = "version"   // the version label is new or names the same payload: ErrVersionReused
 )
 
 // VerifyError is returned when an artifact fails verification. It names the
@@ -93,6 +101,8 @@ func (e *VerifyError) Is(target error) bool {
 		return target == ErrABIMismatch
 	case CheckDigest:
 		return target == ErrDigestMismatch
+	case CheckVersion:
+		return target == ErrVersionReused
 	}
 	// CheckManifest and CheckPayload have more than one cause; Err wraps
 	// the sentinel.

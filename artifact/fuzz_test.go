@@ -80,6 +80,10 @@ func FuzzVerify(f *testing.F) {
 	f.Add([]byte(nil), payload)
 	f.Fuzz(func(t *testing.T, manifest, payload []byte) {
 		vd, err := v.VerifyBytes(context.Background(), "fuzz", manifest, payload, artifact.Expect{})
+		// A stream is accepted exactly when the same bytes in memory are.
+		if _, rerr := v.VerifyReader(context.Background(), "fuzz", manifest, bytes.NewReader(payload), artifact.Expect{}); (rerr == nil) != (err == nil) {
+			t.Fatalf("VerifyReader() = %v but VerifyBytes() = %v", rerr, err)
+		}
 		if err != nil {
 			var ve *artifact.VerifyError
 			if !errors.As(err, &ve) {

@@ -72,5 +72,5 @@ var sentinels = []error{
 	artifact.ErrDigestMismatch, artifact.ErrBadSignature, artifact.ErrUnknownKey,
 	artifact.ErrUnsigned, artifact.ErrMalformedManifest, artifact.ErrManifestTooLarge,
 	artifact.ErrPayloadTooLarge, artifact.ErrKindMismatch, artifact.ErrNameMismatch,
-	artifact.ErrABIMismatch,
+	artifact.ErrABIMismatch, artifact.ErrVersionReused,
 }

@@ -138,7 +138,7 @@ func (v *Verifier) VerifyToStore(ctx context.Context, s *Store, artifactPath str
 	if err := ctx.Err(); err != nil {
 		return Entry{}, fmt.Errorf("verify %s: %w", artifactPath, err)
 	}
-	raw, err := readManifestFile(ManifestPath(artifactPath))
+	raw, err := v.manifestFile(ManifestPath(artifactPath))
 	var sm *SignedManifest
 	if err != nil {
 		if err := v.noManifest(artifactPath, ManifestPath(artifactPath), err); err != nil {
@@ -147,7 +147,7 @@ func (v *Verifier) VerifyToStore(ctx context.Context, s *Store, artifactPath str
 	} else if sm, err = v.checkManifest(artifactPath, raw, want); err != nil {
 		return Entry{}, err
 	}
-	f, err := os.Open(artifactPath)
+	f, err := v.open(artifactPath)
 	if err != nil {
 		return Entry{}, &VerifyError{Artifact: artifactPath, Check: CheckPayload, Err: err}
 	}
@@ -158,7 +158,7 @@ func (v *Verifier) VerifyToStore(ctx context.Context, s *Store, artifactPath str
 		}
 		return Entry{}, &VerifyError{Artifact: artifactPath, Check: CheckPayload, Err: err}
 	}
-	limit := v.maxPayload
+	limit := v.limit(want)
 	if sm != nil {
 		limit = sm.Manifest.Size
 	}
@@ -231,6 +231,16 @@ func (s *Store) commit(ctx context.Context, m Manifest, raw []byte, tmp string) 
 	if err := ctx.Err(); err != nil {
 		return fail(err)
 	}
+	if !validName(m.Name) {
+		return fail(fmt.Errorf("%w: name %q", ErrMalformedManifest, m.Name))
+	}
+	st, err := s.readState(m.Name)
+	if err != nil {
+		return fail(err)
+	}
+	if err := st.claim(m); err != nil {
+		return Entry{}, err
+	}
 	blob := s.blobPath(m.Digest)
 	mode := os.FileMode(0o444)
 	if fi, err := os.Stat(blob); m.Kind == KindBinary || err == nil && fi.Mode()&0o111 != 0 {
@@ -252,10 +262,6 @@ func (s *Store) commit(ctx context.Context, m Manifest, raw []byte, tmp string) 
 	if err := writeFileAtomic(s.manifestPath(m.Name, m.Digest), raw, 0o444); err != nil {
 		return fail(err)
 	}
-	st, err := s.readState(m.Name)
-	if err != nil {
-		return fail(err)
-	}
 	now := time.Now().UTC()
 	st.Entries = slices.DeleteFunc(st.Entries, func(e stateEntry) bool { return e.Digest == m.Digest.Hex() })
 	st.Entries = append(st.Entries, stateEntry{Digest: m.Digest.Hex(), Added: now})
@@ -273,6 +279,70 @@ func (s *Store) commit(ctx context.Context, m Manifest, raw []byte, tmp string) 
 		return fail(err)
 	}
 	return Entry{Manifest: m, Added: now, Path: blob, ManifestPath: s.manifestPath(m.Name, m.Digest)}, nil
+}
+
+// CheckVersion returns a *VerifyError matching ErrVersionReused when the
+// store knows m's version label of m's name for another payload. A label
+// names one payload per name, forever: the mapping outlives the entries
+// pruned and removed. Put and VerifyToStore check it too; call it to refuse
+// a reused label before costly work.
+func (s *Store) CheckVersion(m Manifest) error {
+	if !validName(m.Name) {
+		return nil // nothing can be stored under it, so nothing is reused
+	}
+	unlock, err := s.lock()
+	if err != nil {
+		return fmt.Errorf("check version %s %s: %w", m.Name, m.Version, err)
+	}
+	defer unlock()
+	st, err := s.readState(m.Name)
+	if err != nil {
+		return fmt.Errorf("check version %s %s: %w", m.Name, m.Version, err)
+	}
+	return st.claim(m)
+}
+
+// Remove drops the version with digest d of name, unless it is the current
+// or the last-known-good version, which it keeps. Use it for an artifact
+// that was stored but then refused or abandoned (a binary whose upgrade
+// failed), so that it takes no place in the retention bound. The version
+// label stays claimed.
+func (s *Store) Remove(ctx context.Context, name string, d Digest) error {
+	fail := func(err error) error { return fmt.Errorf("remove %s %s from store: %w", name, d, err) }
+	if !validName(name) {
+		return nil
+	}
+	unlock, err := s.lock()
+	if err != nil {
+		return fail(err)
+	}
+	defer unlock()
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	st, err := s.readState(name)
+	if err != nil {
+		return fail(err)
+	}
+	if d.Hex() == st.Current || d.Hex() == st.LastKnownGood {
+		return nil
+	}
+	n := len(st.Entries)
+	st.Entries = slices.DeleteFunc(st.Entries, func(e stateEntry) bool { return e.Digest == d.Hex() })
+	if len(st.Entries) == n {
+		return nil
+	}
+	if err := s.writeState(name, st); err != nil {
+		return fail(err)
+	}
+	if err := os.Remove(s.manifestPath(name, d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fail(err)
+	}
+	if err := s.sweep(); err != nil {
+		return fail(err)
+	}
+	s.log.Info("removed artifact version", "name", name, "digest", d.String())
+	return nil
 }
 
 // sweep removes blobs no name refers to and stale temporary files. The
@@ -414,6 +484,38 @@ func (s *Store) Entries(name string) ([]Entry, error) {
 	return out, nil
 }
 
+// Lookup returns the entries of every name that holds the payload with
+// digest d, e.g. to find what a binary running from the store was signed
+// as. It returns none when no name holds it.
+func (s *Store) Lookup(d Digest) ([]Entry, error) {
+	unlock, err := s.lock()
+	if err != nil {
+		return nil, fmt.Errorf("look up %s: %w", d, err)
+	}
+	defer unlock()
+	names, err := s.names()
+	if err != nil {
+		return nil, fmt.Errorf("look up %s: %w", d, err)
+	}
+	var out []Entry
+	for _, n := range names {
+		st, err := s.readState(n)
+		if err != nil {
+			return nil, fmt.Errorf("look up %s: %w", d, err)
+		}
+		for _, se := range st.Entries {
+			if se.Digest == d.Hex() {
+				e, err := s.entry(n, se)
+				if err != nil {
+					return nil, fmt.Errorf("look up %s: %w", d, err)
+				}
+				out = append(out, e)
+			}
+		}
+	}
+	return out, nil
+}
+
 // Names returns the names the store holds versions of, sorted.
 func (s *Store) Names() ([]string, error) {
 	n, err := s.names()
@@ -467,6 +569,24 @@ type nameState struct {
 	Current       string       `json:"current,omitempty"`
 	LastKnownGood string       `json:"last_known_good,omitempty"`
 	Entries       []stateEntry `json:"entries"` // oldest first
+	// Versions maps every version label ever stored under the name to its
+	// payload's hex digest; it is never pruned.
+	Versions map[string]string `json:"versions,omitempty"`
+}
+
+// claim records that m's version label names m's payload, or refuses m when
+// the label already names another payload.
+func (st *nameState) claim(m Manifest) error {
+	d, ok := st.Versions[m.Version]
+	if ok && d != m.Digest.Hex() {
+		return &VerifyError{Artifact: m.Name + " " + m.Version, Check: CheckVersion,
+			Err: fmt.Errorf("version %s of %s is sha256:%s, this payload is %s", m.Version, m.Name, d, m.Digest)}
+	}
+	if st.Versions == nil {
+		st.Versions = make(map[string]string)
+	}
+	st.Versions[m.Version] = m.Digest.Hex()
+	return nil
 }
 
 type stateEntry struct {
@@ -503,6 +623,15 @@ func (s *Store) readState(name string) (nameState, error) {
 	}
 	if err := json.Unmarshal(data, &st); err != nil {
 		return st, fmt.Errorf("read state of %s: %w", name, err)
+	}
+	if st.Versions == nil {
+		// A store written before labels were recorded: claim the labels of
+		// the entries it still has.
+		for _, se := range st.Entries {
+			if e, err := s.entry(name, se); err == nil {
+				st.claim(e.Manifest)
+			}
+		}
 	}
 	return st, nil
 }

@@ -339,3 +339,93 @@ func countFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+// TestStoreVersionLabels: a version label names one payload per name, for
+// good: other bytes under a used label are refused, even after the first
+// entry was pruned or removed; the same bytes may come back.
+func TestStoreVersionLabels(t *testing.T) {
+	s := testSigner(t, 1)
+	v := testVerifier(t, artifact.ModeEnforce, s)
+	dir := t.TempDir()
+	st, err := artifact.OpenStore(filepath.Join(dir, "store"), artifact.StoreOptions{Keep: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	put := func(file, version string, payload []byte) error {
+		p := writeSigned(t, s, dir, file, payload, artifact.Manifest{Name: "m", Version: version})
+		vd, err := v.Verify(ctx, p, artifact.Expect{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.CheckVersion(vd.Manifest); err != nil {
+			return err
+		}
+		_, err = st.Put(ctx, vd)
+		return err
+	}
+	if err := put("a", "1", []byte("one")); err != nil {
+		t.Fatalf("Put(1) = %v", err)
+	}
+	if err := put("b", "1", []byte("other")); !errors.Is(err, artifact.ErrVersionReused) {
+		t.Fatalf("Put(other bytes as 1) = %v; want ErrVersionReused", err)
+	}
+	if err := put("c", "2", []byte("two")); err != nil { // prunes 1 (Keep: 1)
+		t.Fatalf("Put(2) = %v", err)
+	}
+	if err := put("d", "1", []byte("other")); !errors.Is(err, artifact.ErrVersionReused) {
+		t.Fatalf("Put(other bytes as 1) after 1 was pruned = %v; want ErrVersionReused", err)
+	}
+	if err := put("e", "1", []byte("one")); err != nil {
+		t.Fatalf("Put(the same bytes as 1 again) = %v; want nil", err)
+	}
+	// Reopening keeps the labels.
+	st, err = artifact.OpenStore(filepath.Join(dir, "store"), artifact.StoreOptions{Keep: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := put("f", "2", []byte("not two")); !errors.Is(err, artifact.ErrVersionReused) {
+		t.Fatalf("Put(other bytes as 2) after reopening = %v; want ErrVersionReused", err)
+	}
+}
+
+// TestStoreRemove: Remove drops an entry and its blob, but never the
+// current or the last-known-good one.
+func TestStoreRemove(t *testing.T) {
+	s := testSigner(t, 1)
+	v := testVerifier(t, artifact.ModeEnforce, s)
+	dir := t.TempDir()
+	st, err := artifact.OpenStore(filepath.Join(dir, "store"), artifact.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	e1 := putVersion(t, st, v, s, dir, "m", "1")
+	e2 := putVersion(t, st, v, s, dir, "m", "2")
+	e3 := putVersion(t, st, v, s, dir, "m", "3")
+	if err := st.SetCurrent(ctx, "m", e2.Manifest.Digest); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetLastKnownGood(ctx, "m", e1.Manifest.Digest); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []artifact.Entry{e1, e2, e3} {
+		if err := st.Remove(ctx, "m", e.Manifest.Digest); err != nil {
+			t.Fatalf("Remove(%s) = %v", e.Manifest.Version, err)
+		}
+	}
+	entries, err := st.Entries("m")
+	if err != nil || len(entries) != 2 {
+		t.Fatalf("Entries() after removing all = %d, %v; want current and last-known-good kept", len(entries), err)
+	}
+	if _, err := os.Stat(e3.Path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("blob of a removed entry: %v; want it gone", err)
+	}
+	got, err := st.Lookup(e2.Manifest.Digest)
+	if err != nil || len(got) != 1 || got[0].Manifest.Version != "2" {
+		t.Errorf("Lookup(2) = %+v, %v; want the entry of m 2", got, err)
+	}
+	if got, err := st.Lookup(e3.Manifest.Digest); err != nil || len(got) != 0 {
+		t.Errorf("Lookup(removed) = %+v, %v; want none", got, err)
+	}
+}

@@ -68,6 +68,12 @@ type VerifierOptions struct {
 	// Logger receives a warning for every unsigned artifact accepted in
 	// development mode. Defaults to discarding.
 	Logger *slog.Logger
+	// FollowSymlinks lets Verify, VerifyFiles and VerifyToStore read an
+	// artifact or manifest through a symbolic link. Defaults to false: a
+	// path whose last element is a symbolic link is refused (CheckPayload
+	// or CheckManifest), so a link signed by mistake cannot bring the file
+	// it points to (say /etc/shadow) into the store.
+	FollowSymlinks bool
 }
 
 // Expect states what a caller is about to load. Each non-empty field must
@@ -77,6 +83,11 @@ type Expect struct {
 	Name string
 	Kind Kind
 	ABI  string
+	// MaxSize, when positive and below the verifier's MaxPayloadSize,
+	// lowers the payload size limit for this artifact: a manifest stating
+	// more is refused with ErrPayloadTooLarge before any payload byte is
+	// read.
+	MaxSize int64
 }
 
 // Verified is an artifact that passed verification.
@@ -101,6 +112,7 @@ type Verifier struct {
 	trust      *TrustStore
 	mode       Mode
 	maxPayload int64
+	follow     bool // follow symbolic links to artifacts and manifests
 	log        *slog.Logger
 }
 
@@ -123,7 +135,7 @@ func NewVerifier(trust *TrustStore, opts VerifierOptions) (*Verifier, error) {
 	if opts.Mode == ModeDevelopment {
 		log.Warn("artifact verifier in development mode: unsigned artifacts are accepted")
 	}
-	return &Verifier{trust: trust, mode: opts.Mode, maxPayload: opts.MaxPayloadSize, log: log}, nil
+	return &Verifier{trust: trust, mode: opts.Mode, maxPayload: opts.MaxPayloadSize, follow: opts.FollowSymlinks, log: log}, nil
 }
 
 // Mode returns the verifier's trust policy; put it in every status output.
@@ -150,12 +162,12 @@ func (v *Verifier) VerifyFiles(ctx context.Context, payloadPath, manifestPath st
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("verify %s: %w", payloadPath, err)
 	}
-	raw, err := readManifestFile(manifestPath)
+	raw, err := v.manifestFile(manifestPath)
 	if err != nil {
 		if err := v.noManifest(payloadPath, manifestPath, err); err != nil {
 			return nil, err
 		}
-		payload, err := v.readPayload(ctx, payloadPath, nil)
+		payload, err := v.readPayload(ctx, payloadPath, nil, want)
 		if err != nil {
 			return nil, err
 		}
@@ -165,7 +177,7 @@ func (v *Verifier) VerifyFiles(ctx context.Context, payloadPath, manifestPath st
 	if err != nil {
 		return nil, err
 	}
-	payload, err := v.readPayload(ctx, payloadPath, sm)
+	payload, err := v.readPayload(ctx, payloadPath, sm, want)
 	if err != nil {
 		return nil, err
 	}
@@ -188,11 +200,7 @@ func (v *Verifier) VerifyBytes(ctx context.Context, name string, manifest, paylo
 		}
 		return v.synthesize(name, payload, want, time.Now())
 	}
-	if len(manifest) > MaxManifestSize {
-		return nil, &VerifyError{Artifact: name, Check: CheckManifest,
-			Err: fmt.Errorf("%w: %d bytes, limit %d", ErrManifestTooLarge, len(manifest), MaxManifestSize)}
-	}
-	sm, err := v.checkManifest(name, manifest, want)
+	sm, err := v.checkManifestBytes(name, manifest, want)
 	if err != nil {
 		return nil, err
 	}
@@ -200,6 +208,74 @@ func (v *Verifier) VerifyBytes(ctx context.Context, name string, manifest, paylo
 		return nil, err
 	}
 	return v.verified(name, sm, manifest, payload), nil
+}
+
+// VerifyReader verifies an artifact whose payload arrives as a stream, such
+// as an upload: manifest is its encoded manifest (nil when it has none, which
+// only development mode accepts), payload the stream and name what error
+// messages call it. Every check that needs only the manifest runs before the
+// first payload byte is read, so a refused artifact costs no more than its
+// manifest; then exactly the size the manifest states is read (plus one
+// byte, to notice a longer stream) and its digest checked. Without a
+// manifest at most the size limit is read. Cancelling ctx stops the read.
+func (v *Verifier) VerifyReader(ctx context.Context, name string, manifest []byte, payload io.Reader, want Expect) (*Verified, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("verify %s: %w", name, err)
+	}
+	limit := v.limit(want)
+	var sm *SignedManifest
+	if manifest == nil {
+		if v.mode != ModeDevelopment {
+			return nil, &VerifyError{Artifact: name, Check: CheckPolicy, Err: errors.New("no manifest")}
+		}
+	} else {
+		var err error
+		if sm, err = v.checkManifestBytes(name, manifest, want); err != nil {
+			return nil, err
+		}
+		limit = sm.Manifest.Size
+	}
+	buf := make([]byte, 0, min(limit, 1<<20)+1)
+	buf, err := readAllInto(buf, io.LimitReader(ctxReader{ctx, payload}, limit+1))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("verify %s: %w", name, ctx.Err())
+		}
+		return nil, &VerifyError{Artifact: name, Check: CheckPayload, Err: err}
+	}
+	if sm == nil {
+		if int64(len(buf)) > limit {
+			return nil, &VerifyError{Artifact: name, Check: CheckPayload,
+				Err: fmt.Errorf("%w: more than %d bytes", ErrPayloadTooLarge, limit)}
+		}
+		return v.synthesize(name, buf, want, time.Now())
+	}
+	if int64(len(buf)) > limit {
+		return nil, &VerifyError{Artifact: name, Check: CheckDigest,
+			Err: fmt.Errorf("payload is longer than the %d bytes the manifest says", limit)}
+	}
+	if err := checkDigest(name, sm.Manifest, DigestOf(buf), int64(len(buf))); err != nil {
+		return nil, err
+	}
+	return v.verified(name, sm, manifest, buf), nil
+}
+
+// checkManifestBytes runs checkManifest on an encoded manifest held in
+// memory, refusing one larger than MaxManifestSize.
+func (v *Verifier) checkManifestBytes(name string, manifest []byte, want Expect) (*SignedManifest, error) {
+	if len(manifest) > MaxManifestSize {
+		return nil, &VerifyError{Artifact: name, Check: CheckManifest,
+			Err: fmt.Errorf("%w: %d bytes, limit %d", ErrManifestTooLarge, len(manifest), MaxManifestSize)}
+	}
+	return v.checkManifest(name, manifest, want)
+}
+
+// limit returns the payload size limit for want.
+func (v *Verifier) limit(want Expect) int64 {
+	if want.MaxSize > 0 {
+		return min(want.MaxSize, v.maxPayload)
+	}
+	return v.maxPayload
 }
 
 // VerifyEntry re-verifies an artifact kept in a Store, against the
@@ -259,9 +335,9 @@ func (v *Verifier) checkManifest(artifact string, raw []byte, want Expect) (*Sig
 	if err := checkExpect(artifact, m, want); err != nil {
 		return nil, err
 	}
-	if m.Size > v.maxPayload {
+	if limit := v.limit(want); m.Size > limit {
 		return nil, &VerifyError{Artifact: artifact, Check: CheckPayload,
-			Err: fmt.Errorf("%w: manifest says %d bytes, limit %d", ErrPayloadTooLarge, m.Size, v.maxPayload)}
+			Err: fmt.Errorf("%w: manifest says %d bytes, limit %d", ErrPayloadTooLarge, m.Size, limit)}
 	}
 	return sm, nil
 }
@@ -293,9 +369,9 @@ func checkDigest(artifact string, m Manifest, got Digest, size int64) error {
 // readPayload reads the payload once. With a manifest it reads at most the
 // stated size plus one byte, so a grown or huge file costs no more memory
 // than the signer allowed.
-func (v *Verifier) readPayload(ctx context.Context, path string, sm *SignedManifest) ([]byte, error) {
+func (v *Verifier) readPayload(ctx context.Context, path string, sm *SignedManifest, want Expect) ([]byte, error) {
 	fail := func(err error) error { return &VerifyError{Artifact: path, Check: CheckPayload, Err: err} }
-	f, err := os.Open(path)
+	f, err := v.open(path)
 	if err != nil {
 		return nil, fail(err)
 	}
@@ -307,7 +383,7 @@ func (v *Verifier) readPayload(ctx context.Context, path string, sm *SignedManif
 	if !fi.Mode().IsRegular() {
 		return nil, fail(fmt.Errorf("not a regular file (%v)", fi.Mode().Type()))
 	}
-	limit := v.maxPayload
+	limit := v.limit(want)
 	if sm != nil {
 		if fi.Size() != sm.Manifest.Size {
 			return nil, &VerifyError{Artifact: path, Check: CheckDigest,
@@ -368,9 +444,9 @@ func (v *Verifier) warnUnsigned(artifact string, m Manifest) {
 // synthesize makes an unsigned manifest for a payload that has none
 // (development mode only).
 func (v *Verifier) synthesize(artifact string, payload []byte, want Expect, created time.Time) (*Verified, error) {
-	if int64(len(payload)) > v.maxPayload {
+	if limit := v.limit(want); int64(len(payload)) > limit {
 		return nil, &VerifyError{Artifact: artifact, Check: CheckPayload,
-			Err: fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(payload), v.maxPayload)}
+			Err: fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(payload), limit)}
 	}
 	m, raw, err := synthManifest(artifact, DigestOf(payload), int64(len(payload)), want, created)
 	if err != nil {
@@ -406,13 +482,37 @@ func synthManifest(artifact string, d Digest, size int64, want Expect, created t
 	return m, raw, nil
 }
 
-// readManifestFile reads a manifest file, refusing one larger than
-// MaxManifestSize without reading it all.
+// manifestFile reads a manifest file, refusing one larger than
+// MaxManifestSize without reading it all, and a symbolic link unless the
+// verifier follows them.
+func (v *Verifier) manifestFile(path string) ([]byte, error) {
+	f, err := v.open(path)
+	if err != nil {
+		return nil, err
+	}
+	return readManifest(f, path)
+}
+
+// open opens path for reading; unless the verifier follows symbolic links,
+// a path whose last element is one is refused with ErrSymlink.
+func (v *Verifier) open(path string) (*os.File, error) {
+	if v.follow {
+		return os.Open(path)
+	}
+	return openNoFollow(path)
+}
+
+// readManifestFile reads a manifest file kept by the store, refusing one
+// larger than MaxManifestSize without reading it all.
 func readManifestFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
+	return readManifest(f, path)
+}
+
+func readManifest(f *os.File, path string) ([]byte, error) {
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, MaxManifestSize+1))
 	if err != nil {

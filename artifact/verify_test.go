@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -416,4 +418,126 @@ func stripSignature(t testing.TB, p string) {
 		t.Fatal(err)
 	}
 	mustWrite(t, artifact.ManifestPath(p), out)
+}
+
+func TestVerifyReader(t *testing.T) {
+	s := testSigner(t, 1)
+	v := testVerifier(t, artifact.ModeEnforce, s)
+	payload := []byte("payload")
+	manifest := func(size int64, d artifact.Digest) []byte {
+		sm, err := s.Sign(artifact.Manifest{Name: "x", Version: "1", Kind: artifact.KindWasm, Digest: d, Size: size, Created: testCreated})
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := sm.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	good := manifest(int64(len(payload)), artifact.DigestOf(payload))
+	ctx := context.Background()
+	tests := []struct {
+		name     string
+		manifest []byte
+		stream   []byte
+		want     artifact.Expect
+		wantErr  error // nil: accepted
+		maxRead  int   // most bytes the verifier may read
+	}{
+		{"good", good, payload, artifact.Expect{Name: "x"}, nil, len(payload) + 1},
+		{"longer than the manifest says", good, append(payload, make([]byte, 1<<20)...), artifact.Expect{}, artifact.ErrDigestMismatch, len(payload) + 1},
+		{"shorter", good, payload[:3], artifact.Expect{}, artifact.ErrDigestMismatch, len(payload) + 1},
+		{"over the caller's limit", good, payload, artifact.Expect{MaxSize: 3}, artifact.ErrPayloadTooLarge, 0},
+		{"wrong name", good, payload, artifact.Expect{Name: "y"}, artifact.ErrNameMismatch, 0},
+		{"no manifest", nil, payload, artifact.Expect{}, artifact.ErrUnsigned, 0},
+		{"huge manifest size", manifest(1<<40, artifact.DigestOf(payload)), payload, artifact.Expect{}, artifact.ErrPayloadTooLarge, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &countingReader{r: bytes.NewReader(tt.stream)}
+			vd, err := v.VerifyReader(ctx, "x.wasm", tt.manifest, r, tt.want)
+			switch {
+			case tt.wantErr == nil && (err != nil || !bytes.Equal(vd.Payload, payload)):
+				t.Errorf("VerifyReader() = %v; want the payload accepted", err)
+			case tt.wantErr != nil && !errors.Is(err, tt.wantErr):
+				t.Errorf("VerifyReader() = %v; want %v", err, tt.wantErr)
+			}
+			if r.n > tt.maxRead {
+				t.Errorf("VerifyReader() read %d bytes; want at most %d", r.n, tt.maxRead)
+			}
+		})
+	}
+	dev := testVerifier(t, artifact.ModeDevelopment, s)
+	r := &countingReader{r: bytes.NewReader(make([]byte, 1<<20))}
+	if _, err := dev.VerifyReader(ctx, "x.wasm", nil, r, artifact.Expect{Name: "x", MaxSize: 1000}); !errors.Is(err, artifact.ErrPayloadTooLarge) || r.n > 1001 {
+		t.Errorf("development VerifyReader(unsigned, 1 MiB, limit 1000) = %v after %d bytes; want ErrPayloadTooLarge after at most 1001", err, r.n)
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+func TestVerifyRefusesSymlinks(t *testing.T) {
+	s := testSigner(t, 1)
+	dir := t.TempDir()
+	real := writeSigned(t, s, dir, "real.wasm", []byte("payload"), artifact.Manifest{Name: "x", Version: "1"})
+	link := filepath.Join(dir, "link.wasm")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(artifact.ManifestPath(real), artifact.ManifestPath(link)); err != nil {
+		t.Fatal(err)
+	}
+	// Only the payload is a link.
+	half := filepath.Join(dir, "half.wasm")
+	if err := os.Symlink(real, half); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(artifact.ManifestPath(real))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(artifact.ManifestPath(half), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ts, err := artifact.NewTrustStore(s.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	strict, err := artifact.NewVerifier(ts, artifact.VerifierOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	follow, err := artifact.NewVerifier(ts, artifact.VerifierOptions{FollowSymlinks: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := artifact.OpenStore(filepath.Join(dir, "store"), artifact.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, p := range []string{link, half} {
+		if _, err := strict.Verify(ctx, p, artifact.Expect{}); !errors.Is(err, artifact.ErrSymlink) {
+			t.Errorf("Verify(%s) = %v; want ErrSymlink", filepath.Base(p), err)
+		}
+		if _, err := strict.VerifyToStore(ctx, store, p, artifact.Expect{}); !errors.Is(err, artifact.ErrSymlink) {
+			t.Errorf("VerifyToStore(%s) = %v; want ErrSymlink", filepath.Base(p), err)
+		}
+		if _, err := follow.Verify(ctx, p, artifact.Expect{}); err != nil {
+			t.Errorf("Verify(%s) following links = %v; want nil", filepath.Base(p), err)
+		}
+	}
+	if entries, _ := store.Entries("x"); len(entries) != 0 {
+		t.Errorf("store holds %d entries after refused links; want none", len(entries))
+	}
 }

@@ -63,6 +63,13 @@ const (
 	ResultRefused Result = "refused"
 	// ResultFailed: the action was attempted and failed.
 	ResultFailed Result = "failed"
+	// ResultStarted: the action was asked for and its work begins. It is
+	// recorded before any of that work, so an action cut short by a crash
+	// leaves this record and no other with its ID.
+	ResultStarted Result = "started"
+	// ResultCanceled: the one who asked gave up before the change took
+	// effect; nothing changed.
+	ResultCanceled Result = "canceled"
 )
 
 // Event is one audit record, written as one JSON object per line:
@@ -73,6 +80,9 @@ type Event struct {
 	// Time is when it happened. Record sets a zero Time to the current
 	// time, in UTC.
 	Time time.Time `json:"time"`
+	// ID ties together the records of one action: its start, and how it
+	// ended.
+	ID string `json:"id,omitempty"`
 	// Actor is who asked, when known: PeerActor for a control-socket peer,
 	// "cli", "watch", "fleet", …
 	Actor string `json:"actor,omitempty"`
@@ -80,10 +90,13 @@ type Event struct {
 	Action Action `json:"action"`
 	// Target is what it was done to: a module name, "process", … Required.
 	Target string `json:"target"`
-	// From and To are the digests ("sha256:…") of the version replaced and
-	// of the version put in place, when they apply.
+	// From and To are the versions ("v2@sha256:…") replaced and put in
+	// place, when they apply and are known.
 	From string `json:"from,omitempty"`
 	To   string `json:"to,omitempty"`
+	// Artifact is the artifact as the one who asked named it (a file name
+	// or path), before it was verified.
+	Artifact string `json:"artifact,omitempty"`
 	// Result is how it ended. Required.
 	Result Result `json:"result"`
 	// Error says why it was refused or failed. Longer than 4 KiB is cut.

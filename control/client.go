@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -87,29 +88,62 @@ func (c *Client) History(ctx context.Context, module string, limit int) (*Histor
 // called as each step starts. Cancelling ctx closes the connection, which
 // aborts the load on the service unless it already activated.
 func (c *Client) Load(ctx context.Context, module string, req LoadRequest, progress func(Progress)) (*ModuleResult, error) {
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
-	res := &ModuleResult{Module: module}
-	return res, c.do(ctx, "load "+module, http.MethodPost, modulePath(pathLoad, module), body, res, progress)
+	return c.load(ctx, module, req.Label, req.Manifest, bytes.NewReader(req.Payload), int64(len(req.Payload)), progress)
 }
 
-// LoadFile reads the artifact at path and its manifest at path+".manifest"
-// (which may be missing) and loads them as module; see Load.
+// LoadFile streams the artifact at path, with its manifest at
+// path+".manifest" (which may be missing), to be loaded as module; see
+// Load. The service reads the payload only once the manifest passed.
 func (c *Client) LoadFile(ctx context.Context, module, path string, progress func(Progress)) (*ModuleResult, error) {
-	payload, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: read artifact: %w", module, err)
 	}
-	manifest, err := os.ReadFile(artifact.ManifestPath(path))
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("load %s: read artifact: %w", module, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("load %s: read artifact: %s is not a regular file", module, path)
+	}
+	manifest, err := readManifest(artifact.ManifestPath(path))
 	if errors.Is(err, os.ErrNotExist) {
 		manifest, err = nil, nil // the service's trust policy decides
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load %s: read manifest: %w", module, err)
 	}
-	return c.Load(ctx, module, LoadRequest{Label: filepath.Base(path), Payload: payload, Manifest: manifest}, progress)
+	return c.load(ctx, module, filepath.Base(path), manifest, f, fi.Size(), progress)
+}
+
+// readManifest reads a manifest file, refusing one larger than
+// artifact.MaxManifestSize.
+func readManifest(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, artifact.MaxManifestSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > artifact.MaxManifestSize {
+		return nil, fmt.Errorf("%s: %w", path, artifact.ErrManifestTooLarge)
+	}
+	return data, nil
+}
+
+func (c *Client) load(ctx context.Context, module, label string, manifest []byte, payload io.Reader, size int64, progress func(Progress)) (*ModuleResult, error) {
+	h := http.Header{}
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set(LabelHeader, label)
+	if manifest != nil {
+		h.Set(ManifestHeader, base64.StdEncoding.EncodeToString(manifest))
+	}
+	res := &ModuleResult{Module: module}
+	return res, c.send(ctx, "load "+module, http.MethodPost, modulePath(pathLoad, module), h, payload, size, res, progress)
 }
 
 // Rollback makes the previous version of module serve again.
@@ -138,20 +172,31 @@ func modulePath(pattern, module string) string {
 
 type answer interface{ outcome() *Outcome }
 
-// do sends a request and decodes its answer into res, calling progress for
-// each progress line of a streamed answer. It returns res's Error, with Op
-// set, when the operation did not succeed.
+// do sends a request with a JSON body (nil: none) and decodes its answer
+// into res, calling progress for each progress line of a streamed answer.
+// It returns res's Error, with Op set, when the operation did not succeed.
 func (c *Client) do(ctx context.Context, op, method, path string, body []byte, res answer, progress func(Progress)) error {
+	var h http.Header
 	var rd io.Reader
 	if body != nil {
+		h = http.Header{"Content-Type": {"application/json"}}
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://hotswap"+path, rd)
+	return c.send(ctx, op, method, path, h, rd, int64(len(body)), res, progress)
+}
+
+// send sends a request whose body (nil: none) is size bytes long.
+func (c *Client) send(ctx context.Context, op, method, path string, header http.Header, body io.Reader, size int64, res answer, progress func(Progress)) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://hotswap"+path, body)
 	if err != nil {
 		return err
 	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.ContentLength = size
+		// The service answers a refusal before the body is sent.
 		req.Header.Set("Expect", "100-continue")
 	}
 	fail := func(e *Error) error {
@@ -162,6 +207,9 @@ func (c *Client) do(ctx context.Context, op, method, path string, body []byte, r
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return fail(canceled(cerr))
+		}
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err
@@ -170,6 +218,9 @@ func (c *Client) do(ctx context.Context, op, method, path string, body []byte, r
 	}
 	defer resp.Body.Close()
 	if err := decodeAnswer(resp, res, progress); err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return fail(canceled(cerr))
+		}
 		return fail(unreachable(c.socket, err))
 	}
 	o := res.outcome()

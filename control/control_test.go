@@ -20,6 +20,7 @@ import (
 
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/control"
+	"github.com/hotswapgo/hotswap/internal/testhost"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
 
@@ -75,7 +76,7 @@ func TestLoadProgress(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load(v2) = %v", err)
 	}
-	if want := []string{"verify", "store", "prepare", "activate"}; !slices.Equal(steps, want) {
+	if want := []string{"verify", "prepare", "store", "activate"}; !slices.Equal(steps, want) {
 		t.Errorf("Load(v2) progress = %q; want %q", steps, want)
 	}
 	if !res.OK || res.Serving == nil || res.Serving.Version != "v2" || res.Previous == nil || res.Previous.Version != "v1" {
@@ -181,12 +182,19 @@ func TestHistory(t *testing.T) {
 			t.Errorf("History() event %+v: actor %q; want %q", ev, ev.Actor, want)
 		}
 	}
-	want := []string{"rollback ok", "swap refused", "swap ok", "swap ok"}
+	// Newest first; every change's record of its start comes before (here:
+	// after) its outcome, with the same ID.
+	want := []string{"rollback ok", "rollback started", "swap refused", "swap started", "swap ok", "swap started", "swap ok", "swap started"}
 	if !slices.Equal(got, want) {
 		t.Errorf("History() = %q; want %q", got, want)
 	}
-	if len(h.Events) > 1 && !strings.Contains(h.Events[1].Error, "init check failed") {
-		t.Errorf("History() refusal error = %q; want it to name the init check", h.Events[1].Error)
+	for i := 0; i+1 < len(h.Events); i += 2 {
+		if h.Events[i].ID == "" || h.Events[i].ID != h.Events[i+1].ID {
+			t.Errorf("History() records %d and %d have IDs %q and %q; want one ID per change", i, i+1, h.Events[i].ID, h.Events[i+1].ID)
+		}
+	}
+	if len(h.Events) > 2 && !strings.Contains(h.Events[2].Error, "init check failed") {
+		t.Errorf("History() refusal error = %q; want it to name the init check", h.Events[2].Error)
 	}
 	h, err = e.client.History(ctx, "pricing", 2)
 	if err != nil || len(h.Events) != 2 {
@@ -209,7 +217,7 @@ func TestForbidden(t *testing.T) {
 	if !errors.Is(err, control.ErrForbidden) || res.Serving != nil {
 		t.Fatalf("Load() = %v; want ErrForbidden", err)
 	}
-	if st := e.h.Registry().Status(); len(st) != 0 {
+	if st := e.h.Status(); len(st) != 0 {
 		t.Errorf("a refused load changed the registry: %+v", st)
 	}
 	events, err := e.h.History(ctx, audit.Filter{Target: "control"})
@@ -342,14 +350,9 @@ func TestUpgradeFails(t *testing.T) {
 // helper "service") and checks the answer names it, and that the control
 // socket answered throughout.
 func TestUpgradeCommits(t *testing.T) {
-	sockDir, err := os.MkdirTemp("", "hsctl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(sockDir)
-	state := t.TempDir()
-	socket := filepath.Join(sockDir, "hotswap.sock")
-	e := newEnvAt(t, state, socket, envOptions{dev: true, upgrade: &upgrade.Options{
+	f := testhost.NewFixture(t)
+	state, socket := f.State, testhost.SocketPath(t)
+	e := newEnvAt(t, f, socket, envOptions{dev: true, upgrade: &upgrade.Options{
 		Binary:    os.Args[0],
 		Args:      []string{"-test.run=^$"},
 		Env:       []string{envHelper + "=service", envSocket + "=" + socket, envState + "=" + state},

@@ -12,10 +12,17 @@
 // Operations, under APIPrefix:
 //
 //	GET  /v1/status                   Status
-//	POST /v1/modules/{module}/load    LoadRequest → stream of Line, ending in a ModuleResult
+//	POST /v1/modules/{module}/load    payload body, LabelHeader, ManifestHeader → stream of Line, ending in a ModuleResult
 //	POST /v1/modules/{module}/rollback             stream of Line, ending in a ModuleResult
 //	GET  /v1/history?module=M&limit=N History
 //	POST /v1/upgrade                  UpgradeRequest → stream of Line, ending in an UpgradeResult
+//
+// A load streams its payload as the request body (with Expect:
+// 100-continue) and its manifest in a header: the service checks the
+// manifest before it asks for the body, so a refused upload is answered
+// before it is sent, and it reads no more than the manifest states.
+// Malformed requests are refused with KindBadRequest and recorded
+// (ActionRequest), at most BadRequestBurst at once.
 //
 // Every answer embeds an Outcome: ok, and when not ok an *Error with its
 // kind, the failed check, the message and what still serves. Long

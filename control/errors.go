@@ -154,6 +154,14 @@ func classify(err error) *Error {
 	return e
 }
 
+// canceled is the Error of a request its caller gave up on before the
+// answer came. The service sees the connection close: a change it had not
+// yet made is abandoned and audited as canceled; one it had made stands.
+func canceled(err error) *Error {
+	return &Error{Kind: KindCanceled, Message: fmt.Sprintf("%v before the service answered; "+
+		"a change not yet made was abandoned (see hotswap status and hotswap history)", err)}
+}
+
 // unreachable is the Error of a request that did not get an answer.
 func unreachable(socket string, err error) *Error {
 	msg := fmt.Sprintf("cannot reach the service at %s: %v", socket, err)

@@ -2,10 +2,8 @@ package control_test
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,7 +14,7 @@ import (
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/control"
 	"github.com/hotswapgo/hotswap/host"
-	"github.com/hotswapgo/hotswap/internal/guestbuild"
+	"github.com/hotswapgo/hotswap/internal/testhost"
 	"github.com/hotswapgo/hotswap/module/wasm"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
@@ -33,7 +31,7 @@ func TestMain(m *testing.M) {
 	if h := os.Getenv(envHelper); h != "" {
 		os.Exit(runHelper(h))
 	}
-	os.Exit(m.Run())
+	os.Exit(testhost.Main(m))
 }
 
 // runHelper is a helper process's main:
@@ -67,7 +65,7 @@ func runHelper(name string) int {
 
 func serveHelper() error {
 	ctx := context.Background()
-	b, err := wasm.New(wasm.Options{CacheDir: cacheDir()})
+	b, err := wasm.New(wasm.Options{CacheDir: filepath.Join(os.Getenv(envState), "cache")})
 	if err != nil {
 		return err
 	}
@@ -100,28 +98,16 @@ func serveHelper() error {
 	return srv.Shutdown(sctx)
 }
 
-// cacheDir is shared with the other packages' tests, so compiled guests
-// are reused across tests and runs.
-func cacheDir() string { return filepath.Join(os.TempDir(), "hotswap-test-wazero-cache") }
-
 // guest builds (or reuses) an example guest and returns its bytes.
-func guest(t testing.TB, pkg string) []byte {
-	t.Helper()
-	b, err := guestbuild.Bytes(pkg, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+func guest(t testing.TB, pkg string) []byte { return testhost.Guest(t, pkg) }
 
 // env is a host serving the control API on a unix socket.
 type env struct {
-	dir    string // the host's state directory
+	f      *testhost.Fixture // the host's state directory, trusting f.Trusted
 	socket string
 	h      *host.Host
 	srv    *control.Server
 	client *control.Client
-	priv   ed25519.PrivateKey // trusted by the host
 }
 
 type envOptions struct {
@@ -134,91 +120,29 @@ type envOptions struct {
 // its key/value state) and its control server; both stop when the test ends.
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
-	// A short directory: socket paths are limited to 108 bytes.
-	sockDir, err := os.MkdirTemp("", "hsctl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	return newEnvAt(t, t.TempDir(), filepath.Join(sockDir, "hotswap.sock"), o)
+	return newEnvAt(t, testhost.NewFixture(t), testhost.SocketPath(t), o)
 }
 
-// newEnvAt is newEnv with the given state directory and socket path.
-func newEnvAt(t *testing.T, state, socket string, o envOptions) *env {
+// newEnvAt is newEnv over the fixture f with the given socket path.
+func newEnvAt(t *testing.T, f *testhost.Fixture, socket string, o envOptions) *env {
 	t.Helper()
-	e := &env{dir: state, socket: socket}
-	var err error
-	if e.priv, err = artifact.GenerateKey(nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := artifact.WritePublicKey(filepath.Join(e.dir, "trust"), e.priv.Public().(ed25519.PublicKey)); err != nil {
-		t.Fatal(err)
-	}
-	b, err := wasm.New(wasm.Options{CacheDir: cacheDir(), Default: wasm.ModuleConfig{
-		Grants: []wasm.Capability{wasm.CapKV}, RequiredHandlers: []string{"quote"}, MinInstances: 2,
-		CallTimeout: 30 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	e.h, err = host.New(host.Options{Backend: b, StateDir: e.dir, Development: o.dev, Upgrade: o.upgrade,
-		Logger: log, DrainTimeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ln, err := control.Listen(ctx, e.h, e.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e.srv, err = control.New(e.h, control.Options{Allow: o.allow, Logger: log}); err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- e.srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := e.srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown() = %v", err)
-		}
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("Serve() = %v; want nil after Shutdown", err)
-			}
-		case <-ctx.Done():
-			t.Errorf("Serve() did not return after Shutdown")
-		}
-		if err := e.h.Close(ctx); err != nil {
-			t.Errorf("host Close() = %v", err)
-		}
-	})
+	mc := testhost.DefaultModule()
+	mc.MinInstances = 2
+	e := &env{f: f}
+	e.h = f.Host(t, testhost.HostOptions{Dev: o.dev, Upgrade: o.upgrade, Module: &mc})
+	e.socket, e.srv = testhost.Serve(t, e.h, socket, control.Options{Allow: o.allow})
 	e.client = control.NewClient(e.socket)
 	return e
 }
 
-// artifact writes a guest as dir/name.wasm, signed as module "pricing" at
-// version unless version is empty (then it has no manifest), and returns
-// the request that loads it.
+// artifact returns the request that loads the guest pkg, signed as module
+// "pricing" at version by the trusted key, or unsigned when version is
+// empty.
 func (e *env) artifact(t *testing.T, pkg, version string) control.LoadRequest {
 	t.Helper()
 	req := control.LoadRequest{Label: filepath.Base(pkg) + ".wasm", Payload: guest(t, pkg)}
-	if version == "" {
-		return req
-	}
-	signer, err := artifact.NewSigner(e.priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sm, err := signer.Sign(artifact.Manifest{Name: "pricing", Version: version, Kind: artifact.KindWasm,
-		Digest: artifact.DigestOf(req.Payload), Size: int64(len(req.Payload))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if req.Manifest, err = sm.Marshal(); err != nil {
-		t.Fatal(err)
+	if version != "" {
+		req.Manifest = testhost.Manifest(t, e.f.Trusted, req.Payload, artifact.Manifest{Version: version})
 	}
 	return req
 }
@@ -237,28 +161,12 @@ func (e *env) load(t *testing.T, req control.LoadRequest) *control.ModuleResult 
 
 // quote calls the pricing module and returns the version that answered.
 func (e *env) quote(ctx context.Context) (string, error) {
-	out, err := e.h.Module("pricing").Call(ctx, "quote", []byte(`{"item":"apple","qty":12}`))
-	if err != nil {
-		return "", err
-	}
-	var p struct{ Version string }
-	if err := json.Unmarshal(out, &p); err != nil {
-		return "", fmt.Errorf("decode %q: %w", out, err)
-	}
-	return p.Version, nil
+	p, err := testhost.Quote(ctx, e.h.Module("pricing"))
+	return p.Version, err
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// testWriter sends log lines to the test's log.
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(p))
-	return len(p), nil
 }

@@ -23,13 +23,22 @@ const SocketEnv = "HOTSWAP_SOCKET"
 const SocketMode = 0o600
 
 // DefaultSocketPath returns $HOTSWAP_SOCKET, or hotswap.sock in the host's
-// default state directory (see host.DefaultStateDir).
+// default state directory (see host.DefaultStateDir), or "" when there is
+// no default state directory either (Listen and the client then say what to
+// set).
 func DefaultSocketPath() string {
 	if p := os.Getenv(SocketEnv); p != "" {
 		return p
 	}
-	return filepath.Join(host.DefaultStateDir(), "hotswap.sock")
+	dir, err := host.DefaultStateDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "hotswap.sock")
 }
+
+// errNoSocket is the error of an empty socket path.
+var errNoSocket = errors.New("no control socket path: pass one (--socket), or set $" + SocketEnv + " or $" + host.StateDirEnv)
 
 // Listen returns the control socket at path for Server.Serve. When h has an
 // upgrader the socket comes from it: a process started by a binary upgrade
@@ -41,6 +50,9 @@ func DefaultSocketPath() string {
 //
 // ctx bounds the creation of the socket.
 func Listen(ctx context.Context, h *host.Host, path string) (net.Listener, error) {
+	if path == "" {
+		return nil, fmt.Errorf("control: %w", errNoSocket)
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("control: listen %s: %w", path, err)
 	}

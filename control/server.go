@@ -2,9 +2,11 @@ package control
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,8 +22,6 @@ import (
 
 // Limits of the server.
 const (
-	// MaxArtifactSize bounds the payload of a load request.
-	MaxArtifactSize = 256 << 20
 	// DefaultHistoryLimit is how many events a history request without a
 	// limit returns.
 	DefaultHistoryLimit = 100
@@ -29,9 +29,20 @@ const (
 	MaxHistoryLimit = 10000
 )
 
-// ActionConnect is the audit action of a control request refused because
-// of its peer's credentials; the target is "control".
-const ActionConnect audit.Action = "connect"
+// Audit actions of the control server; their target is "control".
+const (
+	// ActionConnect: a request refused because of its peer's credentials.
+	ActionConnect audit.Action = "connect"
+	// ActionRequest: a malformed request (unknown operation, undecodable
+	// body or header). These are recorded at most BadRequestBurst at once
+	// and then one a second; a record says how many were left out before
+	// it.
+	ActionRequest audit.Action = "request"
+)
+
+// BadRequestBurst is how many malformed requests are audited at once
+// before the rate limit of one a second applies.
+const BadRequestBurst = 10
 
 // Options configures a Server. The zero value of each field means its
 // default.
@@ -56,6 +67,7 @@ type Server struct {
 	log   *slog.Logger
 	srv   *http.Server
 	mux   *http.ServeMux
+	bad   limiter // of the audit records of malformed requests
 }
 
 // New returns a Server for h. Serve it on a listener from Listen.
@@ -76,8 +88,7 @@ func New(h *host.Host, opts Options) (*Server, error) {
 	s.mux.HandleFunc("GET "+pathHistory, s.history)
 	s.mux.HandleFunc("POST "+pathUpgrade, s.upgrade)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusNotFound, &Outcome{Error: &Error{Kind: KindBadRequest,
-			Message: fmt.Sprintf("no operation %s %s", r.Method, r.URL.Path)}})
+		s.badRequest(w, r, http.StatusNotFound, &Outcome{}, fmt.Errorf("no operation %s %s", r.Method, r.URL.Path))
 	})
 	s.srv = &http.Server{
 		Handler:           http.HandlerFunc(s.serveHTTP),
@@ -164,7 +175,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		TrustMode: s.h.TrustMode(),
 		Modules:   []ModuleStatus{},
 	}
-	for _, m := range s.h.Registry().Status() {
+	for _, m := range s.h.Status() {
 		st.Modules = append(st.Modules, moduleStatus(m))
 	}
 	writeJSON(w, http.StatusOK, st)
@@ -176,8 +187,7 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
-			writeJSON(w, http.StatusBadRequest, &History{Outcome: Outcome{Error: &Error{Kind: KindBadRequest,
-				Message: fmt.Sprintf("limit %q: want a non-negative integer", v)}}})
+			s.badRequest(w, r, http.StatusBadRequest, &History{}, fmt.Errorf("history: limit %q: want a non-negative integer", v))
 			return
 		}
 		if n > 0 {
@@ -202,25 +212,48 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) load(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("module")
-	var req LoadRequest
-	body := http.MaxBytesReader(w, r.Body, MaxArtifactSize/3*4+1<<20)
-	if err := json.NewDecoder(body).Decode(&req); err != nil {
-		writeJSON(w, http.StatusBadRequest, &ModuleResult{Module: name, Outcome: Outcome{Error: &Error{Kind: KindBadRequest,
-			Message: fmt.Sprintf("load %s: decode request: %v", name, err)}}})
-		return
+	label := r.Header.Get(LabelHeader)
+	if label == "" {
+		label = name
 	}
-	if req.Label == "" {
-		req.Label = name
+	var manifest []byte
+	if enc := r.Header.Get(ManifestHeader); enc != "" {
+		var err error
+		if manifest, err = base64.StdEncoding.DecodeString(enc); err != nil {
+			s.badRequest(w, r, http.StatusBadRequest, &ModuleResult{Module: name}, fmt.Errorf("load %s: %s header: %v", name, ManifestHeader, err))
+			return
+		}
 	}
-	s.change(w, r, name, func(ctx context.Context) error {
-		_, err := s.h.LoadArtifact(ctx, name, req.Label, req.Payload, req.Manifest)
+	// The payload is read only once the manifest passed: until then the
+	// answer is held back, since a client that sent "Expect: 100-continue"
+	// sends no body once an answer began.
+	st := newStream(w, time.Now())
+	st.hold = true
+	body := &heldBody{r: r.Body, st: st}
+	s.change(w, r, st, name, func(ctx context.Context) error {
+		_, err := s.h.LoadReader(ctx, name, label, manifest, body)
 		return err
 	})
 }
 
+// heldBody releases a held stream once the request body is read to its end
+// or fails.
+type heldBody struct {
+	r  io.Reader
+	st *stream
+}
+
+func (b *heldBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil {
+		b.st.release()
+	}
+	return n, err
+}
+
 func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("module")
-	s.change(w, r, name, func(ctx context.Context) error {
+	s.change(w, r, newStream(w, time.Now()), name, func(ctx context.Context) error {
 		_, err := s.h.Rollback(ctx, name)
 		return err
 	})
@@ -228,11 +261,9 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 
 // change runs do, a change of module name, streaming its progress, and
 // answers with the module's state after it.
-func (s *Server) change(w http.ResponseWriter, r *http.Request, name string, do func(context.Context) error) {
-	start := time.Now()
-	st := newStream(w, start)
+func (s *Server) change(w http.ResponseWriter, r *http.Request, st *stream, name string, do func(context.Context) error) {
 	err := do(host.WithProgress(r.Context(), st.progress))
-	res := &ModuleResult{Outcome: Outcome{OK: err == nil}, Module: name, TookMS: time.Since(start).Milliseconds()}
+	res := &ModuleResult{Outcome: Outcome{OK: err == nil}, Module: name, TookMS: time.Since(st.start).Milliseconds()}
 	if ms, ok := s.module(name); ok {
 		res.Serving, res.Previous = ms.Active, ms.Previous
 	}
@@ -245,7 +276,7 @@ func (s *Server) change(w http.ResponseWriter, r *http.Request, name string, do 
 
 // module returns the status of module name without creating an entry.
 func (s *Server) module(name string) (ModuleStatus, bool) {
-	for _, m := range s.h.Registry().Status() {
+	for _, m := range s.h.Status() {
 		if m.Name == name {
 			return moduleStatus(m), true
 		}
@@ -264,8 +295,7 @@ func serving(name string, v *VersionStatus) string {
 func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
 	var req UpgradeRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
-		writeJSON(w, http.StatusBadRequest, &UpgradeResult{PID: os.Getpid(), ServingPID: os.Getpid(), Outcome: Outcome{Error: &Error{Kind: KindBadRequest,
-			Message: fmt.Sprintf("upgrade: decode request: %v", err)}}})
+		s.badRequest(w, r, http.StatusBadRequest, &UpgradeResult{PID: os.Getpid(), ServingPID: os.Getpid()}, fmt.Errorf("upgrade: decode request: %v", err))
 		return
 	}
 	self := os.Getpid()
@@ -298,6 +328,10 @@ type stream struct {
 	enc   *json.Encoder
 	start time.Time
 	once  sync.Once
+	// hold keeps progress lines in held instead of writing them, until
+	// release or result.
+	hold bool
+	held []Line
 }
 
 func newStream(w http.ResponseWriter, start time.Time) *stream {
@@ -313,16 +347,83 @@ func (st *stream) begin() {
 }
 
 func (st *stream) progress(step, detail string) {
-	st.begin()
-	// A caller gone away is noticed through the request's context.
-	st.enc.Encode(Line{Progress: &Progress{Step: step, Detail: detail, ElapsedMS: time.Since(st.start).Milliseconds()}})
-	st.rc.Flush()
+	line := Line{Progress: &Progress{Step: step, Detail: detail, ElapsedMS: time.Since(st.start).Milliseconds()}}
+	if st.hold {
+		st.held = append(st.held, line)
+		return
+	}
+	st.write(line)
+}
+
+// release writes the held progress lines and stops holding.
+func (st *stream) release() {
+	if !st.hold {
+		return
+	}
+	st.hold = false
+	for _, l := range st.held {
+		st.write(l)
+	}
+	st.held = nil
 }
 
 func (st *stream) result(v any) {
+	st.release()
+	st.write(Line{Result: v})
+}
+
+func (st *stream) write(l Line) {
 	st.begin()
-	st.enc.Encode(Line{Result: v})
+	// A caller gone away is noticed through the request's context.
+	st.enc.Encode(l)
 	st.rc.Flush()
+}
+
+// badRequest answers a malformed request with res carrying err, and audits
+// it within the rate limit.
+func (s *Server) badRequest(w http.ResponseWriter, r *http.Request, code int, res answer, err error) {
+	if ok, left := s.bad.allow(time.Now()); ok {
+		audited := err
+		if left > 0 {
+			audited = fmt.Errorf("%w (and %d more malformed requests not recorded before this one)", err, left)
+		}
+		if aerr := s.h.AuditRefusal(r.Context(), ActionRequest, "control", audited); aerr != nil {
+			s.log.Error("control: audit a malformed request", "err", aerr)
+		}
+	}
+	s.log.Warn("control: malformed request", "request", r.Method+" "+r.URL.Path, "err", err)
+	o := res.outcome()
+	o.OK, o.Error = false, &Error{Kind: KindBadRequest, Message: err.Error()}
+	writeJSON(w, code, res)
+}
+
+// limiter lets BadRequestBurst events through at once and then one a
+// second, and counts those it holds back.
+type limiter struct {
+	mu     sync.Mutex // protects tokens, last and held
+	tokens float64
+	last   time.Time
+	held   int
+}
+
+// allow reports whether an event at now may pass and, if so, how many were
+// held back since the last one that passed.
+func (l *limiter) allow(now time.Time) (ok bool, held int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last.IsZero() {
+		l.tokens = BadRequestBurst
+	} else {
+		l.tokens = min(BadRequestBurst, l.tokens+now.Sub(l.last).Seconds())
+	}
+	l.last = now
+	if l.tokens < 1 {
+		l.held++
+		return false, 0
+	}
+	l.tokens--
+	held, l.held = l.held, 0
+	return true, held
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -129,17 +129,30 @@ type VersionStatus struct {
 	Discarded uint64 `json:"discarded_instances"`
 }
 
-// LoadRequest is the body of a load: the artifact's bytes and its manifest,
-// read by the client, verified by the service.
+// LoadRequest is a load: the artifact's bytes and its manifest, read by the
+// client, verified by the service. On the wire the payload is the request
+// body (application/octet-stream, with its Content-Length) and the label and
+// manifest travel in the LabelHeader and ManifestHeader headers, so the
+// service checks the manifest (signature, name, kind, size) before it reads
+// a byte of the payload, and reads no more than the manifest states.
 type LoadRequest struct {
 	// Label names the artifact in messages and the audit log, e.g. its file
 	// name.
-	Label   string `json:"label"`
-	Payload []byte `json:"payload"`
+	Label   string
+	Payload []byte
 	// Manifest is the encoded signed manifest; nil if there is none (only a
 	// service in development mode accepts that).
-	Manifest []byte `json:"manifest"`
+	Manifest []byte
 }
+
+// Headers of a load request.
+const (
+	// LabelHeader carries LoadRequest.Label.
+	LabelHeader = "Hotswap-Label"
+	// ManifestHeader carries LoadRequest.Manifest, base64-encoded (standard
+	// encoding, with padding); absent when there is none.
+	ManifestHeader = "Hotswap-Manifest"
+)
 
 // ModuleResult answers a load or a rollback.
 type ModuleResult struct {

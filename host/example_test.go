@@ -108,6 +108,8 @@ func ExampleHost_LoadFile() {
 		fmt.Printf("trust=%s: refused at the %s check, unsigned: %v\n", h.TrustMode(), ve.Check, errors.Is(err, artifact.ErrUnsigned))
 	}
 
+	// Newest first: the refusal, then the record of the change starting,
+	// written before any work.
 	evs, _ := h.History(ctx, audit.Filter{Target: "pricing"})
 	for _, ev := range evs {
 		fmt.Println(ev.Actor, ev.Action, ev.Target, ev.Result, ev.Time.Before(time.Now()))
@@ -115,4 +117,5 @@ func ExampleHost_LoadFile() {
 	// Output:
 	// trust=enforce: refused at the policy check, unsigned: true
 	// ops swap pricing refused true
+	// ops swap pricing started true
 }

@@ -2,6 +2,7 @@ package host_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
@@ -29,14 +30,17 @@ import (
 // The test binary doubles as the new process of an upgrade: TestMain runs
 // runChild instead of the tests when envHelper is set.
 const (
-	envHelper = "HOST_TEST_HELPER" // "child"
+	envHelper = "HOST_TEST_HELPER" // "child" (see runChild) or "load" (see runLoad)
 	envOut    = "HOST_TEST_OUT"    // where the child writes what it inherited
 	envState  = "HOST_TEST_STATE"  // the child's state directory
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envHelper) == "child" {
+	switch os.Getenv(envHelper) {
+	case "child":
 		os.Exit(runChild())
+	case "load":
+		os.Exit(runLoad())
 	}
 	os.Exit(m.Run())
 }
@@ -143,9 +147,12 @@ func newFixture(t *testing.T) *fixture {
 }
 
 type hostOptions struct {
-	dev     bool
-	upgrade *upgrade.Options
-	noClose bool // the test closes the host itself
+	dev            bool
+	service        string // Options.Service; defaults to "svc"
+	followSymlinks bool
+	maxModuleSize  int64
+	upgrade        *upgrade.Options
+	noClose        bool // the test closes the host itself
 }
 
 // open returns a host over the fixture's state directory with a fresh wasm
@@ -157,7 +164,8 @@ func (f *fixture) open(t *testing.T, o hostOptions) *host.Host {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := host.New(host.Options{Backend: b, StateDir: f.state, Development: o.dev, Upgrade: o.upgrade,
+	h, err := host.New(host.Options{Backend: b, StateDir: f.state, Development: o.dev, Upgrade: o.upgrade, Service: cmp.Or(o.service, "svc"),
+		FollowSymlinks: o.followSymlinks, MaxModuleSize: o.maxModuleSize,
 		Logger: testLogger(), DrainTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatalf("New() = %v", err)
@@ -374,17 +382,39 @@ func history(t *testing.T, h *host.Host) []audit.Event {
 		t.Fatalf("History() = %v", err)
 	}
 	slices.Reverse(evs)
-	return evs
+	return outcomes(t, evs)
 }
 
-// newest returns h's newest audit event.
+// outcomes returns evs without the records of changes starting, checking
+// that each change's outcome follows its start.
+func outcomes(t *testing.T, evs []audit.Event) []audit.Event {
+	t.Helper()
+	started := make(map[string]bool)
+	var out []audit.Event
+	for _, ev := range evs {
+		if ev.Result == audit.ResultStarted {
+			if ev.ID == "" || started[ev.ID] {
+				t.Errorf("audit record of a start %+v: want a fresh ID", ev)
+			}
+			started[ev.ID] = true
+			continue
+		}
+		if ev.ID != "" && !started[ev.ID] {
+			t.Errorf("audit record %+v: no record of its start before it", ev)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// newest returns h's newest audit record of an outcome.
 func newest(t *testing.T, h *host.Host) audit.Event {
 	t.Helper()
-	evs, err := h.History(context.Background(), audit.Filter{Limit: 1})
-	if err != nil || len(evs) != 1 {
-		t.Fatalf("History(Limit 1) = %d events, %v; want 1", len(evs), err)
+	evs := history(t, h)
+	if len(evs) == 0 {
+		t.Fatal("History() has no outcome")
 	}
-	return evs[0]
+	return evs[len(evs)-1]
 }
 
 // ref is how the audit log names a version.
@@ -394,12 +424,12 @@ func ref(version string, payload []byte) string {
 
 // event is the part of an audit event the tests compare (not the time).
 type event struct {
-	Actor, Action, Target, From, To, Result string
-	Error                                   string
+	Actor, Action, Target, Artifact, From, To, Result string
+	Error                                             string
 }
 
 func (e event) String() string {
-	s := fmt.Sprintf("%s %s %s %s→%s %s", e.Actor, e.Action, e.Target, short(e.From), short(e.To), e.Result)
+	s := fmt.Sprintf("%s %s %s [%s] %s→%s %s", e.Actor, e.Action, e.Target, e.Artifact, short(e.From), short(e.To), e.Result)
 	if e.Error != "" {
 		s += " (" + e.Error + ")"
 	}
@@ -417,7 +447,7 @@ func short(r string) string {
 func events(evs []audit.Event) []event {
 	out := make([]event, len(evs))
 	for i, ev := range evs {
-		out[i] = event{ev.Actor, string(ev.Action), ev.Target, ev.From, ev.To, string(ev.Result), ev.Error}
+		out[i] = event{ev.Actor, string(ev.Action), ev.Target, ev.Artifact, ev.From, ev.To, string(ev.Result), ev.Error}
 	}
 	return out
 }

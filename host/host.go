@@ -3,49 +3,55 @@
 // upgrade, keeps verified artifacts in a local store, and records every
 // change and every refusal in the audit log.
 //
-// A change takes this path:
+// A module change takes this path:
 //
-//	artifact bytes → verify (digest, signature, policy) → store → registry
-//	(compile, validate, pre-warm, migrate) → audit → activate
+//	audit "started" → verify (digest, signature, policy, name, kind, size)
+//	→ version label check → prepare (compile, validate, pre-warm)
+//	→ store → audit "ok" → activate (migrate, switch)
 //
 // Anything that fails before activation is refused with an error naming the
-// artifact and the failed check, and the version that was serving keeps
-// serving. The audit record of a change is written (and fsync'd) before the
-// change takes effect; if it cannot be written, the change is refused.
+// artifact and the failed check, recorded in the audit log, and the version
+// that was serving keeps serving. The "started" record is written before any
+// work, so a change cut short by a crash leaves a trace; the "ok" record is
+// written (and fsync'd) before the change takes effect, and if it cannot be
+// written the change is refused. Records are written even when the caller
+// gave up: a cancelled change is recorded as cancelled.
 package host
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
+	"github.com/hotswapgo/hotswap/internal/statedir"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
 
-// StateDirEnv names the environment variable that overrides the default
-// state directory.
-const StateDirEnv = "HOTSWAP_STATE_DIR"
+// StateDirEnv names the environment variable that sets the default state
+// directory.
+const StateDirEnv = statedir.Env
 
-// DefaultStateDir returns $HOTSWAP_STATE_DIR, or hotswap under the user's
-// configuration directory. The CLI's keygen, sign and verify use the same.
-func DefaultStateDir() string {
-	if d := os.Getenv(StateDirEnv); d != "" {
-		return d
-	}
-	dir, err := os.UserConfigDir()
-	if err != nil {
-		dir = os.TempDir()
-	}
-	return filepath.Join(dir, "hotswap")
-}
+// DefaultMaxModuleSize bounds a module artifact unless
+// Options.MaxModuleSize says otherwise. A Go guest is a few MB.
+const DefaultMaxModuleSize = 64 << 20
+
+// DefaultStateDir returns $HOTSWAP_STATE_DIR; else /var/lib/hotswap when
+// running as root; else hotswap under the user's configuration directory.
+// It fails, naming what to set, when none applies: it never falls back to
+// the temporary directory, which other users can write. The CLI's keygen,
+// sign and verify use the same.
+func DefaultStateDir() (string, error) { return statedir.Default() }
 
 // Options configures a Host. The zero value of each field means its
 // default; Backend is required.
@@ -54,12 +60,30 @@ type Options struct {
 	// host owns it from now on.
 	Backend module.Backend
 	// StateDir holds trust/ (trusted public keys), store/ (verified
-	// artifacts) and audit.log. Defaults to DefaultStateDir().
+	// artifacts) and audit.log. It is created mode 0700 if missing, and the
+	// host refuses to start when it, or a directory above it, can be written
+	// by another user (see docs/security.md). Defaults to DefaultStateDir().
 	StateDir string
 	// Development accepts unsigned artifacts (digests are still checked).
 	// Status reports it, so no one mistakes a development host for a
 	// production one. Defaults to false: signatures required.
 	Development bool
+	// Service is the name this service's binaries are signed with. A binary
+	// upgrade is refused unless the new binary's manifest names it, so a
+	// signed binary of another program cannot replace this one. Defaults to
+	// the name in the running binary's own manifest (beside it, or in the
+	// store for a binary started from there); upgrades are refused when
+	// there is none.
+	Service string
+	// MaxModuleSize bounds a module artifact, in bytes: a manifest stating
+	// more is refused before any payload byte is read, and an unsigned
+	// payload (development mode) longer than this is cut off and refused.
+	// Defaults to DefaultMaxModuleSize (64 MiB).
+	MaxModuleSize int64
+	// FollowSymlinks lets LoadFile and Upgrade read artifacts through
+	// symbolic links. Defaults to false: an artifact or manifest path that
+	// is a symbolic link is refused.
+	FollowSymlinks bool
 	// Upgrade, if set, enables binary upgrades: the host creates the
 	// process's one upgrader with these options (see Upgrader). It sets
 	// PrepareBinary, so every new binary, whatever triggered the upgrade, is
@@ -77,16 +101,19 @@ type Options struct {
 
 // Host is a service's hot-swap machinery. It is safe for concurrent use.
 type Host struct {
-	reg      *module.Registry
-	verifier *artifact.Verifier
-	store    *artifact.Store
-	audit    *audit.Log
-	up       *upgrade.Upgrader
-	appState []byte // the service's part of the state blob handed over
-	log      *slog.Logger
-	dev      bool
-	started  time.Time
-	proc     processState // generation, parent and upgrade state; see Process
+	reg       *module.Registry
+	verifier  *artifact.Verifier
+	store     *artifact.Store
+	audit     *audit.Log
+	up        *upgrade.Upgrader
+	appState  []byte // the service's part of the state blob handed over
+	log       *slog.Logger
+	dev       bool
+	service   string // Options.Service
+	maxModule int64
+	started   time.Time
+	proc      processState // generation, parent and upgrade state; see Process
+	closed    atomic.Bool  // set by Close: changes are refused from then on
 }
 
 // New opens the state directory and returns a Host. Call RestoreModules to
@@ -95,16 +122,26 @@ func New(opts Options) (*Host, error) {
 	if opts.Backend == nil {
 		return nil, errors.New("host: Options.Backend is required")
 	}
+	if opts.MaxModuleSize < 0 {
+		return nil, fmt.Errorf("host: MaxModuleSize %d is negative", opts.MaxModuleSize)
+	}
 	if opts.StateDir == "" {
-		opts.StateDir = DefaultStateDir()
+		dir, err := DefaultStateDir()
+		if err != nil {
+			return nil, fmt.Errorf("host: %w", err)
+		}
+		opts.StateDir = dir
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	trustDir := filepath.Join(opts.StateDir, "trust")
-	if err := os.MkdirAll(trustDir, 0o700); err != nil {
-		return nil, fmt.Errorf("host: %w", err)
+	storeDir := filepath.Join(opts.StateDir, "store")
+	for _, dir := range []string{opts.StateDir, trustDir, storeDir} {
+		if err := statedir.Ensure(dir); err != nil {
+			return nil, fmt.Errorf("host: %w", err)
+		}
 	}
 	trust, err := artifact.LoadTrustStore(trustDir)
 	if err != nil {
@@ -114,11 +151,11 @@ func New(opts Options) (*Host, error) {
 	if opts.Development {
 		mode = artifact.ModeDevelopment
 	}
-	verifier, err := artifact.NewVerifier(trust, artifact.VerifierOptions{Mode: mode, Logger: log})
+	verifier, err := artifact.NewVerifier(trust, artifact.VerifierOptions{Mode: mode, Logger: log, FollowSymlinks: opts.FollowSymlinks})
 	if err != nil {
 		return nil, fmt.Errorf("host: %w", err)
 	}
-	store, err := artifact.OpenStore(filepath.Join(opts.StateDir, "store"), artifact.StoreOptions{Logger: log})
+	store, err := artifact.OpenStore(storeDir, artifact.StoreOptions{Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("host: open store: %w", err)
 	}
@@ -126,8 +163,9 @@ func New(opts Options) (*Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("host: open audit log: %w", err)
 	}
-	h := &Host{verifier: verifier, store: store, audit: al, log: log, dev: opts.Development, started: time.Now()}
-	h.reg, err = module.New(module.Options{Backend: opts.Backend, Logger: log, DrainTimeout: opts.DrainTimeout, Audit: h.auditModule})
+	h := &Host{verifier: verifier, store: store, audit: al, log: log, dev: opts.Development, service: opts.Service,
+		maxModule: cmpOr(opts.MaxModuleSize, DefaultMaxModuleSize), started: time.Now()}
+	h.reg, err = module.New(module.Options{Backend: opts.Backend, Logger: log, DrainTimeout: opts.DrainTimeout})
 	if err != nil {
 		al.Close()
 		return nil, fmt.Errorf("host: %w", err)
@@ -145,11 +183,31 @@ func New(opts Options) (*Host, error) {
 	return h, nil
 }
 
-// Registry returns the module registry; call modules through it (or through
-// Module handles), never load through it: loads belong to the Host.
-func (h *Host) Registry() *module.Registry { return h.reg }
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
 
-// Module returns the handle of the named module.
+// Status describes every module, sorted by name: a read-only view of the
+// registry. Changes go through LoadFile, LoadArtifact, LoadReader and
+// Rollback, which verify and audit them.
+func (h *Host) Status() []module.Status { return h.reg.Status() }
+
+// active returns the active version of module name, nil if none; unlike
+// Module it makes no entry for a name never loaded.
+func (h *Host) active(name string) *module.VersionStatus {
+	for _, st := range h.reg.Status() {
+		if st.Name == name {
+			return st.Active
+		}
+	}
+	return nil
+}
+
+// Module returns the handle of the named module, to call it.
 func (h *Host) Module(name string) *module.Module { return h.reg.Module(name) }
 
 // TrustMode returns "enforce" or "development".
@@ -174,57 +232,113 @@ func actor(ctx context.Context) string {
 // passed, the payload up to the size the manifest states, so a huge file
 // costs nothing. See LoadArtifact.
 func (h *Host) LoadFile(ctx context.Context, name, path string) (module.VersionStatus, error) {
-	progress(ctx, StepVerify, filepath.Base(path))
-	if _, err := os.Stat(path); err != nil {
-		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", "", fmt.Errorf("load %s from %s: %w", name, path, err))
-	}
-	vd, err := h.verifier.Verify(ctx, path, artifact.Expect{Name: name, Kind: artifact.KindWasm})
-	if err != nil {
-		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", "", err)
-	}
-	return h.storeAndLoad(ctx, name, vd)
+	return h.load(ctx, name, filepath.Base(path), func(ctx context.Context) (*artifact.Verified, error) {
+		return h.verifier.Verify(ctx, path, h.expectModule(name))
+	})
 }
 
 // LoadArtifact verifies payload against manifest (nil: none) as a WASM
-// version of module name, keeps it in the store, and loads it: when every
-// check passes it serves all new calls and the version it replaces stays
-// warm for rollback. A refusal is audited and returned as an error that
-// names the artifact and the failed check (an *artifact.VerifyError or a
-// *module.LoadError); the active version keeps serving.
+// version of module name, prepares it, keeps it in the store, and activates
+// it: when every check passes it serves all new calls and the version it
+// replaces stays warm for rollback. A refusal is audited and returned as an
+// error that names the artifact and the failed check (an
+// *artifact.VerifyError or a *module.LoadError); the active version keeps
+// serving. label is what messages call the artifact (its file name).
+//
+// Cancelling ctx aborts the change until the switch; the error then matches
+// context.Canceled (or DeadlineExceeded) and the audit log records the
+// change as canceled.
 func (h *Host) LoadArtifact(ctx context.Context, name, label string, payload, manifest []byte) (module.VersionStatus, error) {
-	progress(ctx, StepVerify, label)
-	vd, err := h.verifier.VerifyBytes(ctx, label, manifest, payload, artifact.Expect{Name: name, Kind: artifact.KindWasm})
+	return h.load(ctx, name, label, func(ctx context.Context) (*artifact.Verified, error) {
+		return h.verifier.VerifyBytes(ctx, label, manifest, payload, h.expectModule(name))
+	})
+}
+
+// LoadReader is LoadArtifact for a payload that arrives as a stream (an
+// upload): every check that needs only the manifest runs before the first
+// payload byte is read, and no more than the manifest states (or, unsigned
+// in development mode, Options.MaxModuleSize) is read.
+func (h *Host) LoadReader(ctx context.Context, name, label string, manifest []byte, payload io.Reader) (module.VersionStatus, error) {
+	return h.load(ctx, name, label, func(ctx context.Context) (*artifact.Verified, error) {
+		return h.verifier.VerifyReader(ctx, label, manifest, payload, h.expectModule(name))
+	})
+}
+
+func (h *Host) expectModule(name string) artifact.Expect {
+	return artifact.Expect{Name: name, Kind: artifact.KindWasm, MaxSize: h.maxModule}
+}
+
+// load runs a module load: audit its start, verify, check the version label,
+// prepare, then store, audit and activate.
+func (h *Host) load(ctx context.Context, name, label string, verify func(context.Context) (*artifact.Verified, error)) (module.VersionStatus, error) {
+	c, err := h.begin(ctx, audit.ActionSwap, name, label)
 	if err != nil {
-		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", "", err)
+		return module.VersionStatus{}, err
 	}
-	return h.storeAndLoad(ctx, name, vd)
+	progress(ctx, StepVerify, label)
+	vd, err := verify(ctx)
+	if err != nil {
+		return module.VersionStatus{}, c.refuse(err)
+	}
+	return h.prepare(ctx, c, vd, false)
 }
 
-// storeAndLoad keeps a verified artifact in the store and loads it.
-func (h *Host) storeAndLoad(ctx context.Context, name string, vd *artifact.Verified) (module.VersionStatus, error) {
-	to := versionRef(vd.Manifest.Version, vd.Manifest.Digest.Hex())
-	progress(ctx, StepStore, to)
-	if _, err := h.store.Put(ctx, vd); err != nil {
-		return module.VersionStatus{}, h.refuse(ctx, audit.ActionSwap, name, "", to, fmt.Errorf("store %s: %w", to, err))
+// prepare checks a verified artifact's version label and prepares it, then
+// stores, audits and activates it. rollback marks a load of the
+// last-known-good version done for a rollback.
+func (h *Host) prepare(ctx context.Context, c *change, vd *artifact.Verified, rollback bool) (module.VersionStatus, error) {
+	m := vd.Manifest
+	c.ev.To = versionRef(m.Version, m.Digest.Hex())
+	if err := h.store.CheckVersion(m); err != nil {
+		return module.VersionStatus{}, c.refuse(err)
 	}
-	progress(ctx, StepPrepare, to)
-	return h.loadVerified(ctx, name, vd)
+	progress(ctx, StepPrepare, c.ev.To)
+	p, err := h.reg.Prepare(ctx, c.ev.Target, module.Source{Version: m.Version, Artifact: vd.Payload, Digest: m.Digest.Hex()})
+	if err != nil {
+		return module.VersionStatus{}, c.refuse(err)
+	}
+	return h.activate(ctx, c, p, vd, rollback)
 }
 
-// remember records in the store which version is current and which served
-// before it: the last-known-good, for a rollback after a restart.
-func (h *Host) remember(ctx context.Context, name string, prev *module.VersionStatus, cur artifact.Digest) {
-	if err := h.store.SetCurrent(ctx, name, cur); err != nil {
-		h.log.Error("record current version", "module", name, "err", err)
+// activate keeps put (nil: it is in the store already) in the store, records
+// the change and makes p serve.
+func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put *artifact.Verified, rollback bool) (module.VersionStatus, error) {
+	from, fromDigest, hasFrom := p.From()
+	if hasFrom {
+		c.ev.From = versionRef(from, fromDigest)
 	}
-	if prev == nil {
-		return
-	}
-	if d, err := artifact.ParseDigest(prev.Digest); err == nil && d != cur {
-		if err := h.store.SetLastKnownGood(ctx, name, d); err != nil {
-			h.log.Error("record last-known-good version", "module", name, "err", err)
+	c.ev.To = versionRef(p.Version(), p.Digest())
+	if put != nil {
+		progress(ctx, StepStore, c.ev.To)
+		if _, err := h.store.Put(ctx, put); err != nil {
+			p.Discard()
+			return module.VersionStatus{}, c.refuse(fmt.Errorf("store %s: %w", c.ev.To, err))
 		}
 	}
+	if err := c.allow(); err != nil {
+		p.Discard()
+		return module.VersionStatus{}, err
+	}
+	progress(ctx, StepActivate, c.ev.To)
+	st, err := p.Activate(ctx)
+	if err != nil {
+		return st, c.fail(err)
+	}
+	cur, err := artifact.ParseDigest(p.Digest())
+	if err != nil {
+		return st, nil // not from the store (registry used directly): nothing to remember
+	}
+	if err := h.store.SetCurrent(context.WithoutCancel(ctx), c.ev.Target, cur); err != nil {
+		h.log.Error("record current version", "module", c.ev.Target, "err", err)
+	}
+	// The version replaced becomes the last-known-good one, unless this was
+	// a rollback: the version rolled back from is not known to be good.
+	if d, err := artifact.ParseDigest(fromDigest); hasFrom && !rollback && !p.Rollback() && err == nil && d != cur {
+		if err := h.store.SetLastKnownGood(context.WithoutCancel(ctx), c.ev.Target, d); err != nil {
+			h.log.Error("record last-known-good version", "module", c.ev.Target, "err", err)
+		}
+	}
+	return st, nil
 }
 
 // Rollback makes the previous version of module name serve again. It is
@@ -232,64 +346,32 @@ func (h *Host) remember(ctx context.Context, name string, prev *module.VersionSt
 // loads the last-known-good version from the store, verified again. Either
 // way the audit log records one rollback, done or refused.
 func (h *Host) Rollback(ctx context.Context, name string) (module.VersionStatus, error) {
-	ctx = context.WithValue(ctx, rollbackKey{}, true)
-	st, err := h.reg.Rollback(ctx, name)
+	c, err := h.begin(ctx, audit.ActionRollback, name, "")
+	if err != nil {
+		return module.VersionStatus{}, err
+	}
+	p, err := h.reg.PrepareRollback(ctx, name)
 	if err == nil {
-		if d, perr := artifact.ParseDigest(st.Digest); perr == nil {
-			if err := h.store.SetCurrent(ctx, name, d); err != nil {
-				h.log.Error("record current version", "module", name, "err", err)
-			}
-		}
-		return st, nil
+		return h.activate(ctx, c, p, nil, true)
 	}
-	if !noWarmPrevious(err) {
-		return st, err
+	if !errors.Is(err, module.ErrNoPrevious) && !errors.Is(err, module.ErrNotFound) {
+		return module.VersionStatus{}, c.refuse(err)
 	}
-	// The registry left this refusal to us (see auditModule): record it
-	// below unless the last-known-good version serves instead.
-	cur := h.reg.Module(name).Status().Active
-	var from string
-	if cur != nil {
-		from = versionRef(cur.Version, cur.Digest)
-	}
+	// No warm previous version: the last-known-good one from the store.
+	cur := h.active(name)
 	entry, lerr := h.store.LastKnownGood(name)
 	if lerr != nil {
-		return st, h.refuse(ctx, audit.ActionRollback, name, from, "", fmt.Errorf("%w; no last-known-good version in the store either", err))
+		return module.VersionStatus{}, c.refuse(fmt.Errorf("%w; no last-known-good version in the store either", err))
 	}
-	to := versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
 	if cur != nil && cur.Digest == entry.Manifest.Digest.Hex() {
-		return st, h.refuse(ctx, audit.ActionRollback, name, from, "", fmt.Errorf("%w; the last-known-good version %s is the one serving", err, entry.Manifest.Version))
+		return module.VersionStatus{}, c.refuse(fmt.Errorf("%w; the last-known-good version %s is the one serving", err, entry.Manifest.Version))
 	}
-	vd, verr := h.verifier.VerifyEntry(ctx, entry)
-	if verr != nil {
-		return st, h.refuse(ctx, audit.ActionRollback, name, from, to, verr)
-	}
-	return h.loadVerified(ctx, name, vd)
-}
-
-// rollbackKey marks the context of a Host.Rollback, so that auditModule
-// records its load of the last-known-good version as a rollback.
-type rollbackKey struct{}
-
-func inRollback(ctx context.Context) bool { return ctx.Value(rollbackKey{}) != nil }
-
-// noWarmPrevious reports whether the registry refused a rollback only
-// because it keeps no previous version, which the store may still have.
-func noWarmPrevious(err error) bool {
-	return errors.Is(err, module.ErrNoPrevious) || errors.Is(err, module.ErrNotFound)
-}
-
-func (h *Host) loadVerified(ctx context.Context, name string, vd *artifact.Verified) (module.VersionStatus, error) {
-	prev := h.reg.Module(name).Status().Active
-	st, err := h.reg.Load(ctx, name, module.Source{Version: vd.Manifest.Version, Artifact: vd.Payload, Digest: vd.Manifest.Digest.Hex()})
+	c.ev.To = versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
+	vd, err := h.verifier.VerifyEntry(ctx, entry)
 	if err != nil {
-		return st, err
+		return module.VersionStatus{}, c.refuse(err)
 	}
-	if inRollback(ctx) {
-		prev = nil // the version rolled back from is not known to be good
-	}
-	h.remember(ctx, name, prev, vd.Manifest.Digest)
-	return st, nil
+	return h.prepare(ctx, c, vd, true)
 }
 
 // RestoreModules loads, for every module in the store, the version that was
@@ -316,20 +398,34 @@ func (h *Host) RestoreModules(ctx context.Context) error {
 				break
 			}
 			tried = append(tried, entry.Manifest.Digest)
-			vd, err := h.verifier.VerifyEntry(ctx, entry)
-			if err != nil {
-				to := versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
-				err = h.refuse(ctx, audit.ActionSwap, name, "", to, err)
-			} else {
-				_, err = h.loadVerified(ctx, name, vd) // the registry audits a refusal
-			}
-			if err == nil {
+			if err = h.restore(ctx, name, entry); err == nil {
 				break
 			}
 			errs = append(errs, fmt.Errorf("restore %s %s: %w", name, entry.Manifest.Version, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// restore loads a version kept in the store, verified again.
+func (h *Host) restore(ctx context.Context, name string, entry artifact.Entry) error {
+	to := versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
+	c, err := h.begin(ctx, audit.ActionSwap, name, "")
+	if err != nil {
+		return err
+	}
+	c.ev.To = to
+	vd, err := h.verifier.VerifyEntry(ctx, entry)
+	if err != nil {
+		return c.refuse(err)
+	}
+	progress(ctx, StepPrepare, to)
+	p, err := h.reg.Prepare(ctx, name, module.Source{Version: vd.Manifest.Version, Artifact: vd.Payload, Digest: vd.Manifest.Digest.Hex()})
+	if err != nil {
+		return c.refuse(err)
+	}
+	_, err = h.activate(ctx, c, p, nil, false)
+	return err
 }
 
 // History returns audit events, newest first.
@@ -358,6 +454,7 @@ func (h *Host) Upgrade(ctx context.Context, path string) (upgrade.Result, error)
 
 // Close drains and closes every module version, then the audit log.
 func (h *Host) Close(ctx context.Context) error {
+	h.closed.Store(true)
 	err := h.reg.Close(ctx)
 	if h.up != nil {
 		err = errors.Join(err, h.up.Close())
@@ -365,47 +462,85 @@ func (h *Host) Close(ctx context.Context) error {
 	return errors.Join(err, h.audit.Close())
 }
 
-// auditModule records the registry's changes: the record of a switch is
-// written before it happens, and a failure to write it refuses the switch.
-func (h *Host) auditModule(ctx context.Context, ev module.Event) error {
-	rec := audit.Event{
-		Action: audit.ActionSwap,
-		Target: ev.Module,
-		From:   versionRef(ev.FromVersion, ev.FromDigest),
-		To:     versionRef(ev.ToVersion, ev.ToDigest),
-	}
-	if ev.Action == module.ActionRollback || inRollback(ctx) {
-		rec.Action = audit.ActionRollback
-	}
-	if ev.Action == module.ActionRollback && ev.Result == module.ResultRefused && inRollback(ctx) && noWarmPrevious(ev.Err) {
-		return nil // Host.Rollback tries the store and records the outcome
-	}
-	switch ev.Result {
-	case module.ResultPending:
-		rec.Result = audit.ResultOK
-		progress(ctx, StepActivate, rec.To)
-	case module.ResultRefused:
-		rec.Result = audit.ResultRefused
-		if ev.Err != nil {
-			rec.Error = ev.Err.Error()
-		}
-	default:
-		return nil // the pending record already says it
-	}
-	return h.record(ctx, rec)
+// change is one audited change: its records share an ID, an actor and what
+// it applies to, and are written with a context that outlives the request,
+// so a change whose caller gave up is still recorded.
+type change struct {
+	h   *Host
+	ctx context.Context
+	ev  audit.Event
 }
 
-func (h *Host) refuse(ctx context.Context, action audit.Action, target, from, to string, err error) error {
-	if aerr := h.record(ctx, audit.Event{Action: action, Target: target, From: from, To: to, Result: audit.ResultRefused, Error: err.Error()}); aerr != nil {
-		h.log.Error("audit a refusal", "err", aerr)
+// begin records that a change starts, before any of its work. If the record
+// cannot be written, the change is refused.
+func (h *Host) begin(ctx context.Context, action audit.Action, target, artifact string) (*change, error) {
+	if h.closed.Load() {
+		return nil, fmt.Errorf("%s %s: %w", action, target, module.ErrClosed)
 	}
-	h.log.Warn("change refused", "action", action, "target", target, "err", err)
+	var id [8]byte
+	rand.Read(id[:])
+	c := &change{h: h, ctx: context.WithoutCancel(ctx), ev: audit.Event{
+		ID: hex.EncodeToString(id[:]), Actor: actor(ctx), Action: action, Target: target, Artifact: artifact,
+	}}
+	if action != audit.ActionUpgrade {
+		if cur := h.active(target); cur != nil {
+			c.ev.From = versionRef(cur.Version, cur.Digest)
+		}
+	}
+	if err := c.record(audit.ResultStarted, nil); err != nil {
+		err = fmt.Errorf("%s %s refused: audit log: %w", action, target, err)
+		h.log.Error("change refused: audit log", "action", action, "target", target, "err", err)
+		return nil, err
+	}
+	return c, nil
+}
+
+// refuse records that the change was refused because of err (or canceled,
+// when err says so) and returns err.
+func (c *change) refuse(err error) error {
+	result := audit.ResultRefused
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		result = audit.ResultCanceled
+	}
+	if aerr := c.record(result, err); aerr != nil {
+		c.h.log.Error("audit a refusal", "err", aerr)
+	}
+	c.h.log.Warn("change "+string(result), "action", c.ev.Action, "target", c.ev.Target, "to", c.ev.To, "err", err)
 	return err
+}
+
+// allow records that the change passed every check and takes effect now.
+// If the record cannot be written the change is refused: the error says so.
+func (c *change) allow() error {
+	if err := c.record(audit.ResultOK, nil); err != nil {
+		err = fmt.Errorf("%s %s refused: audit log: %w", c.ev.Action, c.ev.Target, err)
+		c.h.log.Error("change refused: audit log", "action", c.ev.Action, "target", c.ev.Target, "err", err)
+		return err
+	}
+	return nil
+}
+
+// fail records that the change, allowed, failed to take effect.
+func (c *change) fail(err error) error {
+	if aerr := c.record(audit.ResultFailed, err); aerr != nil {
+		c.h.log.Error("audit a failure", "err", aerr)
+	}
+	c.h.log.Warn("change failed", "action", c.ev.Action, "target", c.ev.Target, "to", c.ev.To, "err", err)
+	return err
+}
+
+func (c *change) record(result audit.Result, err error) error {
+	ev := c.ev
+	ev.Time, ev.Result = time.Time{}, result
+	if err != nil {
+		ev.Error = err.Error()
+	}
+	return c.h.audit.Record(c.ctx, ev)
 }
 
 func (h *Host) record(ctx context.Context, ev audit.Event) error {
 	ev.Actor = actor(ctx)
-	return h.audit.Record(ctx, ev)
+	return h.audit.Record(context.WithoutCancel(ctx), ev)
 }
 
 func versionRef(version, digest string) string {

@@ -230,7 +230,8 @@ func TestLoadRefusedWhileServing(t *testing.T) {
 			if st.Active == nil || st.Active.Digest != want.Digest || st.Previous != nil {
 				t.Fatalf("Status() = %+v; want v1 (%s) active and no previous version", st, want.Digest)
 			}
-			got := event{Actor: "mallory", Action: "swap", Target: "pricing", Result: "refused", Error: err.Error()}
+			got := event{Actor: "mallory", Action: "swap", Target: "pricing", Artifact: filepath.Base(path),
+				From: want.Version + "@sha256:" + want.Digest, Result: "refused", Error: err.Error()}
 			if ev := events([]audit.Event{newest(t, h)})[0]; ev != got {
 				t.Errorf("newest audit event = %v; want %v", ev, got)
 			}
@@ -292,7 +293,7 @@ func TestDevelopmentMode(t *testing.T) {
 			if got := servedBy(t, h); got != "v2" {
 				t.Errorf("served by %q; want v2", got)
 			}
-			want := event{Actor: "dev", Action: "swap", Target: "pricing", To: ref(wantVersion, v2), Result: "ok"}
+			want := event{Actor: "dev", Action: "swap", Target: "pricing", Artifact: "pricing.wasm", To: ref(wantVersion, v2), Result: "ok"}
 			if got := events([]audit.Event{ev})[0]; got != want {
 				t.Errorf("newest audit event = %v; want %v", got, want)
 			}
@@ -477,12 +478,12 @@ func TestAuditTrail(t *testing.T) {
 		t.Fatalf("Upgrade(unsigned) = %v; want ErrUnsigned from a *artifact.VerifyError", errUpgrade)
 	}
 	want := []event{
-		{Actor: "alice", Action: "swap", Target: "pricing", To: r1, Result: "ok"},
-		{Actor: "alice", Action: "swap", Target: "pricing", From: r1, To: r2, Result: "ok"},
-		{Actor: "mallory", Action: "swap", Target: "pricing", Result: "refused", Error: errUnsigned.Error()},
+		{Actor: "alice", Action: "swap", Target: "pricing", Artifact: "pricing-v1.wasm", To: r1, Result: "ok"},
+		{Actor: "alice", Action: "swap", Target: "pricing", Artifact: "pricing-v2.wasm", From: r1, To: r2, Result: "ok"},
+		{Actor: "mallory", Action: "swap", Target: "pricing", Artifact: "unsigned.wasm", From: r2, Result: "refused", Error: errUnsigned.Error()},
 		{Actor: "bob", Action: "rollback", Target: "pricing", From: r2, To: r1, Result: "ok"},
 		{Actor: "bob", Action: "rollback", Target: "pricing", From: r1, Result: "refused", Error: errNoPrevious.Error()},
-		{Actor: "carol", Action: "upgrade", Target: "process", To: filepath.Join(f.dir, "unsigned-binary"), Result: "refused", Error: ve.Error()},
+		{Actor: "carol", Action: "upgrade", Target: "process", Artifact: filepath.Join(f.dir, "unsigned-binary"), Result: "refused", Error: ve.Error()},
 	}
 	got := events(history(t, h))
 	if !slices.Equal(got, want) {
@@ -577,7 +578,7 @@ func TestUpgradeRefusesUnverifiedBinary(t *testing.T) {
 			if p.Upgrading || p.LastUpgrade == nil || p.LastUpgrade.Err == nil {
 				t.Errorf("Process() = %+v; want not upgrading, last upgrade failed", p)
 			}
-			want := []event{{Actor: "carol", Action: "upgrade", Target: "process", To: path, Result: "refused", Error: ve.Error()}}
+			want := []event{{Actor: "carol", Action: "upgrade", Target: "process", Artifact: path, Result: "refused", Error: ve.Error()}}
 			if got := events(history(t, h)); !slices.Equal(got, want) {
 				t.Errorf("audit log:\n%s\nwant:\n%s", lines(got), lines(want))
 			}
@@ -604,7 +605,7 @@ func TestUpgradeCommitted(t *testing.T) {
 	if err := os.WriteFile(binPath, bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	sm, err := f.trusted.SignFile(context.Background(), binPath, artifact.Manifest{Name: "hosttest", Version: "2", Kind: artifact.KindBinary})
+	sm, err := f.trusted.SignFile(context.Background(), binPath, artifact.Manifest{Name: "svc", Version: "2", Kind: artifact.KindBinary})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -671,7 +672,7 @@ func TestUpgradeCommitted(t *testing.T) {
 	if got, err := strconv.Atoi(string(rep.Pricing["quotes"])); err != nil || got < before || got > after || len(rep.Pricing) != len(kv) {
 		t.Errorf("new process got pricing state %q; want the quote counter between %d and %d", rep.Pricing, before, after)
 	}
-	want := event{Actor: "carol", Action: "upgrade", Target: "process", To: ref("2", bin), Result: "ok"}
+	want := event{Actor: "carol", Action: "upgrade", Target: "process", Artifact: binPath, To: ref("2", bin), Result: "ok"}
 	if got := events([]audit.Event{newest(t, h)})[0]; got != want {
 		t.Errorf("newest audit event = %v; want %v", got, want)
 	}

@@ -41,9 +41,10 @@ type processState struct {
 	generation int // 0 means 1: started fresh
 	parentPID  int
 
-	mu        sync.Mutex // protects upgrading and last
+	mu        sync.Mutex // protects upgrading, last and pending
 	upgrading bool
 	last      *upgrade.Result
+	pending   *pendingUpgrade
 }
 
 // ProcessStatus describes the process a Host runs in.

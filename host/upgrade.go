@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
@@ -41,10 +42,7 @@ func (h *Host) startUpgrader(opts upgrade.Options) error {
 	}
 	opts.OnResult = func(res upgrade.Result) {
 		h.setUpgrading(&res)
-		if res.Err != nil && !errors.As(res.Err, new(auditedError)) {
-			h.record(WithActor(context.Background(), "upgrade "+res.Trigger), audit.Event{Action: audit.ActionUpgrade, Target: "process", To: res.Binary,
-				Result: audit.ResultFailed, Error: res.Err.Error()})
-		}
+		h.upgradeResult(res)
 		if onResult != nil {
 			onResult(res)
 		}
@@ -75,22 +73,118 @@ func (h *Host) startUpgrader(opts upgrade.Options) error {
 	return nil
 }
 
-// prepareBinary verifies the binary at path, copies it into the store and
-// audits the upgrade before the upgrader executes the copy.
+// prepareBinary verifies the binary at path as a binary of this service,
+// copies it into the store and audits the upgrade before the upgrader
+// executes the copy.
 func (h *Host) prepareBinary(ctx context.Context, path string) (string, error) {
 	h.setUpgrading(nil)
-	progress(ctx, StepVerify, path)
-	entry, err := h.verifier.VerifyToStore(ctx, h.store, path, artifact.Expect{Kind: artifact.KindBinary})
+	c, err := h.begin(ctx, audit.ActionUpgrade, "process", path)
 	if err != nil {
-		return "", auditedError{h.refuse(ctx, audit.ActionUpgrade, "process", "", path, err)}
+		return "", auditedError{err}
 	}
-	to := versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
-	if err := h.record(ctx, audit.Event{Action: audit.ActionUpgrade, Target: "process", To: to, Result: audit.ResultOK}); err != nil {
-		return "", fmt.Errorf("upgrade refused: audit log: %w", err)
+	refuse := func(err error) (string, error) { return "", auditedError{c.refuse(err)} }
+	progress(ctx, StepVerify, path)
+	service, err := h.serviceName()
+	if err != nil {
+		return refuse(&artifact.VerifyError{Artifact: path, Check: artifact.CheckName, Err: err})
 	}
+	entry, err := h.verifier.VerifyToStore(ctx, h.store, path, artifact.Expect{Kind: artifact.KindBinary, Name: service})
+	if err != nil {
+		return refuse(err)
+	}
+	c.ev.To = versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
+	if err := c.allow(); err != nil {
+		h.forgetBinary(entry)
+		return "", auditedError{err}
+	}
+	h.proc.mu.Lock()
+	h.proc.pending = &pendingUpgrade{change: c, entry: entry}
+	h.proc.mu.Unlock()
 	progress(ctx, StepHandOver, entry.Path)
 	return entry.Path, nil
 }
+
+// pendingUpgrade is the binary upgrade that prepareBinary allowed and whose
+// outcome the upgrader will report.
+type pendingUpgrade struct {
+	change *change
+	entry  artifact.Entry
+}
+
+// upgradeResult records the outcome of an upgrade attempt. A binary that
+// did not take over leaves the store, so it takes no place in its retention
+// bound; one that did becomes the service's current binary there.
+func (h *Host) upgradeResult(res upgrade.Result) {
+	h.proc.mu.Lock()
+	p := h.proc.pending
+	h.proc.pending = nil
+	h.proc.mu.Unlock()
+	if p == nil {
+		if res.Err != nil && !errors.As(res.Err, new(auditedError)) {
+			// Failed before prepareBinary allowed it (e.g. another upgrade
+			// was running).
+			h.record(WithActor(context.Background(), "upgrade "+res.Trigger), audit.Event{Action: audit.ActionUpgrade, Target: "process",
+				To: res.Binary, Result: audit.ResultRefused, Error: res.Err.Error()})
+		}
+		return
+	}
+	if res.Err != nil {
+		p.change.fail(res.Err)
+		h.forgetBinary(p.entry)
+		return
+	}
+	m := p.entry.Manifest
+	ctx := context.Background()
+	if prev, err := h.store.Current(m.Name); err == nil && prev.Manifest.Digest != m.Digest {
+		if err := h.store.SetLastKnownGood(ctx, m.Name, prev.Manifest.Digest); err != nil {
+			h.log.Error("record last-known-good binary", "err", err)
+		}
+	}
+	if err := h.store.SetCurrent(ctx, m.Name, m.Digest); err != nil {
+		h.log.Error("record current binary", "err", err)
+	}
+}
+
+// forgetBinary removes a binary that did not take over from the store
+// (unless it is the current or the last-known-good one there).
+func (h *Host) forgetBinary(e artifact.Entry) {
+	if err := h.store.Remove(context.Background(), e.Manifest.Name, e.Manifest.Digest); err != nil {
+		h.log.Error("remove a binary that did not take over from the store", "err", err)
+	}
+}
+
+// serviceName returns the name this service's binaries are signed with:
+// Options.Service, else the name in the running binary's manifest, beside
+// it or, for a binary started from the store, in the store.
+func (h *Host) serviceName() (string, error) {
+	if h.service != "" {
+		return h.service, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", errUnknownService, err)
+	}
+	if data, err := os.ReadFile(artifact.ManifestPath(exe)); err == nil {
+		if sm, err := artifact.ParseManifest(data); err == nil && sm.Manifest.Kind == artifact.KindBinary {
+			return sm.Manifest.Name, nil
+		}
+	}
+	if d, err := artifact.ParseDigest(filepath.Base(exe)); err == nil && filepath.Dir(exe) == filepath.Join(h.store.Dir(), "blobs") {
+		entries, err := h.store.Lookup(d)
+		if err != nil {
+			return "", fmt.Errorf("%w: %v", errUnknownService, err)
+		}
+		for _, e := range entries {
+			if e.Manifest.Kind == artifact.KindBinary {
+				return e.Manifest.Name, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("%w: no signed manifest for %s", errUnknownService, exe)
+}
+
+var errUnknownService = errors.New("the service's name is unknown, so no binary can be checked as an upgrade of it " +
+	"(set host.Options.Service to the name its binaries are signed with, or keep the running binary's signed manifest beside it)")
 
 // auditedError is a refusal prepareBinary already recorded in the audit
 // log, so that OnResult does not record the same attempt again as failed.

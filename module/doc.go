@@ -10,12 +10,19 @@
 //   - a retired version closes when no call holds it or when the drain
 //     deadline passes; calls it stops then fail with ErrDrained and are
 //     counted, never silently dropped;
-//   - one Load or Rollback per module at a time; another gets ErrBusy;
+//   - one change per module at a time: Prepare (or PrepareRollback) holds the
+//     module's change slot until Activate or Discard, and another change
+//     gets ErrBusy;
 //   - a version that fails any check is refused with a *LoadError naming
 //     the check, never serves a call, and the active version never notices;
 //   - state that must survive swaps lives in the module's KV, owned by the
 //     registry rather than by any version, and a migrate hook runs once when
 //     a version activates.
+//
+// A change has two phases. Prepare compiles, validates and pre-warms a
+// version without touching anything a call sees; the caller then records
+// the change (an audit log) and calls Activate, which runs the migrate hook
+// and switches, or Discard. Load and Rollback do both phases at once.
 //
 // The registry is independent of how code runs: a Backend prepares Code
 // (module/wasm runs WebAssembly on wazero). For the trust path in front of

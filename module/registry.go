@@ -2,8 +2,6 @@ package module
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,11 +27,6 @@ type Options struct {
 	// running then fail with ErrDrained and are counted. Defaults to
 	// DefaultDrainTimeout (30s).
 	DrainTimeout time.Duration
-	// Audit, when set, is told of every change. For an activation
-	// (ActionLoad, ActionRollback) it is called before the switch with
-	// Result "pending": an error refuses the change, so nothing unaudited
-	// serves. It is called again for the outcome, and for every refusal.
-	Audit func(context.Context, Event) error
 }
 
 // Source is one version's artifact.
@@ -57,7 +50,6 @@ type Registry struct {
 	backend      Backend
 	log          *slog.Logger
 	drainTimeout time.Duration
-	audit        func(context.Context, Event) error
 
 	mu      sync.Mutex // protects modules, closed; writers publish lookup
 	modules map[string]*Module
@@ -80,7 +72,6 @@ func New(opts Options) (*Registry, error) {
 		backend:      opts.Backend,
 		log:          opts.Logger,
 		drainTimeout: cmp(opts.DrainTimeout, DefaultDrainTimeout),
-		audit:        opts.Audit,
 		modules:      make(map[string]*Module),
 	}
 	if r.log == nil {
@@ -129,111 +120,28 @@ func (r *Registry) Call(ctx context.Context, module, handler string, in []byte) 
 }
 
 // Load prepares src as the next version of the named module and, if every
-// check passes, makes it active. The version that was active stays warm as
-// the previous version; the one before that drains and closes. If any check
-// fails, Load returns a *LoadError (matching ErrRejected) and nothing
-// changes. A concurrent Load or Rollback of the same module fails with
-// ErrBusy. Cancelling ctx aborts the preparation.
+// check passes, activates it: Prepare followed by Activate. The version that
+// was active stays warm as the previous version; the one before that drains
+// and closes. If any check fails, Load returns a *LoadError (matching
+// ErrRejected) and nothing changes. A concurrent change of the same module
+// fails with ErrBusy. Cancelling ctx aborts the preparation.
 func (r *Registry) Load(ctx context.Context, name string, src Source) (VersionStatus, error) {
-	if src.Version == "" {
-		return VersionStatus{}, fmt.Errorf("load %s: Source.Version is empty", name)
-	}
-	if src.Digest == "" {
-		sum := sha256.Sum256(src.Artifact)
-		src.Digest = hex.EncodeToString(sum[:])
-	}
-	ev := Event{Action: ActionLoad, Module: name, ToVersion: src.Version, ToDigest: src.Digest}
-	if r.isClosed() {
-		return VersionStatus{}, r.refuse(ctx, ev, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrClosed))
-	}
-	m := r.Module(name)
-	if !m.busy.CompareAndSwap(false, true) {
-		return VersionStatus{}, r.refuse(ctx, ev, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrBusy))
-	}
-	defer m.busy.Store(false)
-
-	start := time.Now()
-	cur := m.active.Load()
-	warm := 0
-	if cur != nil {
-		ev.FromVersion, ev.FromDigest = cur.name, cur.digest
-		warm = int(cur.peak.Load())
-	}
-	code, err := r.backend.Prepare(ctx, Spec{Module: name, Version: src.Version, Artifact: src.Artifact, Digest: src.Digest, State: m.state, Warm: warm})
+	p, err := r.Prepare(ctx, name, src)
 	if err != nil {
-		return VersionStatus{}, r.refuse(ctx, ev, loadError(name, src.Version, "prepare", err))
+		return VersionStatus{}, err
 	}
-	if err := code.Migrate(ctx, ev.FromVersion); err != nil {
-		code.Close(ctx)
-		return VersionStatus{}, r.refuse(ctx, ev, loadError(name, src.Version, "migrate", err))
-	}
-	if err := r.record(ctx, ev, ResultPending, nil); err != nil {
-		code.Close(ctx)
-		return VersionStatus{}, r.refuse(ctx, ev, loadError(name, src.Version, "audit", err))
-	}
-	v := newVersion(m, src.Version, src.Digest, code)
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
-		code.Close(ctx)
-		return VersionStatus{}, r.refuse(ctx, ev, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrClosed))
-	}
-	// Holding r.mu orders this switch before Close's sweep of actives.
-	m.activate(v)
-	r.mu.Unlock()
-	r.record(ctx, ev, ResultOK, nil)
-	r.log.Info("module version active", "module", name, "version", src.Version, "from", ev.FromVersion,
-		"digest", src.Digest, "took", time.Since(start))
-	return *v.status(), nil
+	return p.Activate(ctx)
 }
 
 // Rollback makes the previous version of the named module active again, at
 // once: it is still warm. The version rolled back from drains and closes.
+// It is PrepareRollback followed by Activate.
 func (r *Registry) Rollback(ctx context.Context, name string) (VersionStatus, error) {
-	if r.isClosed() {
-		return VersionStatus{}, r.refuse(ctx, Event{Action: ActionRollback, Module: name}, fmt.Errorf("rollback %s: %w", name, ErrClosed))
+	p, err := r.PrepareRollback(ctx, name)
+	if err != nil {
+		return VersionStatus{}, err
 	}
-	m := (*r.lookup.Load())[name]
-	if m == nil { // never loaded: do not make an entry for a typo
-		return VersionStatus{}, r.refuse(ctx, Event{Action: ActionRollback, Module: name}, fmt.Errorf("rollback %s: %w", name, ErrNotFound))
-	}
-	if !m.busy.CompareAndSwap(false, true) {
-		return VersionStatus{}, r.refuse(ctx, Event{Action: ActionRollback, Module: name}, fmt.Errorf("rollback %s: %w", name, ErrBusy))
-	}
-	defer m.busy.Store(false)
-
-	m.mu.Lock()
-	prev, cur := m.previous, m.active.Load()
-	m.mu.Unlock()
-	ev := Event{Action: ActionRollback, Module: name}
-	if cur != nil {
-		ev.FromVersion, ev.FromDigest = cur.name, cur.digest
-	}
-	if prev == nil {
-		err := fmt.Errorf("rollback %s: %w", name, ErrNoPrevious)
-		if cur == nil {
-			err = fmt.Errorf("rollback %s: %w", name, ErrNotFound)
-		}
-		return VersionStatus{}, r.refuse(ctx, ev, err)
-	}
-	ev.ToVersion, ev.ToDigest = prev.name, prev.digest
-	if err := r.record(ctx, ev, ResultPending, nil); err != nil {
-		return VersionStatus{}, r.refuse(ctx, ev, fmt.Errorf("rollback %s: audit: %w", name, err))
-	}
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
-		return VersionStatus{}, r.refuse(ctx, ev, fmt.Errorf("rollback %s: %w", name, ErrClosed))
-	}
-	m.mu.Lock()
-	m.active.Store(prev)
-	m.previous = nil
-	m.mu.Unlock()
-	r.mu.Unlock()
-	r.retire(m, cur)
-	r.record(ctx, ev, ResultOK, nil)
-	r.log.Info("module rolled back", "module", name, "version", prev.name, "from", cur.name)
-	return *prev.status(), nil
+	return p.Activate(ctx)
 }
 
 // Status describes every module that has a version or state, sorted by
@@ -326,20 +234,6 @@ func (r *Registry) retire(m *Module, v *version) {
 		m.draining = slices.DeleteFunc(m.draining, func(d *version) bool { return d == v })
 		m.mu.Unlock()
 	}()
-}
-
-func (r *Registry) refuse(ctx context.Context, ev Event, err error) error {
-	r.record(ctx, ev, ResultRefused, err)
-	r.log.Warn("module change refused", "module", ev.Module, "action", ev.Action, "version", ev.ToVersion, "err", err)
-	return err
-}
-
-func (r *Registry) record(ctx context.Context, ev Event, result string, err error) error {
-	if r.audit == nil {
-		return nil
-	}
-	ev.Result, ev.Err = result, err
-	return r.audit(ctx, ev)
 }
 
 // loadError completes a backend's *LoadError with the module and version,

@@ -334,42 +334,85 @@ func TestStateSurvivesSwaps(t *testing.T) {
 	}
 }
 
-func TestAuditRefusesChange(t *testing.T) {
+// TestPrepareChangesNothingUntilActivate checks the two phases: a prepared
+// version serves no call and holds the change slot; Discard leaves no trace;
+// the migrate hook runs only in Activate.
+func TestPrepareChangesNothingUntilActivate(t *testing.T) {
 	b := &fakeBackend{}
-	var events []module.Event
-	failing := false
-	r, err := module.New(module.Options{Backend: b, Audit: func(_ context.Context, ev module.Event) error {
-		events = append(events, ev)
-		if failing && ev.Result == module.ResultPending {
-			return errors.New("disk full")
-		}
-		return nil
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close(context.Background())
+	r := newTestRegistry(t, b, time.Second)
 	mustLoad(t, r, "v1", "")
-	failing = true
-	_, err = r.Load(context.Background(), "m", module.Source{Version: "v2"})
-	var le *module.LoadError
-	if !errors.As(err, &le) || le.Check != "audit" {
-		t.Fatalf("Load() with failing audit = %v; want LoadError at audit", err)
+	ctx := context.Background()
+
+	p, err := r.Prepare(ctx, "m", module.Source{Version: "v2"})
+	if err != nil {
+		t.Fatalf("Prepare(v2) = %v", err)
 	}
 	if got := callVersion(t, r); got != "v1" {
-		t.Fatalf("Call() = %q; want v1 (unaudited v2 must not serve)", got)
+		t.Fatalf("Call() with v2 prepared = %q; want v1", got)
 	}
+	if b.prepared[1].migrated.Load() != nil {
+		t.Fatal("Prepare ran the migrate hook; it belongs to Activate")
+	}
+	if from, _, ok := p.From(); !ok || from != "v1" || p.Version() != "v2" || p.Rollback() {
+		t.Fatalf("Prepared = from %q (%v) to %q rollback %v; want v1 → v2, not a rollback", from, ok, p.Version(), p.Rollback())
+	}
+	if _, err := r.Load(ctx, "m", module.Source{Version: "v3"}); !errors.Is(err, module.ErrBusy) {
+		t.Fatalf("Load() while v2 is prepared = %v; want ErrBusy", err)
+	}
+	if _, err := r.Rollback(ctx, "m"); !errors.Is(err, module.ErrBusy) {
+		t.Fatalf("Rollback() while v2 is prepared = %v; want ErrBusy", err)
+	}
+	p.Discard()
 	if !b.prepared[1].closed.Load() {
-		t.Fatal("refused version was not closed")
+		t.Fatal("Discard did not close the prepared version")
 	}
-	want := []string{"load/pending", "load/ok", "load/pending", "load/refused"}
-	if len(events) != len(want) {
-		t.Fatalf("events = %v; want %v", events, want)
+	if _, err := p.Activate(ctx); err == nil {
+		t.Fatal("Activate() after Discard = nil; want an error")
 	}
-	for i, ev := range events {
-		if got := ev.Action + "/" + ev.Result; got != want[i] {
-			t.Errorf("event %d = %s; want %s", i, got, want[i])
+	if got := callVersion(t, r); got != "v1" {
+		t.Fatalf("Call() after Discard = %q; want v1", got)
+	}
+
+	p, err = r.Prepare(ctx, "m", module.Source{Version: "v3"})
+	if err != nil {
+		t.Fatalf("Prepare(v3) after Discard = %v; want the slot free", err)
+	}
+	st, err := p.Activate(ctx)
+	if err != nil || st.Version != "v3" {
+		t.Fatalf("Activate() = %+v, %v; want v3", st, err)
+	}
+	if b.prepared[2].migrated.Load() == nil {
+		t.Fatal("Activate did not run the migrate hook")
+	}
+	if got := callVersion(t, r); got != "v3" {
+		t.Fatalf("Call() after Activate = %q; want v3", got)
+	}
+}
+
+// TestCanceledPrepareIsNotARejection checks that a preparation interrupted by
+// its caller reports the cancellation, not a failed check.
+func TestCanceledPrepareIsNotARejection(t *testing.T) {
+	b := &fakeBackend{prepareGate: make(chan struct{}), entered: make(chan struct{}, 1)}
+	r := newTestRegistry(t, b, time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := r.Prepare(ctx, "m", module.Source{Version: "v1"})
+		errc <- err
+	}()
+	<-b.entered
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) || errors.Is(err, module.ErrRejected) {
+			t.Fatalf("Prepare() canceled = %v; want context.Canceled, not ErrRejected", err)
 		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Prepare did not return after its context was canceled")
+	}
+	close(b.prepareGate)
+	if _, err := r.Load(context.Background(), "m", module.Source{Version: "v1"}); err != nil {
+		t.Fatalf("Load() after a canceled Prepare = %v; want the slot released", err)
 	}
 }
 
@@ -435,18 +478,9 @@ func TestSwapUnderLoad(t *testing.T) {
 	}
 }
 
-func TestBusyAndClosedRefusalsAreAudited(t *testing.T) {
+func TestBusyAndClosedRefusals(t *testing.T) {
 	b := &fakeBackend{prepareGate: make(chan struct{}), entered: make(chan struct{}, 1)}
-	var mu sync.Mutex
-	var refused []error
-	r, err := module.New(module.Options{Backend: b, Audit: func(_ context.Context, ev module.Event) error {
-		if ev.Result == module.ResultRefused {
-			mu.Lock()
-			refused = append(refused, ev.Err)
-			mu.Unlock()
-		}
-		return nil
-	}})
+	r, err := module.New(module.Options{Backend: b})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,24 +490,19 @@ func TestBusyAndClosedRefusalsAreAudited(t *testing.T) {
 		first <- err
 	}()
 	<-b.entered
-	r.Load(context.Background(), "m", module.Source{Version: "b"})
-	r.Rollback(context.Background(), "m")
+	if _, err := r.Load(context.Background(), "m", module.Source{Version: "b"}); !errors.Is(err, module.ErrBusy) {
+		t.Errorf("Load() during a load = %v; want ErrBusy", err)
+	}
+	if _, err := r.Rollback(context.Background(), "m"); !errors.Is(err, module.ErrBusy) {
+		t.Errorf("Rollback() during a load = %v; want ErrBusy", err)
+	}
 	close(b.prepareGate)
 	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
 	r.Close(context.Background())
-	r.Load(context.Background(), "m", module.Source{Version: "c"})
-	mu.Lock()
-	defer mu.Unlock()
-	want := []error{module.ErrBusy, module.ErrBusy, module.ErrClosed}
-	if len(refused) != len(want) {
-		t.Fatalf("audited refusals = %v; want %v", refused, want)
-	}
-	for i, w := range want {
-		if !errors.Is(refused[i], w) {
-			t.Errorf("refusal %d = %v; want %v", i, refused[i], w)
-		}
+	if _, err := r.Load(context.Background(), "m", module.Source{Version: "c"}); !errors.Is(err, module.ErrClosed) {
+		t.Errorf("Load() after Close = %v; want ErrClosed", err)
 	}
 }
 

@@ -3,27 +3,21 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"encoding/json"
-	"fmt"
-	"log/slog"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/control"
 	"github.com/hotswapgo/hotswap/host"
-	"github.com/hotswapgo/hotswap/internal/guestbuild"
-	"github.com/hotswapgo/hotswap/module/wasm"
+	"github.com/hotswapgo/hotswap/internal/testhost"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
 
 const (
-	guestV1       = "./examples/pricing/guests/v1"
-	guestV2       = "./examples/pricing/guests/v2"
-	guestTrapInit = "./examples/pricing/guests/broken/trapinit"
+	guestV1       = testhost.V1
+	guestV2       = testhost.V2
+	guestTrapInit = testhost.TrapInit
 )
 
 // ctl runs the CLI in-process against socket and returns its standard
@@ -40,13 +34,16 @@ func ctl(t *testing.T, socket string, args ...string) (stdout, stderr string, co
 	return out.String(), errOut.String(), code, err
 }
 
+// TestMain removes the test process's scratch directory at the end.
+func TestMain(m *testing.M) { os.Exit(testhost.Main(m)) }
+
 // service is a host with the wasm backend serving the control API on a
 // unix socket, as a service embeds them.
 type service struct {
 	h      *host.Host
 	socket string
-	priv   ed25519.PrivateKey // trusted by the host
-	dir    string             // for artifacts
+	f      *testhost.Fixture
+	dir    string // for artifacts
 }
 
 type serviceOptions struct {
@@ -56,59 +53,10 @@ type serviceOptions struct {
 
 func newService(t *testing.T, o serviceOptions) *service {
 	t.Helper()
-	state := t.TempDir()
-	sockDir, err := os.MkdirTemp("", "hscli") // socket paths are limited to 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	s := &service{socket: filepath.Join(sockDir, "hotswap.sock"), dir: t.TempDir()}
-	if s.priv, err = artifact.GenerateKey(nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := artifact.WritePublicKey(filepath.Join(state, "trust"), s.priv.Public().(ed25519.PublicKey)); err != nil {
-		t.Fatal(err)
-	}
-	b, err := wasm.New(wasm.Options{CacheDir: filepath.Join(os.TempDir(), "hotswap-test-wazero-cache"),
-		// A generous call timeout: these tests are about the control path,
-		// and a starved -race run must not turn a slow call into a failure.
-		Default: wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}, RequiredHandlers: []string{"quote"},
-			CallTimeout: 30 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	s.h, err = host.New(host.Options{Backend: b, StateDir: state, Development: o.dev, Upgrade: o.upgrade, Logger: log,
-		DrainTimeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ln, err := control.Listen(ctx, s.h, s.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := control.New(s.h, control.Options{Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown() = %v", err)
-		}
-		if err := <-served; err != nil {
-			t.Errorf("Serve() = %v", err)
-		}
-		if err := s.h.Close(ctx); err != nil {
-			t.Errorf("host Close() = %v", err)
-		}
-	})
-	return s
+	f := testhost.NewFixture(t)
+	h := f.Host(t, testhost.HostOptions{Dev: o.dev, Upgrade: o.upgrade, Service: "hotswap"})
+	socket, _ := testhost.Serve(t, h, "", control.Options{})
+	return &service{h: h, socket: socket, f: f, dir: f.Dir}
 }
 
 // artifact writes the guest pkg to the service's artifact directory as
@@ -116,47 +64,17 @@ func newService(t *testing.T, o serviceOptions) *service {
 // and returns its path.
 func (s *service) artifact(t *testing.T, pkg, file, version string) string {
 	t.Helper()
-	payload, err := guestbuild.Bytes(pkg, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(s.dir, file)
-	if err := os.WriteFile(path, payload, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	payload := testhost.Guest(t, pkg)
 	if version == "" {
-		return path
+		return s.f.Write(t, file, payload)
 	}
-	signer, err := artifact.NewSigner(s.priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sm, err := signer.Sign(artifact.Manifest{Name: "pricing", Version: version, Kind: artifact.KindWasm,
-		Digest: artifact.DigestOf(payload), Size: int64(len(payload))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := sm.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(artifact.ManifestPath(path), m, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return s.f.Sign(t, s.f.Trusted, file, payload, artifact.Manifest{Version: version})
 }
 
 // quote calls the pricing module and returns the version that answered.
 func (s *service) quote(ctx context.Context) (string, error) {
-	out, err := s.h.Module("pricing").Call(ctx, "quote", []byte(`{"item":"apple","qty":12}`))
-	if err != nil {
-		return "", err
-	}
-	var p struct{ Version string }
-	if err := json.Unmarshal(out, &p); err != nil {
-		return "", fmt.Errorf("decode %q: %w", out, err)
-	}
-	return p.Version, nil
+	p, err := testhost.Quote(ctx, s.h.Module("pricing"))
+	return p.Version, err
 }
 
 // mustCtl runs the CLI and fails the test unless it exits 0.

@@ -19,12 +19,17 @@ import (
 	"github.com/hotswapgo/hotswap/examples/pricing"
 	"github.com/hotswapgo/hotswap/host"
 	"github.com/hotswapgo/hotswap/internal/dropdir"
+	"github.com/hotswapgo/hotswap/internal/statedir"
 	"github.com/hotswapgo/hotswap/module/wasm"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
 
 // DefaultDemoAddr is where the demo serves unless --addr says otherwise.
 const DefaultDemoAddr = "127.0.0.1:8080"
+
+// demoService is the name the demo signs its own binary with, and so the
+// name every binary that upgrades it must be signed with.
+const demoService = "hotswap"
 
 // demoBinaryEnv carries the path of the binary the user started down the
 // chain of upgraded processes.
@@ -62,11 +67,19 @@ $` + host.StateDirEnv + `, else hotswap/ in the user configuration directory.`,
 
 func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	state := host.DefaultStateDir()
+	state, err := host.DefaultStateDir()
+	if err != nil {
+		return err
+	}
 	demoDir := filepath.Join(state, "demo")
 	dropDir := filepath.Join(demoDir, "drop")
-	if err := os.MkdirAll(dropDir, 0o755); err != nil {
-		return err
+	cacheDir := filepath.Join(state, "cache", "wasm")
+	for _, dir := range []string{state, dropDir, cacheDir} {
+		// Compiled code and artifacts decide what runs: only this user may
+		// write where they live.
+		if err := statedir.Ensure(dir); err != nil {
+			return err
+		}
 	}
 
 	signer, err := demoSigner(state, stdout)
@@ -78,7 +91,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		return err
 	}
 
-	backend, err := wasm.New(wasm.Options{Logger: log, Modules: map[string]wasm.ModuleConfig{
+	backend, err := wasm.New(wasm.Options{CacheDir: cacheDir, Logger: log, Modules: map[string]wasm.ModuleConfig{
 		pricing.Module: {
 			Grants:           []wasm.Capability{wasm.CapKV},
 			RequiredHandlers: []string{"quote"},
@@ -103,6 +116,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		Backend:     backend,
 		StateDir:    state,
 		Development: o.dev,
+		Service:     demoService,
 		Logger:      log,
 		Upgrade:     &upgrade.Options{Binary: binary, PIDFile: filepath.Join(demoDir, "hotswap-demo.pid"), Logger: log},
 	})
@@ -184,7 +198,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		return err
 	}
 	if !up.HasParent() {
-		printDemoHelp(stdout, o.addr, arts, dropDir, control.DefaultSocketPath(), h.Module(pricing.Module).Status().Active.Version)
+		printDemoHelp(stdout, o.addr, arts, dropDir, control.DefaultSocketPath(), h.Module(pricing.Module).Status().Active.Version, state)
 	} else {
 		fmt.Fprintf(stdout, "hotswap demo: pid %d took over http://%s\n", os.Getpid(), o.addr)
 	}
@@ -206,10 +220,11 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	return nil
 }
 
-func printDemoHelp(w io.Writer, addr string, arts map[string]string, dropDir, socket, serving string) {
+func printDemoHelp(w io.Writer, addr string, arts map[string]string, dropDir, socket, serving, state string) {
 	pid := os.Getpid()
 	fmt.Fprintf(w, `hotswap demo: pricing service on http://%[1]s (pid %[2]d), module pricing@%[7]s
 control socket: %[8]s
+state:          %[9]s
 
   quote:     curl 'http://%[1]s/quote?item=apple&qty=12'
   status:    hotswap status
@@ -220,7 +235,7 @@ control socket: %[8]s
   history:   hotswap history pricing
   upgrade:   hotswap upgrade                   (or: kill -HUP %[2]d; listeners and module state carry over)
 
-`, addr, pid, arts["v2"], dropDir, arts["broken-trapinit"], arts["tampered"], serving, socket)
+`, addr, pid, arts["v2"], dropDir, arts["broken-trapinit"], arts["tampered"], serving, socket, state)
 }
 
 // moduleOf names the module an artifact is for: its manifest's name, else

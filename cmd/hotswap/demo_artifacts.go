@@ -104,10 +104,12 @@ func signSelf(ctx context.Context, signer *artifact.Signer, exe string) error {
 			return nil
 		}
 	}
-	version := "devel"
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		version = bi.Main.Version
+	// A version label names one payload forever, so a rebuilt binary gets
+	// a label of its own.
+	version := "devel+" + artifact.DigestOf(payload).Short()
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		version = bi.Main.Version + "+" + artifact.DigestOf(payload).Short()
 	}
-	_, err = signer.SignFile(ctx, exe, artifact.Manifest{Name: "hotswap", Version: version, Kind: artifact.KindBinary})
+	_, err = signer.SignFile(ctx, exe, artifact.Manifest{Name: demoService, Version: version, Kind: artifact.KindBinary})
 	return err
 }

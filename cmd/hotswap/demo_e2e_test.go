@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -13,13 +12,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hotswapgo/hotswap/internal/guestbuild"
+	"github.com/hotswapgo/hotswap/internal/testhost"
 )
 
 // TestDemoEndToEnd runs the hotswap binary's demo and operates it with the
@@ -103,28 +101,27 @@ func TestDemoEndToEnd(t *testing.T) {
 		}
 	}
 
-	l := startLoad(t, addr)
-	defer l.stop()
+	l := testhost.StartLoad(t, addr, "/quote?item=apple&qty=12", 4)
 	arts := filepath.Join(state, "demo", "artifacts")
-	l.waitCalls(t, 50)
+	l.WaitCalls(50)
 
 	out := mustCtl(t, socket, "load", "pricing", filepath.Join(arts, "pricing-v2.wasm"))
 	if !strings.HasPrefix(out, "pricing@v2 serves") {
 		t.Errorf("hotswap load v2 = %q; want pricing@v2 serves", out)
 	}
-	l.waitVersion(t, "v2")
+	l.WaitAnswer(`"version":"v2"`)
 
 	_, _, code, err := ctl(t, socket, "load", "pricing", filepath.Join(arts, "pricing-broken-trapinit.wasm"))
 	if code != 1 || !strings.Contains(err.Error(), "pricing@broken-trapinit: init check failed") ||
 		!strings.HasSuffix(err.Error(), "; pricing@v2 keeps serving") {
 		t.Errorf("hotswap load broken-trapinit = %v (exit %d); want exit 1, init check failed, pricing@v2 keeps serving", err, code)
 	}
-	l.waitCalls(t, 50)
+	l.WaitCalls(50)
 
 	if out := mustCtl(t, socket, "rollback", "pricing"); !strings.HasPrefix(out, "pricing@v1 serves again") {
 		t.Errorf("hotswap rollback = %q; want pricing@v1 serves again", out)
 	}
-	l.waitVersion(t, "v1")
+	l.WaitAnswer(`"version":"v1"`)
 
 	out = mustCtl(t, socket, "upgrade")
 	m := regexp.MustCompile(`^upgraded: pid (\d+) serves \(was pid (\d+)\)`).FindStringSubmatch(out)
@@ -141,8 +138,8 @@ func TestDemoEndToEnd(t *testing.T) {
 	if !strings.Contains(out, fmt.Sprintf("process  pid %d, generation 2 (replaced pid %d)", servingPID, firstPID)) {
 		t.Errorf("hotswap status after the upgrade = %q; want pid %d, generation 2", out, servingPID)
 	}
-	l.waitVersion(t, "v1") // the serving version survives the upgrade
-	l.waitCalls(t, 50)
+	l.WaitAnswer(`"version":"v1"`) // the serving version survives the upgrade
+	l.WaitCalls(50)
 
 	bad := filepath.Join(dir, "bad-hotswap")
 	os.WriteFile(bad, []byte("#!/bin/sh\necho 'fatal: cannot read config' >&2\nexit 3\n"), 0o755)
@@ -150,19 +147,35 @@ func TestDemoEndToEnd(t *testing.T) {
 	if len(keys) != 1 {
 		t.Fatalf("demo keys = %q; want one", keys)
 	}
-	mustCtl(t, socket, "sign", "--key", keys[0], "--kind", "binary", bad)
+	// A binary correctly signed by the trusted key, but of another program:
+	// refused by the name check, never executed.
+	impostor := filepath.Join(dir, "impostor")
+	marker := filepath.Join(dir, "impostor-ran")
+	os.WriteFile(impostor, []byte("#!/bin/sh\ntouch '"+marker+"'\nexec sleep 60\n"), 0o755)
+	mustCtl(t, socket, "sign", "--key", keys[0], "--kind", "binary", "--name", "impostor", "--version", "6.6.6", impostor)
+	_, _, code, err = ctl(t, socket, "upgrade", "--binary", impostor)
+	if code != 1 || !strings.Contains(err.Error(), "name check failed") || !strings.Contains(err.Error(), `manifest names "impostor", want "hotswap"`) ||
+		!strings.Contains(err.Error(), fmt.Sprintf("; pid %d keeps serving", servingPID)) {
+		t.Errorf("hotswap upgrade --binary impostor = %v (exit %d); want exit 1, the name check, pid %d keeps serving", err, code, servingPID)
+	}
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the impostor binary was executed (marker: %v)", err)
+	}
+	l.WaitCalls(50)
+
+	mustCtl(t, socket, "sign", "--key", keys[0], "--kind", "binary", "--name", "hotswap", "--version", "bad-1", bad)
 	_, _, code, err = ctl(t, socket, "upgrade", "--binary", bad)
 	if code != 1 || !strings.Contains(err.Error(), "exit status 3") || !strings.Contains(err.Error(), "fatal: cannot read config") ||
 		!strings.Contains(err.Error(), fmt.Sprintf("; pid %d keeps serving", servingPID)) {
 		t.Errorf("hotswap upgrade --binary bad = %v (exit %d); want exit 1, exit status 3, the stderr tail, pid %d keeps serving",
 			err, code, servingPID)
 	}
-	l.waitCalls(t, 50)
+	l.WaitCalls(50)
 	if out := mustCtl(t, socket, "status"); !strings.Contains(out, fmt.Sprintf("process  pid %d", servingPID)) {
 		t.Errorf("hotswap status after a failed upgrade = %q; want pid %d serving", out, servingPID)
 	}
 
-	calls, failed := l.stop()
+	calls, failed := l.Stop()
 	t.Logf("%d HTTP requests, %d failed", calls, failed)
 	if failed != 0 || calls == 0 {
 		t.Errorf("HTTP requests = %d, failed = %d; want 0 failed", calls, failed)
@@ -177,7 +190,11 @@ func prebuildDemoGuests(t *testing.T, ctx context.Context, dst string) {
 		t.Fatal(err)
 	}
 	for _, pkg := range demoGuests {
-		p, err := guestbuild.Build(ctx, guestbuild.SharedCacheDir(), pkg, "")
+		dir, err := guestbuild.Dir()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := guestbuild.Build(ctx, dir, pkg, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -199,96 +216,6 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
-}
-
-// load sends quotes from 4 keep-alive clients until stopped.
-type load struct {
-	calls, failed atomic.Int64
-	mu            sync.Mutex // protects last
-	last          string     // body of the last answer
-	clients       []*http.Client
-	done          chan struct{}
-	wg            sync.WaitGroup
-	once          sync.Once
-}
-
-func startLoad(t *testing.T, addr string) *load {
-	l := &load{done: make(chan struct{})}
-	url := "http://" + addr + "/quote?item=apple&qty=12"
-	for range 4 {
-		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}}
-		l.clients = append(l.clients, c)
-		l.wg.Go(func() {
-			for {
-				select {
-				case <-l.done:
-					return
-				default:
-				}
-				resp, err := c.Get(url)
-				var body []byte
-				if err == nil {
-					body, err = io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if err == nil && resp.StatusCode != http.StatusOK {
-						err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, body)
-					}
-				}
-				l.calls.Add(1)
-				if err != nil {
-					if l.failed.Add(1) <= 5 {
-						t.Errorf("GET /quote = %v", err)
-					}
-					continue
-				}
-				l.mu.Lock()
-				l.last = string(body)
-				l.mu.Unlock()
-			}
-		})
-	}
-	return l
-}
-
-// waitCalls waits (bounded) until n more requests were answered.
-func (l *load) waitCalls(t *testing.T, n int64) {
-	t.Helper()
-	target := l.calls.Load() + n
-	deadline := time.Now().Add(30 * time.Second)
-	for l.calls.Load() < target {
-		if time.Now().After(deadline) {
-			t.Fatalf("fewer than %d requests answered in 30s", n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// waitVersion waits (bounded) until a quote is answered by version.
-func (l *load) waitVersion(t *testing.T, version string) {
-	t.Helper()
-	want := fmt.Sprintf(`"version":%q`, version)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		l.mu.Lock()
-		last := l.last
-		l.mu.Unlock()
-		if strings.Contains(last, want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no quote from %s in 30s; last answer %q", version, last)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func (l *load) stop() (calls, failed int64) {
-	l.once.Do(func() { close(l.done) })
-	l.wg.Wait()
-	for _, c := range l.clients {
-		c.CloseIdleConnections() // so the demo's drain need not wait for them
-	}
-	return l.calls.Load(), l.failed.Load()
 }
 
 // stopPID sends SIGTERM to pid and waits (bounded) until it is gone or a

@@ -3,11 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/hotswapgo/hotswap/audit"
 )
 
 func newHistoryCmd() *cobra.Command {
@@ -48,12 +51,27 @@ upgrades, "control" for refused connections).`,
 				fmt.Fprintln(w, "no events")
 				return nil
 			}
+			// One line per change: the record of its start is shown only
+			// while no outcome follows it (in progress, or cut short by a
+			// crash).
+			ended := make(map[string]bool)
+			for _, ev := range h.Events {
+				if ev.ID != "" && ev.Result != audit.ResultStarted {
+					ended[ev.ID] = true
+				}
+			}
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tTARGET\tRESULT\tCHANGE")
 			for _, ev := range h.Events {
+				if ev.Result == audit.ResultStarted && ended[ev.ID] {
+					continue
+				}
 				change := ""
-				if ev.From != "" || ev.To != "" {
+				switch {
+				case ev.From != "" || ev.To != "":
 					change = dash(shortRef(ev.From)) + " → " + dash(shortRef(ev.To))
+				case ev.Artifact != "":
+					change = filepath.Base(ev.Artifact)
 				}
 				if ev.Error != "" {
 					change = strings.TrimPrefix(change+": ", ": ") + firstLine(ev.Error)

@@ -20,7 +20,11 @@ func stateSubdir(flagValue, name string) (string, error) {
 	if flagValue != "" {
 		return flagValue, nil
 	}
-	return filepath.Join(host.DefaultStateDir(), name), nil
+	dir, err := host.DefaultStateDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, name), nil
 }
 
 // usageArgs marks argument-count errors as usage errors (exit code 2).

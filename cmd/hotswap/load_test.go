@@ -80,8 +80,8 @@ func TestLoadUnderLoad(t *testing.T) {
 			steps = append(steps, f[1])
 		}
 	}
-	if got := strings.Join(steps, " "); got != "verify store prepare activate" {
-		t.Errorf("hotswap load progress = %q (steps %q); want verify, store, prepare, activate", errOut, got)
+	if got := strings.Join(steps, " "); got != "verify prepare store activate" {
+		t.Errorf("hotswap load progress = %q (steps %q); want verify, prepare, store, activate", errOut, got)
 	}
 	if !strings.Contains(errOut, "prepare   v2@sha256:") || !strings.Contains(errOut, "(compile, validate, pre-warm)") {
 		t.Errorf("hotswap load progress = %q; want the prepare step to name the version and what it does", errOut)

@@ -9,6 +9,8 @@
 //	2  usage error; nothing was asked
 //	3  the service's control socket could not be reached, or its answer
 //	   could not be read
+//	4  canceled (interrupted, or the service answered that the change was
+//	   canceled) before the change took effect
 package main
 
 import (

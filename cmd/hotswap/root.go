@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 
@@ -22,6 +23,8 @@ func exitCode(err error) int {
 		return 2
 	case errors.Is(err, control.ErrUnreachable):
 		return 3
+	case errors.Is(err, control.ErrCanceled), errors.Is(err, context.Canceled):
+		return 4
 	}
 	return 1
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -102,17 +103,39 @@ func Build(ctx context.Context, cacheDir, pkg, ldflags string) (string, error) {
 	return out, os.Rename(tmp, out)
 }
 
-// SharedCacheDir is where tests and benchmarks keep built guests, so that
-// every package's tests and every run reuse them.
-func SharedCacheDir() string { return filepath.Join(os.TempDir(), "hotswap-guests") }
+// Dir returns the process's private directory of built guests, made (mode
+// 0700, with a random name) on first use: every test binary and benchmark
+// builds its guests once, into a directory no other user can write and no
+// other process shares. Cleanup removes it.
+func Dir() (string, error) {
+	private.once.Do(func() { private.dir, private.err = os.MkdirTemp("", "hotswap-guests-") })
+	return private.dir, private.err
+}
 
-// Bytes builds (or reuses) the guest package pkg with ldflags in
-// SharedCacheDir and returns the module's bytes, waiting at most 5 minutes
+var private struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// Cleanup removes the directory of Dir, if it was made.
+func Cleanup() {
+	if private.dir != "" {
+		os.RemoveAll(private.dir)
+	}
+}
+
+// Bytes builds (or reuses, within this process) the guest package pkg with
+// ldflags in Dir and returns the module's bytes, waiting at most 5 minutes
 // for the build.
 func Bytes(pkg, ldflags string) ([]byte, error) {
+	dir, err := Dir()
+	if err != nil {
+		return nil, fmt.Errorf("build guest %s: %w", pkg, err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	path, err := Build(ctx, SharedCacheDir(), pkg, ldflags)
+	path, err := Build(ctx, dir, pkg, ldflags)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,304 @@
+package host_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hotswapgo/hotswap/artifact"
+	"github.com/hotswapgo/hotswap/audit"
+	"github.com/hotswapgo/hotswap/host"
+	"github.com/hotswapgo/hotswap/internal/guestbuild"
+	"github.com/hotswapgo/hotswap/internal/statedir"
+	"github.com/hotswapgo/hotswap/module"
+	"github.com/hotswapgo/hotswap/module/wasm"
+	"github.com/hotswapgo/hotswap/upgrade"
+)
+
+// TestVersionReuseRefused: a version label names one payload per module,
+// forever; other bytes signed with a label already used are refused before
+// any work, and the version serving keeps serving.
+func TestVersionReuseRefused(t *testing.T) {
+	v1, v2 := guest(t, "v1"), guest(t, "v2")
+	f := newFixture(t)
+	h := f.open(t, hostOptions{})
+	mustLoad(t, h, "deploy", f.signed(t, f.trusted, "pricing-v1.wasm", v1, artifact.Manifest{Version: "1.0.0"}))
+
+	reused := f.signed(t, f.trusted, "pricing-v2.wasm", v2, artifact.Manifest{Version: "1.0.0"})
+	var err error
+	calls, failures := serveDuring(t, h, "v1", func() { _, err = h.LoadFile(ctxFor(t, "mallory"), "pricing", reused) })
+	var ve *artifact.VerifyError
+	if !errors.Is(err, artifact.ErrVersionReused) || !errors.As(err, &ve) || ve.Check != artifact.CheckVersion {
+		t.Fatalf("LoadFile(other bytes as 1.0.0) = %v; want ErrVersionReused at the version check", err)
+	}
+	if len(failures) > 0 || calls == 0 {
+		t.Errorf("while refusing: %d calls, %d failed (first: %v)", calls, len(failures), failures)
+	}
+	if ev := newest(t, h); ev.Result != audit.ResultRefused || !strings.Contains(ev.Error, "version check failed") {
+		t.Errorf("newest audit record = %+v; want the refusal at the version check", ev)
+	}
+	// The same bytes under the same label load again, and the label stays
+	// claimed after its entry left the store.
+	mustLoad(t, h, "deploy", f.signed(t, f.trusted, "pricing-v2.wasm", v2, artifact.Manifest{Version: "2.0.0"}))
+	mustLoad(t, h, "deploy", f.signed(t, f.trusted, "again-v1.wasm", v1, artifact.Manifest{Version: "1.0.0"}))
+	if got := servedBy(t, h); got != "v1" {
+		t.Errorf("served by %q after reloading 1.0.0; want v1", got)
+	}
+}
+
+// TestCanceledLoadIsAuditedAsCanceled: a load whose caller gives up during
+// preparation is reported as canceled (not as a failed check) and recorded
+// as such, though the caller's context is gone.
+func TestCanceledLoadIsAuditedAsCanceled(t *testing.T) {
+	v1, v2 := guest(t, "v1"), guest(t, "v2")
+	f := newFixture(t)
+	h := f.open(t, hostOptions{})
+	mustLoad(t, h, "deploy", f.signed(t, f.trusted, "pricing-v1.wasm", v1, artifact.Manifest{Version: "1.0.0"}))
+	p2 := f.signed(t, f.trusted, "pricing-v2.wasm", v2, artifact.Manifest{Version: "2.0.0"})
+
+	ctx, cancel := context.WithCancel(ctxFor(t, "impatient"))
+	ctx = host.WithProgress(ctx, func(step, _ string) {
+		if step == host.StepPrepare {
+			cancel() // the caller gives up as preparation starts
+		}
+	})
+	_, err := h.LoadFile(ctx, "pricing", p2)
+	if !errors.Is(err, context.Canceled) || errors.Is(err, module.ErrRejected) {
+		t.Fatalf("LoadFile() canceled during prepare = %v; want context.Canceled, not a rejection", err)
+	}
+	if got := servedBy(t, h); got != "v1" {
+		t.Errorf("served by %q after a canceled load; want v1", got)
+	}
+	ev := newest(t, h)
+	if ev.Result != audit.ResultCanceled || ev.Actor != "impatient" || ev.Artifact != "pricing-v2.wasm" {
+		t.Errorf("newest audit record = %+v; want a canceled load by impatient", ev)
+	}
+	// Nothing canceled reached the store, and the module is free again.
+	mustLoad(t, h, "deploy", p2)
+}
+
+// TestCrashDuringLoadLeavesItsIntent kills a process in the middle of a load
+// (its module initializes forever) and finds the record of the load's start
+// in the audit log, with no outcome after it.
+func TestCrashDuringLoadLeavesItsIntent(t *testing.T) {
+	f := newFixture(t)
+	loop, err := guestbuild.Bytes("./examples/pricing/guests/broken/loopinit", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := f.signed(t, f.trusted, "pricing-loopinit.wasm", loop, artifact.Manifest{Version: "loop"})
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envHelper+"=load", envState+"="+f.state, envOut+"="+path)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+
+	log := filepath.Join(f.state, "audit.log")
+	waitFor(t, "the load to start in the child", func() bool {
+		evs, _ := audit.Read(context.Background(), log, audit.Filter{Target: "pricing"})
+		return len(evs) > 0
+	})
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	evs, err := audit.Read(context.Background(), log, audit.Filter{Target: "pricing"})
+	if err != nil {
+		t.Fatalf("read the audit log after the crash: %v", err)
+	}
+	if len(evs) != 1 || evs[0].Result != audit.ResultStarted || evs[0].Artifact != "pricing-loopinit.wasm" || evs[0].Actor != "crasher" {
+		t.Fatalf("audit records of pricing after a crash mid-load = %+v; want only the start of loading pricing-loopinit.wasm (child stderr: %s)", evs, stderr.String())
+	}
+}
+
+// runLoad is the helper process of TestCrashDuringLoadLeavesItsIntent: it
+// loads the artifact at $envOut into a host over $envState, which never
+// returns for a module that initializes forever.
+func runLoad() int {
+	b, err := wasm.New(wasm.Options{CacheDir: cacheDir(), Default: wasm.ModuleConfig{
+		Grants: []wasm.Capability{wasm.CapKV}, InitTimeout: 10 * time.Minute}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	h, err := host.New(host.Options{Backend: b, StateDir: os.Getenv(envState)})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	_, err = h.LoadFile(host.WithActor(context.Background(), "crasher"), "pricing", os.Getenv(envOut))
+	fmt.Fprintln(os.Stderr, "load returned:", err)
+	return 1
+}
+
+// TestStateDirWritableByOthersRefused: a host does not start on a state
+// directory, or a part of it, that another user could write.
+func TestStateDirWritableByOthersRefused(t *testing.T) {
+	for _, sub := range []string{"", "trust", "store"} {
+		t.Run("mode 0770 "+cmpOr(sub, "state dir"), func(t *testing.T) {
+			f := newFixture(t)
+			dir := filepath.Join(f.state, sub)
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(dir, 0o770); err != nil {
+				t.Fatal(err)
+			}
+			b, err := wasm.New(wasm.Options{CacheDir: cacheDir()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close(context.Background())
+			h, err := host.New(host.Options{Backend: b, StateDir: f.state})
+			if !errors.Is(err, statedir.ErrInsecure) || !strings.Contains(err.Error(), dir) {
+				if h != nil {
+					h.Close(context.Background())
+				}
+				t.Fatalf("New() with %s mode 0770 = %v; want ErrInsecure naming it", dir, err)
+			}
+		})
+	}
+	t.Run("created private", func(t *testing.T) {
+		f := newFixture(t)
+		f.state = filepath.Join(f.state, "new")
+		f.open(t, hostOptions{})
+		for _, sub := range []string{"", "trust", "store"} {
+			fi, err := os.Stat(filepath.Join(f.state, sub))
+			if err != nil || fi.Mode().Perm() != 0o700 {
+				t.Errorf("state directory %q = %v, %v; want mode 0700", sub, fi.Mode(), err)
+			}
+		}
+	})
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// TestSymlinkedArtifactRefused: an artifact reached through a symbolic
+// link is refused, so a link signed by mistake cannot bring the file it
+// points to into the store.
+func TestSymlinkedArtifactRefused(t *testing.T) {
+	v1 := guest(t, "v1")
+	f := newFixture(t)
+	h := f.open(t, hostOptions{})
+	real := f.signed(t, f.trusted, "pricing-v1.wasm", v1, artifact.Manifest{Version: "1.0.0"})
+	link := filepath.Join(f.dir, "link.wasm")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(artifact.ManifestPath(real), artifact.ManifestPath(link)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := h.LoadFile(ctxFor(t, "deploy"), "pricing", link)
+	if !errors.Is(err, artifact.ErrSymlink) {
+		t.Fatalf("LoadFile(symlink) = %v; want ErrSymlink", err)
+	}
+	if st := h.Module("pricing").Status(); st.Active != nil {
+		t.Errorf("a refused symlink serves: %+v", st.Active)
+	}
+	followed := newFixture(t).open(t, hostOptions{followSymlinks: true})
+	if _, err := followed.LoadFile(ctxFor(t, "deploy"), "pricing", link); err != nil {
+		t.Errorf("LoadFile(symlink) with FollowSymlinks = %v; want it loaded", err)
+	}
+}
+
+// TestLoadReaderChecksManifestFirst: an upload whose manifest states more
+// than the module size limit is refused before a byte of its payload is
+// read; one longer than its manifest says is refused without reading past
+// that.
+func TestLoadReaderChecksManifestFirst(t *testing.T) {
+	v1 := guest(t, "v1")
+	f := newFixture(t)
+	h := f.open(t, hostOptions{maxModuleSize: int64(len(v1)) + 1})
+	sign := func(m artifact.Manifest) []byte {
+		m.Name, m.Kind = "pricing", artifact.KindWasm
+		sm, err := f.trusted.Sign(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := sm.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	huge := int64(1) << 40
+	r := &countingReader{r: io.LimitReader(zeros{}, huge)}
+	_, err := h.LoadReader(ctxFor(t, "uploader"), "pricing", "huge.wasm",
+		sign(artifact.Manifest{Version: "huge", Digest: artifact.DigestOf(nil), Size: huge}), r)
+	if !errors.Is(err, artifact.ErrPayloadTooLarge) || r.n != 0 {
+		t.Fatalf("LoadReader(1 TiB manifest) = %v after reading %d bytes; want ErrPayloadTooLarge before reading", err, r.n)
+	}
+
+	r = &countingReader{r: io.MultiReader(bytes.NewReader(v1), io.LimitReader(zeros{}, huge))}
+	_, err = h.LoadReader(ctxFor(t, "uploader"), "pricing", "long.wasm",
+		sign(artifact.Manifest{Version: "long", Digest: artifact.DigestOf(v1), Size: int64(len(v1))}), r)
+	if !errors.Is(err, artifact.ErrDigestMismatch) || r.n > int64(len(v1))+32<<10 {
+		t.Fatalf("LoadReader(payload longer than its manifest) = %v after reading %d bytes; want ErrDigestMismatch, at most the stated size read", err, r.n)
+	}
+
+	st, err := h.LoadReader(ctxFor(t, "uploader"), "pricing", "v1.wasm",
+		sign(artifact.Manifest{Version: "1.0.0", Digest: artifact.DigestOf(v1), Size: int64(len(v1))}), bytes.NewReader(v1))
+	if err != nil || st.Version != "1.0.0" {
+		t.Fatalf("LoadReader(v1) = %+v, %v; want 1.0.0 loaded", st, err)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// TestFailedUpgradeLeavesNothingInStore: a signed binary that fails to start
+// is refused as an upgrade and does not stay in the store, where it would
+// take the place of a version worth keeping.
+func TestFailedUpgradeLeavesNothingInStore(t *testing.T) {
+	f := newFixture(t)
+	h := f.open(t, hostOptions{upgrade: &upgrade.Options{NoSignals: true, UpgradeTimeout: 30 * time.Second}})
+	bad := filepath.Join(f.dir, "svc-bad")
+	if err := os.WriteFile(bad, []byte("#!/bin/sh\necho 'no config' >&2\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.trusted.SignFile(context.Background(), bad, artifact.Manifest{Name: "svc", Version: "bad", Kind: artifact.KindBinary}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Upgrade(ctxFor(t, "carol"), bad); err == nil || !strings.Contains(err.Error(), "exit status 3") {
+		t.Fatalf("Upgrade(bad) = %v; want the new process's exit status 3", err)
+	}
+	store, err := artifact.OpenStore(filepath.Join(f.state, "store"), artifact.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if entries, err := store.Entries("svc"); err != nil || len(entries) != 0 {
+		t.Errorf("store entries of svc after a failed upgrade = %d, %v; want none", len(entries), err)
+	}
+	if ev := newest(t, h); ev.Action != audit.ActionUpgrade || ev.Result != audit.ResultFailed {
+		t.Errorf("newest audit record = %+v; want the upgrade failed", ev)
+	}
+}
