@@ -23,6 +23,8 @@ type child struct {
 	pid   int
 	conn  *net.UnixConn
 	msgs  chan frame    // frames from the child; closed when the socket is
+	quit  chan struct{} // closed by close: the reader stops delivering
+	once  sync.Once     // closes quit and conn
 	done  chan struct{} // closed once the process was reaped
 	err   error         // cmd.Wait's result; read only after done is closed
 	tail  *tailBuffer
@@ -75,6 +77,7 @@ func (u *Upgrader) startChild(bin string) (*child, error) {
 		pid:   cmd.Process.Pid,
 		conn:  conn,
 		msgs:  make(chan frame, 4),
+		quit:  make(chan struct{}),
 		done:  make(chan struct{}),
 		tail:  tail,
 		names: names,
@@ -91,7 +94,11 @@ func (u *Upgrader) startChild(bin string) (*child, error) {
 			if err != nil {
 				return
 			}
-			c.msgs <- f
+			select {
+			case c.msgs <- f:
+			case <-c.quit:
+				return
+			}
 			if f.typ == msgRefuse {
 				return
 			}
@@ -100,8 +107,16 @@ func (u *Upgrader) startChild(bin string) (*child, error) {
 	return c, nil
 }
 
-func (c *child) sendHello(state []byte) error {
-	p, err := encodeHello(hello{parentPID: c.ppid, names: c.names, state: state})
+// close closes the control socket, which ends the reader.
+func (c *child) close() {
+	c.once.Do(func() {
+		close(c.quit)
+		c.conn.Close()
+	})
+}
+
+func (c *child) sendHello(state []byte, sections map[string][]byte) error {
+	p, err := encodeHello(hello{parentPID: c.ppid, names: c.names, state: state, sections: sections})
 	if err != nil {
 		return fmt.Errorf("send hello: %w", err)
 	}
@@ -116,7 +131,7 @@ func (c *child) sendHello(state []byte) error {
 // commit tells the child it serves alone and waits (bounded) until it
 // acknowledged, so that once the pidfile names it, it can upgrade in turn.
 func (c *child) commit() error {
-	defer c.conn.Close()
+	defer c.close()
 	c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	if err := writeFrame(c.conn, protocolVersion, msgCommit, nil); err != nil {
 		return fmt.Errorf("send commit: %w", err)
@@ -141,7 +156,7 @@ func (c *child) commit() error {
 // kill gives the process grace to exit by itself, then kills it, and
 // waits until it was reaped.
 func (c *child) kill(grace time.Duration) {
-	defer c.conn.Close()
+	defer c.close()
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {

@@ -6,8 +6,8 @@
 //
 // # Embedding
 //
-// Create one Upgrader per process, early in main, and take every socket
-// through it:
+// Create one Upgrader per process, early in main (New refuses a second one
+// while the first is open), and take every socket through it:
 //
 //	u, err := upgrade.New(upgrade.Options{PIDFile: "/run/svc.pid"})
 //	if err != nil { ... }                  // exit non-zero: the parent keeps serving
@@ -72,10 +72,23 @@
 // major and minor version, type, and payload length. Peers with the same
 // major version interoperate (a newer minor may append fields, which older
 // peers ignore); a peer with another major refuses with its own version, so
-// an old binary and a new one never misread each other. The hello decoder
-// is fuzzed (FuzzReadFrame).
+// an old binary and a new one never misread each other. Version 1.1 adds
+// named sections after the state blob, the package's own (the TLS session
+// ticket keys). The hello decoder is fuzzed (FuzzReadFrame).
 //
-// # HTTP drain
+// # Draining, protocol by protocol
+//
+// docs/upgrade.md says, per protocol, what is guaranteed and what the
+// service must do. In short: HTTPServer drains HTTP/1.x (below) and HTTP/2
+// over TLS or h2c (a GOAWAY to every connection); ShareSessionTickets hands
+// the TLS session ticket keys to the new process so that clients resume
+// their sessions; package upgrade/grpcdrain drains a gRPC server; a
+// DrainNotice in every request's context tells long-lived handlers
+// (WebSocket, server-sent events, streams) to hand their clients over; and
+// a live connection of a plaintext protocol that can stop between messages
+// can move to the new process through File, Options.Snapshot and State.
+//
+// # HTTP/1.x drain
 //
 // HTTPServer makes a net/http server end every HTTP/1.x connection after a
 // complete response marked "Connection: close", without ever closing a

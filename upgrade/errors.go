@@ -26,7 +26,43 @@ var (
 	// ErrClosed is returned after Close, or by Upgrade once this process has
 	// handed over to a successor.
 	ErrClosed = errors.New("upgrader closed")
+	// ErrDuplicate means New was called while another Upgrader of this
+	// process is open.
+	ErrDuplicate = errors.New("an Upgrader already exists in this process")
+	// ErrRelativePath means UpgradeBinary was given a relative path.
+	ErrRelativePath = errors.New("binary path is relative")
 )
+
+// DuplicateError is returned by New while another Upgrader of this process
+// is open: two would both answer the upgrade signals and hand the sockets
+// over twice. It matches ErrDuplicate.
+type DuplicateError struct {
+	// Owner names the code that created the open Upgrader.
+	Owner string
+}
+
+func (e *DuplicateError) Error() string {
+	return fmt.Sprintf("an Upgrader already exists in this process (created by %s): use that one "+
+		"(with host.Options.Upgrade, take host.Host.Upgrader) or Close it first", e.Owner)
+}
+
+// Is reports whether target is ErrDuplicate.
+func (e *DuplicateError) Is(target error) bool { return target == ErrDuplicate }
+
+// RelativePathError reports a relative binary path given to UpgradeBinary.
+// It matches ErrRelativePath.
+type RelativePathError struct {
+	Path string
+	Dir  string // this process's working directory, where Path would resolve
+}
+
+func (e *RelativePathError) Error() string {
+	return fmt.Sprintf("binary path %q is relative: this service would look for it in its own working directory %s, "+
+		"not the caller's; give an absolute path", e.Path, e.Dir)
+}
+
+// Is reports whether target is ErrRelativePath.
+func (e *RelativePathError) Is(target error) bool { return target == ErrRelativePath }
 
 // InProgressError is returned when an upgrade is refused because another one
 // is running. It matches ErrUpgradeInProgress.

@@ -2,6 +2,7 @@ package upgrade_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -95,4 +96,59 @@ func ExampleVersionError() {
 	// Output:
 	// true
 	// hand-over protocol version mismatch: this process speaks 1.0, the other 2.3
+}
+
+// An HTTPS server whose clients resume their TLS sessions with the process
+// that replaces it, over HTTP/1.1 and HTTP/2. Compile-only: it needs a port.
+func ExampleUpgrader_ShareSessionTickets() {
+	u, err := upgrade.New(upgrade.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer u.Close()
+	hs := &http.Server{Handler: http.DefaultServeMux, TLSConfig: &tls.Config{}}
+	if err := u.ShareSessionTickets(hs.TLSConfig); err != nil {
+		log.Fatal(err)
+	}
+	ln, err := u.Listen(context.Background(), "tcp", ":8443")
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := upgrade.NewHTTPServer(hs, upgrade.HTTPOptions{})
+	go srv.ServeTLS(ln, "/etc/svc/cert.pem", "/etc/svc/key.pem")
+	u.Ready()
+	<-u.Exit()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv.Drain(ctx) // HTTP/2 connections get a GOAWAY, HTTP/1.1 ones Connection: close
+}
+
+// A streaming handler hands its client over when the server drains.
+func ExampleNoticeFrom() {
+	events := func(w http.ResponseWriter, r *http.Request) {
+		drain := upgrade.NoticeFrom(r.Context())
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-drain.Done():
+				fmt.Fprint(w, "retry: 500\n\n") // EventSource reconnects, to the new process
+				return
+			case <-r.Context().Done():
+				return
+			case t := <-tick.C:
+				fmt.Fprintf(w, "data: %v\n\n", t)
+				http.NewResponseController(w).Flush()
+			}
+		}
+	}
+	http.HandleFunc("/events", events)
+
+	n := upgrade.NewDrainNotice()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n.Start(ctx) // what HTTPServer.Drain does
+	_, ok := n.Deadline()
+	fmt.Println(ok)
+	// Output: true
 }

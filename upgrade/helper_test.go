@@ -29,6 +29,8 @@ const (
 	envUnix    = "UPGRADE_TEST_UNIX"
 	envUDP     = "UPGRADE_TEST_UDP"
 	envPIDFile = "UPGRADE_TEST_PIDFILE"
+	envCert    = "UPGRADE_TEST_CERT" // serve-h2: TLS certificate and key files
+	envKey     = "UPGRADE_TEST_KEY"
 )
 
 func TestMain(m *testing.M) {
@@ -47,6 +49,9 @@ func TestMain(m *testing.M) {
 //	hang          never say ready
 //	die-probation claim the sockets, accept nothing, say ready, exit 2 after 300 ms
 //	fake-v2       speak hand-over protocol 2.0: refuse the hello
+//	serve-h2      serve HTTP/1.1 and HTTP/2 on envTCP, over TLS with the
+//	              ticket keys shared if envCert is set, else h2c
+//	resume-line   answer lines on the live connection handed over
 func runHelper(scenario string) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if scenario == "fake-v2" {
@@ -71,6 +76,10 @@ func runHelper(scenario string) int {
 	case "hang":
 		time.Sleep(time.Hour)
 		return 5
+	case "serve-h2":
+		return serveH2Helper(u)
+	case "resume-line":
+		return resumeLineHelper(u)
 	}
 	ctx := context.Background()
 	mux := http.NewServeMux()
@@ -115,6 +124,15 @@ func runHelper(scenario string) int {
 		time.Sleep(300 * time.Millisecond)
 		return 2
 	}
+	code := readyThenDrain(u, srv)
+	for _, c := range closers {
+		c.Close()
+	}
+	return code
+}
+
+// readyThenDrain says ready, waits for Exit or SIGTERM and drains srv.
+func readyThenDrain(u *Upgrader, srv *HTTPServer) int {
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
 	if err := u.Ready(); err != nil {
@@ -125,13 +143,10 @@ func runHelper(scenario string) int {
 	case <-u.Exit():
 	case <-term:
 	}
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := srv.Drain(dctx); err != nil {
+	if err := srv.Drain(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "helper: drain:", err)
-	}
-	for _, c := range closers {
-		c.Close()
 	}
 	return 0
 }

@@ -23,9 +23,10 @@ type HTTPOptions struct {
 
 // HTTPServer serves an *http.Server so that it can be drained with no
 // failed request: every HTTP/1.x connection ends right after a complete
-// response marked "Connection: close", and no connection is closed while
-// its client may be sending a request on it, unless the drain deadline
-// passes.
+// response marked "Connection: close", every HTTP/2 connection (over TLS or
+// cleartext h2c) is sent a graceful GOAWAY, and no connection is closed
+// while its client may be sending a request on it, unless the drain
+// deadline passes.
 //
 // Create it with NewHTTPServer before serving, serve with Serve, and call
 // Drain when the Upgrader's Exit channel closes (or to shut down). An
@@ -66,10 +67,23 @@ type HTTPOptions struct {
 //   - A client that pipelines a second request before reading the
 //     "Connection: close" response loses the second one. Browsers and Go
 //     clients do not pipeline.
-//   - HTTP/2 connections are not drained this way: the header is
-//     meaningless there. Serve HTTP/1.1 (the default without TLS), or rely
-//     on http.Server.Shutdown's GOAWAY for HTTP/2.
-//   - Hijacked connections (WebSocket) are the handler's to close.
+//   - An HTTP/2 connection (ServeTLS, or h2c when srv.Protocols enables
+//     unencrypted HTTP/2) is sent a GOAWAY frame when the drain starts,
+//     naming the last stream the server took: its streams in flight
+//     finish, and the client opens its next streams on a new connection,
+//     served by the new process. A stream the client opened while the
+//     GOAWAY was on its way was never processed, and the GOAWAY says so:
+//     conforming clients (Go's, grpc-go, browsers, nghttp2) retry it on the
+//     new connection by themselves. The connection closes once its last
+//     stream ended. This needs net/http's own HTTP/2 server: if srv's
+//     TLSNextProto is set before NewHTTPServer (x/net/http2), connections
+//     get their GOAWAY only with their next response.
+//   - Long-lived requests (server-sent events, streaming bodies, hijacked
+//     WebSocket connections) cannot finish by themselves: their handlers
+//     learn that a drain started, and its deadline, from Notice or
+//     NoticeFrom(r.Context()), and should tell their client to reconnect
+//     and return. Drain waits for them, hijacked ones included, until ctx
+//     ends; hijacked connections are the handler's to close.
 //   - The server's own timeouts (IdleTimeout, ReadTimeout) still apply and
 //     close connections as they always do.
 type HTTPServer struct {
@@ -77,19 +91,24 @@ type HTTPServer struct {
 	log      *slog.Logger
 	handler  http.Handler
 	connHook func(net.Conn, http.ConnState)
+	notice   *DrainNotice
+	h2       *http2Drain // nil if net/http's HTTP/2 server is not in use
 	// draining is set once by Drain; the handler reads it on every request.
 	draining atomic.Bool
 
-	mu        sync.Mutex // protects conns, listeners, serving and changed
+	mu        sync.Mutex // protects conns, listeners, serving, hijacked and changed
 	conns     map[net.Conn]http.ConnState
 	listeners []net.Listener
 	serving   int           // Serve calls running
-	changed   chan struct{} // closed and replaced whenever conns or serving shrink
+	hijacked  int           // handlers running on a hijacked connection
+	changed   chan struct{} // closed and replaced whenever conns, serving or hijacked shrink
 }
 
 // NewHTTPServer prepares srv for draining: it wraps srv.Handler (nil means
-// http.DefaultServeMux) and srv.ConnState (which is still called). Do not
-// change either afterwards.
+// http.DefaultServeMux), srv.ConnState (which is still called) and
+// srv.BaseContext (to put Notice in every request's context), and, unless
+// srv.TLSNextProto is already set, installs net/http's HTTP/2 server in a
+// way Drain can send GOAWAY through. Do not change these fields afterwards.
 func NewHTTPServer(srv *http.Server, opts HTTPOptions) *HTTPServer {
 	log := opts.Logger
 	if log == nil {
@@ -100,6 +119,7 @@ func NewHTTPServer(srv *http.Server, opts HTTPOptions) *HTTPServer {
 		log:      log,
 		handler:  srv.Handler,
 		connHook: srv.ConnState,
+		notice:   NewDrainNotice(),
 		conns:    make(map[net.Conn]http.ConnState),
 		changed:  make(chan struct{}),
 	}
@@ -108,11 +128,25 @@ func NewHTTPServer(srv *http.Server, opts HTTPOptions) *HTTPServer {
 	}
 	srv.Handler = http.HandlerFunc(s.serveHTTP)
 	srv.ConnState = s.connState
+	base := srv.BaseContext
+	srv.BaseContext = func(ln net.Listener) context.Context {
+		ctx := context.Background()
+		if base != nil {
+			ctx = base(ln)
+		}
+		return WithNotice(ctx, s.notice)
+	}
+	s.h2 = installHTTP2(srv, log)
 	return s
 }
 
+// Notice fires when Drain starts. Every request's context carries it too
+// (NoticeFrom).
+func (s *HTTPServer) Notice() *DrainNotice { return s.notice }
+
 func (s *HTTPServer) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	dw := &drainWriter{ResponseWriter: w, draining: &s.draining}
+	dw := &drainWriter{ResponseWriter: w, s: s}
+	defer dw.done()
 	s.handler.ServeHTTP(dw, r)
 	// A handler that wrote nothing: net/http writes the header after we
 	// return, so it can still say Connection: close.
@@ -123,8 +157,20 @@ func (s *HTTPServer) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // written after the drain began. It is used by one handler goroutine.
 type drainWriter struct {
 	http.ResponseWriter
-	draining *atomic.Bool
+	s        *HTTPServer
 	marked   bool // the header was written (or about to be)
+	hijacked bool // counted in s.hijacked until the handler returns
+}
+
+// done stops counting a hijacked connection once its handler returned.
+func (w *drainWriter) done() {
+	if !w.hijacked {
+		return
+	}
+	w.s.mu.Lock()
+	w.s.hijacked--
+	w.s.signal()
+	w.s.mu.Unlock()
 }
 
 func (w *drainWriter) mark() {
@@ -132,7 +178,7 @@ func (w *drainWriter) mark() {
 		return
 	}
 	w.marked = true
-	if w.draining.Load() {
+	if w.s.draining.Load() {
 		w.ResponseWriter.Header().Set("Connection", "close")
 	}
 }
@@ -164,9 +210,17 @@ func (w *drainWriter) Flush() {
 	http.NewResponseController(w.ResponseWriter).Flush()
 }
 
-// Hijack implements http.Hijacker.
+// Hijack implements http.Hijacker. Drain waits for the handler of a
+// hijacked connection to return.
 func (w *drainWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return http.NewResponseController(w.ResponseWriter).Hijack()
+	c, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil && !w.hijacked {
+		w.hijacked = true
+		w.s.mu.Lock()
+		w.s.hijacked++
+		w.s.mu.Unlock()
+	}
+	return c, rw, err
 }
 
 // Unwrap lets http.ResponseController reach the connection.
@@ -182,6 +236,9 @@ func (s *HTTPServer) connState(c net.Conn, st http.ConnState) {
 		s.conns[c] = st
 	}
 	s.mu.Unlock()
+	if s.h2 != nil && st != http.StateNew {
+		s.h2.connState(c, st, s.draining.Load())
+	}
 	if s.connHook != nil {
 		s.connHook(c, st)
 	}
@@ -194,8 +251,21 @@ func (s *HTTPServer) signal() {
 }
 
 // Serve serves connections from ln until Drain closes it (then it returns
-// nil) or ln fails.
+// nil) or ln fails. With a listener of *tls.Conn (tls.NewListener) whose
+// configuration offers "h2", clients may speak HTTP/2.
 func (s *HTTPServer) Serve(ln net.Listener) error {
+	return s.serve(ln, func() error { return s.srv.Serve(ln) })
+}
+
+// ServeTLS is Serve over TLS, as http.Server.ServeTLS: HTTP/2 is offered
+// unless srv.Protocols leaves it out. certFile and keyFile may be empty if
+// srv.TLSConfig has a certificate. Use Upgrader.ShareSessionTickets on
+// srv.TLSConfig so that clients resume their sessions after an upgrade.
+func (s *HTTPServer) ServeTLS(ln net.Listener, certFile, keyFile string) error {
+	return s.serve(ln, func() error { return s.srv.ServeTLS(ln, certFile, keyFile) })
+}
+
+func (s *HTTPServer) serve(ln net.Listener, serve func() error) error {
 	s.mu.Lock()
 	if s.draining.Load() {
 		s.mu.Unlock()
@@ -204,7 +274,7 @@ func (s *HTTPServer) Serve(ln net.Listener) error {
 	s.listeners = append(s.listeners, ln)
 	s.serving++
 	s.mu.Unlock()
-	err := s.srv.Serve(ln)
+	err := serve()
 	s.mu.Lock()
 	s.serving--
 	s.signal()
@@ -218,23 +288,32 @@ func (s *HTTPServer) Serve(ln net.Listener) error {
 // DrainError reports connections that were still open when the drain
 // deadline passed and were closed. It unwraps to the context's error.
 type DrainError struct {
-	Active int // a request was in flight
+	Active int // a request was in flight (HTTP/2: a stream was)
 	Idle   int // between requests
 	New    int // accepted, no request yet
-	Err    error
+	// Hijacked counts handlers of hijacked connections still running; the
+	// drain cannot close those connections.
+	Hijacked int
+	Err      error
 }
 
 func (e *DrainError) Error() string {
-	return fmt.Sprintf("drain: closed %d connections at the deadline (%d active, %d idle, %d new): %v",
-		e.Active+e.Idle+e.New, e.Active, e.Idle, e.New, e.Err)
+	s := fmt.Sprintf("drain: closed %d connections at the deadline (%d active, %d idle, %d new)",
+		e.Active+e.Idle+e.New, e.Active, e.Idle, e.New)
+	if e.Hijacked > 0 {
+		s += fmt.Sprintf("; %d hijacked connections still open", e.Hijacked)
+	}
+	return s + ": " + e.Err.Error()
 }
 
 func (e *DrainError) Unwrap() error { return e.Err }
 
-// Drain stops accepting and waits until every connection has ended after a
-// response marked "Connection: close"; see the type's documentation for the
-// exact guarantees. When ctx is done first, it closes what is left and
-// returns a *DrainError. Drain ends the server: call it once.
+// Drain stops accepting, fires Notice with ctx's deadline, sends every
+// HTTP/2 connection a GOAWAY and waits until every connection has ended
+// (HTTP/1.x: after a response marked "Connection: close") and every
+// handler of a hijacked connection returned; see the type's documentation
+// for the exact guarantees. When ctx is done first, it closes what is left
+// and returns a *DrainError. Drain ends the server: call it once.
 func (s *HTTPServer) Drain(ctx context.Context) error {
 	start := time.Now()
 	s.mu.Lock()
@@ -243,6 +322,7 @@ func (s *HTTPServer) Drain(ctx context.Context) error {
 	s.listeners = nil
 	n := len(s.conns)
 	s.mu.Unlock()
+	s.notice.Start(ctx)
 	s.log.Info("http drain: started", "conns", n)
 
 	var errs []error
@@ -251,12 +331,15 @@ func (s *HTTPServer) Drain(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("close listener %v: %w", ln.Addr(), err))
 		}
 	}
+	if s.h2 != nil {
+		s.h2.goAway()
+	}
 
 	for {
 		s.mu.Lock()
 		// Wait for Serve to return too: a connection accepted just before
 		// the listener closed is tracked only once Serve saw it.
-		if s.serving == 0 && len(s.conns) == 0 {
+		if s.serving == 0 && len(s.conns) == 0 && s.hijacked == 0 {
 			s.mu.Unlock()
 			break
 		}
@@ -268,7 +351,7 @@ func (s *HTTPServer) Drain(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 		s.mu.Lock()
-		de := &DrainError{Err: ctx.Err()}
+		de := &DrainError{Hijacked: s.hijacked, Err: ctx.Err()}
 		for _, st := range s.conns {
 			switch st {
 			case http.StateNew:

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -206,5 +208,133 @@ func TestHTTPDrainDeadline(t *testing.T) {
 	}
 	if err := idle.closedByServer(); err != nil {
 		t.Errorf("idle connection after the deadline: %v; want closed", err)
+	}
+}
+
+// TestHTTPDrainNoticeReachesLongRequests: a streaming response and a
+// hijacked connection learn that the drain started, with its deadline, and
+// end themselves; Drain waits for both.
+func TestHTTPDrainNoticeReachesLongRequests(t *testing.T) {
+	deadline := time.Now().Add(20 * time.Second)
+	hijackReturn := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) {
+		n := NoticeFrom(r.Context())
+		io.WriteString(w, "data: hello\n\n")
+		http.NewResponseController(w).Flush()
+		<-n.Done()
+		d, ok := n.Deadline()
+		fmt.Fprintf(w, "retry: 100\ndata: deadline %v\n\n", ok && d.Equal(deadline))
+	})
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		c, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("Hijack() = %v", err)
+			return
+		}
+		defer c.Close()
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n")
+		rw.Flush()
+		<-NoticeFrom(r.Context()).Done()
+		<-hijackReturn
+		rw.WriteString("1012 service restart\n")
+		rw.Flush()
+	})
+	s := NewHTTPServer(&http.Server{Handler: mux}, HTTPOptions{Logger: testLogger(t)})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	events := dialRaw(t, ln.Addr().String())
+	io.WriteString(events, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(events.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := bufio.NewReader(resp.Body)
+	if l, _ := body.ReadString('\n'); l != "data: hello\n" {
+		t.Fatalf("first event = %q", l)
+	}
+	ws := dialRaw(t, ln.Addr().String())
+	io.WriteString(ws, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n")
+	if resp, err := http.ReadResponse(ws.br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade response = %v, %v", resp, err)
+	}
+
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	drained := make(chan error, 1)
+	go func() { drained <- s.Drain(ctx) }()
+	var events2 []string
+	for len(events2) < 3 {
+		l, err := body.ReadString('\n')
+		if err != nil {
+			t.Fatalf("read event stream after the drain started: %v", err)
+		}
+		events2 = append(events2, l)
+	}
+	if events2[0] != "\n" || events2[1] != "retry: 100\n" || events2[2] != "data: deadline true\n" {
+		t.Errorf("events after the drain started = %q; want a retry hint and the drain's deadline", events2)
+	}
+	if _, err := io.ReadAll(body); err != nil {
+		t.Fatalf("end of the event stream: %v", err)
+	}
+	// The event stream's header went out before the drain, so its
+	// connection stays open; the client's reconnection on it gets the
+	// retry hint at once, with Connection: close.
+	io.WriteString(events, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err = http.ReadResponse(events.br, nil)
+	if err != nil {
+		t.Fatalf("reconnect: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if !resp.Close || !strings.Contains(string(b), "retry: 100") {
+		t.Errorf("reconnection during the drain = %q, Connection: close %v; want the retry hint and close", b, resp.Close)
+	}
+	select {
+	case err := <-drained:
+		t.Fatalf("Drain() = %v while a hijacked connection's handler runs", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(hijackReturn)
+	if l, err := ws.br.ReadString('\n'); err != nil || l != "1012 service restart\n" {
+		t.Errorf("hijacked connection got %q, %v; want the handler's goodbye", l, err)
+	}
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Errorf("Drain() = %v; want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Drain() did not return after the long requests ended")
+	}
+}
+
+func TestHTTPDrainDeadlineCountsHijacked(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			defer c.Close()
+		}
+		<-release // ignores the notice
+	})
+	s := NewHTTPServer(&http.Server{Handler: mux}, HTTPOptions{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	ws := dialRaw(t, ln.Addr().String())
+	io.WriteString(ws, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitStates(t, s, map[http.ConnState]int{})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var de *DrainError
+	if err := s.Drain(ctx); !errors.As(err, &de) || de.Hijacked != 1 {
+		t.Errorf("Drain() = %v; want a *DrainError counting 1 hijacked connection", err)
 	}
 }

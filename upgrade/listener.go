@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -228,30 +227,4 @@ func (p *packetConn) syscallConn() (syscall.RawConn, error) {
 		return nil, fmt.Errorf("packet conn %T has no file descriptor", p.PacketConn)
 	}
 	return sc.SyscallConn()
-}
-
-// dupFile duplicates the descriptor behind rc with close-on-exec set, without
-// touching its O_NONBLOCK flag. (os.File.Fd, which exec.Cmd.ExtraFiles calls,
-// would switch the shared open file description to blocking mode and turn
-// the parent's pending Accept into a thread-blocking accept(2).)
-func dupFile(rc syscall.RawConn, name string) (*os.File, error) {
-	var nfd int
-	var derr error
-	err := rc.Control(func(fd uintptr) {
-		r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
-		if errno != 0 {
-			derr = errno
-			return
-		}
-		nfd = int(r)
-	})
-	if err == nil {
-		err = derr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("dup %s: %w", name, err)
-	}
-	// The new descriptor shares the (non-blocking) open file description, so
-	// os.NewFile registers it as pollable and Fd leaves its flags alone.
-	return os.NewFile(uintptr(nfd), name), nil
 }

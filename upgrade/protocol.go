@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 )
 
 // The hand-over protocol runs over a unix stream socket that the parent
@@ -26,7 +28,7 @@ import (
 //
 // Messages, in order:
 //
-//	parent → child  hello   files and state (see encodeHello)
+//	parent → child  hello   files, state and sections (see encodeHello)
 //	child  → parent refuse  UTF-8 reason (instead of ready; child exits)
 //	child  → parent ready   empty
 //	parent → child  commit     empty: probation passed, the child now serves alone
@@ -45,7 +47,7 @@ func (v Version) String() string { return fmt.Sprintf("%d.%d", v.Major, v.Minor)
 // The hand-over protocol version this package speaks.
 const (
 	ProtocolMajor = 1
-	ProtocolMinor = 0
+	ProtocolMinor = 1
 )
 
 // protocolVersion is ProtocolMajor.ProtocolMinor; never modified.
@@ -61,6 +63,10 @@ const (
 	maxFrameSize = MaxStateSize + 1<<20
 	maxFiles     = 1024
 	maxNameLen   = 4096
+	// maxSections and maxSectionSize bound the package's own hand-over
+	// sections (protocol 1.1), such as the TLS session ticket keys.
+	maxSections    = 64
+	maxSectionSize = 1 << 20
 )
 
 type msgType uint8
@@ -150,11 +156,17 @@ type hello struct {
 	parentPID int
 	names     []string // names[i] is inherited as descriptor firstFileFD+i
 	state     []byte
+	// sections are the package's own blobs by name (since 1.1), kept apart
+	// from the application's state.
+	sections map[string][]byte
 }
 
 // encodeHello lays out a hello payload:
 //
-//	u32 parent pid | u16 n | n × (u16 len | name) | u32 len | state
+//	u32 parent pid | u16 n | n × (u16 len | name) | u32 len | state   (1.0)
+//	u16 m | m × (u16 len | name | u32 len | data)                     (1.1)
+//
+// A 1.0 peer stops reading after the state; sections are sorted by name.
 func encodeHello(h hello) ([]byte, error) {
 	if len(h.names) > maxFiles {
 		return nil, fmt.Errorf("%d files exceed the limit of %d", len(h.names), maxFiles)
@@ -172,7 +184,25 @@ func encodeHello(h hello) ([]byte, error) {
 		b = append(b, n...)
 	}
 	b = binary.BigEndian.AppendUint32(b, uint32(len(h.state)))
-	return append(b, h.state...), nil
+	b = append(b, h.state...)
+	if len(h.sections) > maxSections {
+		return nil, fmt.Errorf("%d hand-over sections exceed the limit of %d", len(h.sections), maxSections)
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(h.sections)))
+	for _, name := range slices.Sorted(maps.Keys(h.sections)) {
+		data := h.sections[name]
+		if len(name) == 0 || len(name) > maxNameLen {
+			return nil, fmt.Errorf("section name %q: length must be 1..%d", name, maxNameLen)
+		}
+		if len(data) > maxSectionSize {
+			return nil, fmt.Errorf("section %q: %d bytes exceed %d", name, len(data), maxSectionSize)
+		}
+		b = binary.BigEndian.AppendUint16(b, uint16(len(name)))
+		b = append(b, name...)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+		b = append(b, data...)
+	}
+	return b, nil
 }
 
 // decodeHello parses a hello payload from the parent. It never panics and
@@ -208,6 +238,35 @@ func decodeHello(p []byte) (hello, error) {
 	h.state = d.bytes(l)
 	if d.err != nil {
 		return hello{}, fmt.Errorf("%w: hello: %v", ErrProtocol, d.err)
+	}
+	if len(d.b) == 0 {
+		return h, nil // a 1.0 parent: no sections
+	}
+	m := int(d.u16())
+	if m > maxSections {
+		return hello{}, fmt.Errorf("%w: hello lists %d sections, limit %d", ErrProtocol, m, maxSections)
+	}
+	for i := 0; i < m && d.err == nil; i++ {
+		nl := int(d.u16())
+		name := string(d.bytes(nl))
+		dl := int(d.u32())
+		if d.err == nil && (nl == 0 || nl > maxNameLen || dl > maxSectionSize) {
+			return hello{}, fmt.Errorf("%w: hello section %d: name length %d, data length %d", ErrProtocol, i, nl, dl)
+		}
+		data := d.bytes(dl)
+		if d.err != nil {
+			break
+		}
+		if _, dup := h.sections[name]; dup {
+			return hello{}, fmt.Errorf("%w: hello names section %q twice", ErrProtocol, name)
+		}
+		if h.sections == nil {
+			h.sections = make(map[string][]byte, m)
+		}
+		h.sections[name] = data
+	}
+	if d.err != nil {
+		return hello{}, fmt.Errorf("%w: hello sections: %v", ErrProtocol, d.err)
 	}
 	// Trailing bytes are fields of a newer minor version: ignore them.
 	return h, nil

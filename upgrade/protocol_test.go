@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestHelloRoundTrip(t *testing.T) {
@@ -19,6 +21,7 @@ func TestHelloRoundTrip(t *testing.T) {
 		{"empty", hello{parentPID: 1}},
 		{"files", hello{parentPID: 4242, names: []string{"tcp:127.0.0.1:8080", "unix:/run/x.sock", stderrName}}},
 		{"state", hello{parentPID: 7, names: []string{"f"}, state: bytes.Repeat([]byte{0, 1, 0xff}, 1000)}},
+		{"sections", hello{parentPID: 8, state: []byte("s"), sections: map[string][]byte{ticketKeysSection: {1, 2, 3}, "hotswap/empty": {}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -41,18 +44,48 @@ func TestHelloRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("decodeHello() = %v", err)
 			}
-			if got.parentPID != tt.h.parentPID || !slices.Equal(got.names, tt.h.names) || !bytes.Equal(got.state, tt.h.state) {
+			if !helloEqual(got, tt.h) {
 				t.Errorf("decodeHello() = %+v; want %+v", got, tt.h)
 			}
 		})
 	}
 }
 
+func helloEqual(a, b hello) bool {
+	return a.parentPID == b.parentPID && slices.Equal(a.names, b.names) && bytes.Equal(a.state, b.state) &&
+		maps.EqualFunc(a.sections, b.sections, bytes.Equal)
+}
+
 func TestHelloNewerMinorIgnoresTrailingFields(t *testing.T) {
-	p, _ := encodeHello(hello{parentPID: 9, names: []string{"a"}, state: []byte("s")})
+	p, _ := encodeHello(hello{parentPID: 9, names: []string{"a"}, state: []byte("s"), sections: map[string][]byte{"k": []byte("v")}})
 	h, err := decodeHello(append(p, "future field"...))
-	if err != nil || string(h.state) != "s" {
-		t.Errorf("decodeHello(with trailing bytes) = %+v, %v; want state \"s\", nil", h, err)
+	if err != nil || string(h.state) != "s" || string(h.sections["k"]) != "v" {
+		t.Errorf("decodeHello(with trailing bytes) = %+v, %v; want state \"s\", section k=v, nil", h, err)
+	}
+}
+
+// TestHelloFromOlderMinor reads a hello laid out by a 1.0 parent, which
+// ends after the state.
+func TestHelloFromOlderMinor(t *testing.T) {
+	p, _ := encodeHello(hello{parentPID: 9, names: []string{"a"}, state: []byte("s")})
+	p = p[:len(p)-2] // a 1.0 parent writes no section count
+	h, err := decodeHello(p)
+	if err != nil || string(h.state) != "s" || h.sections != nil {
+		t.Errorf("decodeHello(1.0 hello) = %+v, %v; want state \"s\", no sections", h, err)
+	}
+}
+
+func TestTicketKeysRoundTrip(t *testing.T) {
+	keys := []ticketKey{{created: time.Unix(1700000000, 5)}, {created: time.Unix(1600000000, 0)}}
+	keys[0].key[0], keys[1].key[31] = 1, 2
+	got, err := decodeTicketKeys(encodeTicketKeys(keys))
+	if err != nil || len(got) != 2 || got[0].key != keys[0].key || got[1].key != keys[1].key || !got[0].created.Equal(keys[0].created) {
+		t.Errorf("decodeTicketKeys(encodeTicketKeys(%v)) = %v, %v", keys, got, err)
+	}
+	for _, bad := range [][]byte{nil, {1}, {2, 0, 0}, {1, 0, 1, 0}, {1, 0xff, 0xff}} {
+		if _, err := decodeTicketKeys(bad); !errors.Is(err, ErrProtocol) {
+			t.Errorf("decodeTicketKeys(%x) = %v; want %v", bad, err, ErrProtocol)
+		}
 	}
 }
 
@@ -106,6 +139,7 @@ func FuzzReadFrame(f *testing.F) {
 	for _, h := range []hello{
 		{parentPID: 1},
 		{parentPID: 100, names: []string{"tcp:127.0.0.1:8080", stderrName}, state: []byte("state")},
+		{parentPID: 3, sections: map[string][]byte{ticketKeysSection: encodeTicketKeys([]ticketKey{{created: time.Unix(1, 0)}})}},
 	} {
 		p, _ := encodeHello(h)
 		var buf bytes.Buffer
@@ -140,8 +174,13 @@ func FuzzReadFrame(f *testing.F) {
 			t.Fatalf("encodeHello(decoded %+v) = %v", h, err)
 		}
 		h2, err := decodeHello(p)
-		if err != nil || h2.parentPID != h.parentPID || !slices.Equal(h2.names, h.names) || !bytes.Equal(h2.state, h.state) {
+		if err != nil || !helloEqual(h2, h) {
 			t.Fatalf("round trip: %+v, %v; want %+v", h2, err, h)
+		}
+		if keys, err := decodeTicketKeys(h.sections[ticketKeysSection]); err == nil {
+			if again, err := decodeTicketKeys(encodeTicketKeys(keys)); err != nil || len(again) != len(keys) {
+				t.Fatalf("ticket keys round trip: %v, %v; want %d keys", again, err, len(keys))
+			}
 		}
 	})
 }

@@ -334,16 +334,25 @@ func TestChildRefusesOtherMajor(t *testing.T) {
 
 func TestNoLeaks(t *testing.T) {
 	// Warm up lazily created descriptors (epoll, signal pipe).
-	func() {
-		p := startParent(t, "exit-init", Options{NoSignals: true})
-		p.u.Upgrade(context.Background())
-	}()
+	u, err := New(Options{NoSignals: true, Env: []string{envHelper + "=exit-init"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Upgrade(context.Background())
+	u.Close()
+
 	fds := countFDs(t)
 	fdList := listFDs()
 	var pids []int
 	for _, scenario := range []string{"exit-init", "hang", "fake-v2", "die-probation", "serve"} {
 		t.Run(scenario, func(t *testing.T) {
-			u, err := New(Options{NoSignals: true, UpgradeTimeout: 2 * time.Second, Probation: 100 * time.Millisecond,
+			// die-probation dies 300 ms after ready: within a 1s probation
+			// (a rollback), and serve passes a 100 ms one.
+			probation := 100 * time.Millisecond
+			if scenario == "die-probation" {
+				probation = 5 * time.Second
+			}
+			u, err := New(Options{NoSignals: true, UpgradeTimeout: 2 * time.Second, Probation: probation,
 				Env: []string{envHelper + "=" + scenario, envTCP + "=127.0.0.1:0"}})
 			if err != nil {
 				t.Fatal(err)
@@ -353,10 +362,15 @@ func TestNoLeaks(t *testing.T) {
 				t.Fatal(err)
 			}
 			u.Ready()
-			res, _ := u.Upgrade(context.Background())
+			res, err := u.Upgrade(context.Background())
 			pids = append(pids, res.PID)
-			if scenario == "serve" {
+			switch scenario {
+			case "serve":
 				stopChild(t, res.PID)
+			case "die-probation":
+				if !errors.Is(err, ErrRolledBack) {
+					t.Errorf("Upgrade() = %v; want %v", err, ErrRolledBack)
+				}
 			}
 			ln.Close()
 			u.Close()
@@ -367,6 +381,60 @@ func TestNoLeaks(t *testing.T) {
 	}
 	if got := countFDs(t); got != fds {
 		t.Errorf("open descriptors = %d; want %d as before\nbefore: %s\nafter:  %s", got, fds, fdList, listFDs())
+	}
+}
+
+// TestRollbackClosesHandOverSocket: each rolled-back upgrade used to leave
+// the control socket to the dead process open.
+func TestRollbackClosesHandOverSocket(t *testing.T) {
+	p := startParent(t, "die-probation", Options{NoSignals: true, Probation: 5 * time.Second})
+	rollback := func() {
+		t.Helper()
+		res, err := p.u.Upgrade(context.Background())
+		if !errors.Is(err, ErrRolledBack) {
+			t.Fatalf("Upgrade() = %v; want %v", err, ErrRolledBack)
+		}
+		waitReaped(t, res.PID, 5*time.Second)
+	}
+	rollback() // warm-up
+	fds, fdList := countFDs(t), listFDs()
+	for range 3 {
+		rollback()
+	}
+	if got := countFDs(t); got != fds {
+		t.Errorf("open descriptors after 3 rollbacks = %d; want %d as before\nbefore: %s\nafter:  %s", got, fds, fdList, listFDs())
+	}
+}
+
+func TestRelativeBinaryRefused(t *testing.T) {
+	var results []Result
+	p := startParent(t, "serve", Options{NoSignals: true, OnResult: func(r Result) { results = append(results, r) }})
+	res, err := p.u.UpgradeBinary(context.Background(), "bin/svc")
+	var re *RelativePathError
+	if !errors.Is(err, ErrRelativePath) || !errors.As(err, &re) || re.Path != "bin/svc" {
+		t.Fatalf("UpgradeBinary(relative) = %v; want a *RelativePathError for bin/svc", err)
+	}
+	var ce *ChildError
+	if !errors.As(err, &ce) || ce.Stage != "prepare" || res.PID != 0 || res.Outcome != Failed {
+		t.Errorf("UpgradeBinary(relative) = %+v, %v; want Failed at stage prepare, no process started", res, err)
+	}
+	if len(results) != 1 || !errors.Is(results[0].Err, ErrRelativePath) {
+		t.Errorf("OnResult got %+v; want the refusal (so that it is audited)", results)
+	}
+	if got := mustGetPID(t, "tcp", p.addr); got != self {
+		t.Errorf("served by %s; want %s", got, self)
+	}
+}
+
+func TestOptionsBinaryResolvedAtNew(t *testing.T) {
+	wd, _ := os.Getwd()
+	u, err := New(Options{NoSignals: true, Binary: "svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	if want := filepath.Join(wd, "svc"); u.opts.Binary != want {
+		t.Errorf("Options.Binary = %q; want %q", u.opts.Binary, want)
 	}
 }
 

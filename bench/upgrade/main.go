@@ -1,16 +1,34 @@
-// Command upgrade measures zero-downtime binary upgrades: it builds
-// examples/upgradable, runs it on 127.0.0.1, drives it with a strict HTTP/1.1
-// load generator and upgrades it repeatedly, counting every failed request.
+// Command upgrade measures zero-downtime binary upgrades: it builds the
+// example servers, runs them on 127.0.0.1, drives them with strict load
+// generators and upgrades them repeatedly, counting every failed request.
 //
-//	go run ./bench/upgrade [-upgrades 50] [-conns 64]
+//	go run ./bench/upgrade [-upgrades 50] [-conns 64] [-modes keepalive,close,grpc,h2]
 //
-// The load generator never retries: a refused connection, a reset, an EOF or
-// a short read is a failed request. A response marked "Connection: close" is
-// not a failure: the client opens a new connection for its next request.
-// Two modes run one after the other, each during -upgrades upgrades:
+// The HTTP/1.1 load generator never retries: a refused connection, a reset,
+// an EOF or a short read is a failed request. A response marked
+// "Connection: close" is not a failure: the client opens a new connection
+// for its next request. The modes run one after the other, each during
+// -upgrades upgrades:
 //
-//	keepalive  -conns connections, each reused until the server closes it
-//	close      -close-conns workers, a new connection per request
+//	keepalive  examples/upgradable; -conns connections, each reused until
+//	           the server closes it
+//	close      examples/upgradable; -close-conns workers, a new connection
+//	           per request
+//	grpc       examples/grpcecho; grpc-go clients with no retry policy (no
+//	           service config): -grpc-callers unary callers and -grpc-streams
+//	           bidirectional streams sending one message and reading its
+//	           answer at a time. A unary call that returns an error is a
+//	           failure; a stream that ends with anything but the server's
+//	           drain status (codes.Unavailable, grpcdrain.ErrReconnect) is
+//	           broken; a stream that ends with it is opened again. Upgrades
+//	           by SIGHUP.
+//	h2         examples/upgradable over TLS (a certificate made for the
+//	           run), -h2-conns Go clients each with its own HTTP/2
+//	           connection and TLS session cache, sending GETs one after the
+//	           other. Any error or non-200 answer is a failure (Go's client
+//	           retries by itself only requests a GOAWAY says were never
+//	           processed). Every TLS handshake is counted, and whether it
+//	           resumed a session.
 //
 // Upgrades alternate between SIGHUP and the programmatic path (POST /upgrade
 // on the admin socket, which calls Upgrader.Upgrade); -trigger picks one.
@@ -22,17 +40,23 @@
 //
 // The last line is
 //
-//	RESULT {"keepalive":{"requests":…,"failed":…},"close":{…},"upgrades":…,"ready_ms_p50":…,…}
+//	RESULT {"keepalive":{"requests":…,"failed":…},"close":{…},"grpc":{…},"h2":{…},"upgrades":…,"ready_ms_p50":…,…}
 //
-// where upgrades counts the committed upgrades of the two modes (the wrk
-// phase's are in wrk_upgrades) and ready_ms_p50 is the median time from the
-// start of an upgrade to the new process saying ready, over every committed
-// upgrade of the run.
+// where grpc has unary, unary_failed, streams (opened), stream_messages,
+// streams_reconnected (ended with the drain status) and streams_broken; h2
+// has requests, failed, handshakes, reconnects (handshakes after each
+// client's first), resumed (reconnects that resumed a TLS session) and
+// resumed_pct; each mode has its committed and failed upgrades. upgrades
+// counts the committed upgrades of all modes (the wrk phase's are in
+// wrk_upgrades) and ready_ms_p50 is the median time from the start of an
+// upgrade to the new process saying ready, over every committed upgrade of
+// the run.
 package main
 
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -62,9 +86,13 @@ func main() {
 }
 
 type config struct {
+	modes       []string
 	upgrades    int
 	conns       int
 	closeConns  int
+	grpcCallers int
+	grpcStreams int
+	h2Conns     int
 	probation   time.Duration
 	interval    time.Duration
 	trigger     string
@@ -80,9 +108,19 @@ type modeResult struct {
 	Failed   int64 `json:"failed"`
 }
 
+// upgradeCounts are a mode's committed and failed upgrades.
+type upgradeCounts struct {
+	Upgrades       int `json:"upgrades"`
+	UpgradesFailed int `json:"upgrades_failed"`
+}
+
 func run() error {
 	var cfg config
+	modes := flag.String("modes", "keepalive,close,grpc,h2", "modes to run, in order: keepalive, close, grpc, h2")
 	flag.IntVar(&cfg.upgrades, "upgrades", 50, "upgrades per mode")
+	flag.IntVar(&cfg.grpcCallers, "grpc-callers", 16, "grpc mode: concurrent unary callers")
+	flag.IntVar(&cfg.grpcStreams, "grpc-streams", 16, "grpc mode: concurrent bidirectional streams")
+	flag.IntVar(&cfg.h2Conns, "h2-conns", 16, "h2 mode: clients, each with its own HTTP/2 connection")
 	flag.IntVar(&cfg.conns, "conns", 64, "keep-alive connections")
 	flag.IntVar(&cfg.closeConns, "close-conns", 64, "concurrent workers in the new-connection-per-request mode")
 	flag.DurationVar(&cfg.probation, "probation", 100*time.Millisecond, "server's probation window")
@@ -98,6 +136,14 @@ func run() error {
 	case "hup", "api", "both":
 	default:
 		return fmt.Errorf("-trigger %q: want hup, api or both", cfg.trigger)
+	}
+	for _, m := range strings.Split(*modes, ",") {
+		switch m {
+		case "keepalive", "close", "grpc", "h2":
+			cfg.modes = append(cfg.modes, m)
+		default:
+			return fmt.Errorf("-modes: unknown mode %q", m)
+		}
 	}
 
 	// Old server processes exit after their successor took over; as
@@ -115,63 +161,47 @@ func run() error {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	bin := filepath.Join(dir, "upgradable")
-	build := exec.Command("go", "build", "-o", bin, "github.com/hotswapgo/hotswap/examples/upgradable")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if !cfg.cgo {
-		// A static binary starts ~1.5 ms faster (no dynamic loader, no libc
-		// init), which is most of the child's start-up cost at idle.
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	}
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("build example server: %w", err)
-	}
-
-	addr, err := freeAddr()
-	if err != nil {
-		return err
-	}
-	s := &server{
-		addr:    addr,
-		admin:   filepath.Join(dir, "admin.sock"),
-		pidfile: filepath.Join(dir, "server.pid"),
-		results: filepath.Join(dir, "results.jsonl"),
-		log:     filepath.Join(dir, "server.log"),
-		pids:    map[int]bool{},
-	}
-	if err := s.start(bin, cfg.probation); err != nil {
-		return err
-	}
-	stopReaper := s.reapLoop()
+	// One server per kind, started when a mode first needs it.
+	servers := map[string]*server{}
 	defer func() {
-		stopReaper()
-		s.shutdown()
+		for _, s := range servers {
+			s.stop()
+		}
 	}()
+	serverFor := func(kind string) (*server, error) {
+		if s, ok := servers[kind]; ok {
+			return s, nil
+		}
+		s, err := startServer(cfg, dir, kind)
+		if err != nil {
+			return nil, err
+		}
+		servers[kind] = s
+		return s, nil
+	}
 
 	out := map[string]any{}
 	var upgradesOK, upgradesFailed int
-	for _, mode := range []string{"keepalive", "close"} {
-		conns := cfg.conns
-		if mode == "close" {
-			conns = cfg.closeConns
-		}
-		fmt.Fprintf(os.Stderr, "mode %s: %d workers, %d upgrades\n", mode, conns, cfg.upgrades)
-		l := startLoad(addr, mode == "keepalive", conns, cfg.maxRequests)
-		time.Sleep(300 * time.Millisecond) // let the load settle
-		ok, failed := s.upgradeN(cfg, cfg.upgrades, nil)
-		time.Sleep(300 * time.Millisecond) // requests after the last hand-over
-		res, err := l.stop(30 * time.Second)
+	for _, mode := range cfg.modes {
+		kind := map[string]string{"keepalive": "http", "close": "http", "grpc": "grpc", "h2": "h2"}[mode]
+		s, err := serverFor(kind)
 		if err != nil {
 			return fmt.Errorf("mode %s: %w", mode, err)
 		}
-		upgradesOK += ok
-		upgradesFailed += failed
+		res, counts, err := runMode(cfg, mode, s)
+		if err != nil {
+			return fmt.Errorf("mode %s: %w", mode, err)
+		}
+		upgradesOK += counts.Upgrades
+		upgradesFailed += counts.UpgradesFailed
 		out[mode] = res
-		fmt.Fprintf(os.Stderr, "mode %s: %d requests, %d failed, %d upgrades committed, %d failed\n", mode, res.Requests, res.Failed, ok, failed)
-		l.printErrors()
 	}
 
 	if wrk, err := exec.LookPath("wrk"); err == nil && cfg.wrkUpgrades > 0 {
+		s, err := serverFor("http")
+		if err != nil {
+			return fmt.Errorf("wrk: %w", err)
+		}
 		n, errs, ok, failed, err := s.runWrk(cfg, wrk)
 		if err != nil {
 			return fmt.Errorf("wrk: %w", err)
@@ -184,9 +214,13 @@ func run() error {
 		fmt.Fprintln(os.Stderr, "wrk not on PATH: skipping the wrk phase")
 	}
 
-	ready, err := s.readyTimes()
-	if err != nil {
-		return err
+	var ready []float64
+	for _, s := range servers {
+		r, err := s.readyTimes()
+		if err != nil {
+			return err
+		}
+		ready = append(ready, r...)
 	}
 	out["upgrades"] = upgradesOK
 	out["upgrades_failed"] = upgradesFailed
@@ -206,7 +240,7 @@ func run() error {
 
 // orderedResult puts the fields the issue names first.
 func orderedResult(m map[string]any) json.RawMessage {
-	keys := []string{"keepalive", "close", "upgrades", "ready_ms_p50"}
+	keys := []string{"keepalive", "close", "grpc", "h2", "upgrades", "ready_ms_p50"}
 	var rest []string
 	for k := range m {
 		if !slices.Contains(keys, k) {
@@ -216,12 +250,12 @@ func orderedResult(m map[string]any) json.RawMessage {
 	sort.Strings(rest)
 	var b strings.Builder
 	b.WriteByte('{')
-	for i, k := range append(keys, rest...) {
+	for _, k := range append(keys, rest...) {
 		v, ok := m[k]
 		if !ok {
 			continue
 		}
-		if i > 0 {
+		if b.Len() > 1 {
 			b.WriteByte(',')
 		}
 		kb, _ := json.Marshal(k)
@@ -243,22 +277,86 @@ func freeAddr() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// server is the example server and every process that succeeded it.
+// server is an example server and every process that succeeded it.
 type server struct {
+	kind                               string // http, h2 or grpc
 	addr, admin, pidfile, results, log string
+	roots                              *x509.CertPool // h2: trusts the server's certificate
+	stopReaper                         func()
 
 	mu   sync.Mutex   // protects pids
 	pids map[int]bool // server processes seen; true once reaped
 }
 
-func (s *server) start(bin string, probation time.Duration) error {
+// startServer builds the example server of kind (http and h2:
+// examples/upgradable, grpc: examples/grpcecho) and starts it in a
+// directory of its own under dir.
+func startServer(cfg config, dir, kind string) (*server, error) {
+	dir = filepath.Join(dir, kind)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, err
+	}
+	pkg := "github.com/hotswapgo/hotswap/examples/upgradable"
+	if kind == "grpc" {
+		pkg = "github.com/hotswapgo/hotswap/examples/grpcecho"
+	}
+	bin := filepath.Join(dir, filepath.Base(pkg))
+	build := exec.Command("go", "build", "-o", bin, pkg)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if !cfg.cgo {
+		// A static binary starts ~1.5 ms faster (no dynamic loader, no libc
+		// init), which is most of the child's start-up cost at idle.
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	}
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("build example server: %w", err)
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	s := &server{
+		kind:    kind,
+		addr:    addr,
+		pidfile: filepath.Join(dir, "server.pid"),
+		results: filepath.Join(dir, "results.jsonl"),
+		log:     filepath.Join(dir, "server.log"),
+		pids:    map[int]bool{},
+	}
+	args := []string{"-addr", s.addr, "-pidfile", s.pidfile, "-results", s.results, "-probation", cfg.probation.String(), "-drain", "30s"}
+	switch kind {
+	case "http":
+		s.admin = filepath.Join(dir, "admin.sock")
+		args = append(args, "-admin", s.admin)
+	case "h2":
+		cert, key, roots, err := writeCert(dir)
+		if err != nil {
+			return nil, err
+		}
+		s.roots = roots
+		s.admin = filepath.Join(dir, "admin.sock")
+		args = append(args, "-admin", s.admin, "-cert", cert, "-key", key)
+	}
+	if err := s.start(bin, args); err != nil {
+		return nil, err
+	}
+	s.stopReaper = s.reapLoop()
+	return s, nil
+}
+
+// stop shuts the server down and stops reaping.
+func (s *server) stop() {
+	s.stopReaper()
+	s.shutdown()
+}
+
+func (s *server) start(bin string, args []string) error {
 	logf, err := os.Create(s.log)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, "-addr", s.addr, "-admin", s.admin, "-pidfile", s.pidfile,
-		"-results", s.results, "-probation", probation.String(), "-drain", "30s")
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start server: %w", err)
@@ -372,7 +470,7 @@ func (s *server) upgradeN(cfg config, n int, stop <-chan struct{}) (ok, failed i
 			return ok, failed
 		default:
 		}
-		hup := cfg.trigger == "hup" || (cfg.trigger == "both" && i%2 == 1)
+		hup := cfg.trigger == "hup" || (cfg.trigger == "both" && i%2 == 1) || s.admin == ""
 		var err error
 		if hup {
 			err = s.upgradeHUP()
@@ -537,15 +635,14 @@ func tail(path string) string {
 
 // load is the strict, non-retrying HTTP/1.1 load generator.
 type load struct {
-	requests, failed atomic.Int64
-	quit             chan struct{}
-	wg               sync.WaitGroup
-	mu               sync.Mutex // protects errs
-	errs             map[string]int
+	tally
+	requests atomic.Int64
+	quit     chan struct{}
+	wg       sync.WaitGroup
 }
 
 func startLoad(addr string, keepAlive bool, workers int, maxRequests int64) *load {
-	l := &load{quit: make(chan struct{}), errs: map[string]int{}}
+	l := &load{quit: make(chan struct{})}
 	req := []byte("GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
 	if !keepAlive {
 		req = []byte("GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
@@ -621,32 +718,9 @@ func roundTrip(conn net.Conn, br *bufio.Reader, req []byte) (closeAfter bool, er
 	return resp.Close, nil
 }
 
-var addrPort = regexp.MustCompile(`\d+\.\d+\.\d+\.\d+:\d+`)
-
-func (l *load) fail(stage string, err error) {
-	l.failed.Add(1)
-	key := stage + ": " + addrPort.ReplaceAllString(err.Error(), "ADDR")
-	l.mu.Lock()
-	l.errs[key]++
-	l.mu.Unlock()
-}
-
 func (l *load) stop(timeout time.Duration) (modeResult, error) {
-	close(l.quit)
-	done := make(chan struct{})
-	go func() { l.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		return modeResult{}, fmt.Errorf("load did not stop within %v", timeout)
+	if err := stopWorkers(l.quit, &l.wg, timeout); err != nil {
+		return modeResult{}, err
 	}
 	return modeResult{Requests: l.requests.Load(), Failed: l.failed.Load()}, nil
-}
-
-func (l *load) printErrors() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for k, n := range l.errs {
-		fmt.Fprintf(os.Stderr, "  %6d × %s\n", n, k)
-	}
 }

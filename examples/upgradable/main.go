@@ -8,11 +8,16 @@
 //	kill -HUP $(cat /tmp/upgradable.pid)  # or:
 //	curl --unix-socket /tmp/upgradable.sock -X POST http://admin/upgrade
 //
+// With -cert and -key it serves HTTPS (HTTP/1.1 and HTTP/2): HTTP/2
+// connections are drained with GOAWAY, and the TLS session ticket keys go
+// to the new process so that clients resume their sessions.
+//
 // bench/upgrade drives it.
 package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -60,6 +65,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	results := fs.String("results", "", "append one JSON line per upgrade attempt to this file")
 	probation := fs.Duration("probation", upgrade.DefaultProbation, "how long the old process keeps its sockets after the new one is ready")
 	drain := fs.Duration("drain", time.Minute, "drain deadline for HTTP connections")
+	cert := fs.String("cert", "", "TLS certificate (PEM); with -key, serve HTTPS (HTTP/1.1 and HTTP/2)")
+	key := fs.String("key", "", "TLS private key (PEM)")
 	verbose := fs.Bool("v", false, "log every upgrade step")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -109,9 +116,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		served.Add(1)
 		io.WriteString(w, "hello from pid "+pid+"\n")
 	})
-	web := upgrade.NewHTTPServer(&http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}, upgrade.HTTPOptions{Logger: log})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}
+	web := upgrade.NewHTTPServer(hs, upgrade.HTTPOptions{Logger: log})
 	servers := []*upgrade.HTTPServer{web}
-	go web.Serve(ln)
+	if *cert != "" {
+		// Clients resume their TLS sessions with the next process too.
+		hs.TLSConfig = &tls.Config{}
+		if err := u.ShareSessionTickets(hs.TLSConfig); err != nil {
+			return err
+		}
+		go web.ServeTLS(ln, *cert, *key)
+	} else {
+		go web.Serve(ln)
+	}
 
 	if *admin != "" {
 		aln, err := u.Listen(ctx, "unix", *admin)
