@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 )
@@ -22,6 +23,15 @@ the tail of the new process's standard error) and which process keeps
 serving.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if binary != "" {
+				// The service resolves paths in its own working directory:
+				// send it the one the caller means.
+				abs, err := filepath.Abs(binary)
+				if err != nil {
+					return usageError{fmt.Errorf("upgrade: --binary %s: %w", binary, err)}
+				}
+				binary = abs
+			}
 			res, err := controlClient(cmd).Upgrade(cmd.Context(), binary, progressPrinter(cmd.ErrOrStderr()))
 			if err != nil {
 				return err

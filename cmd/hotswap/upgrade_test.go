@@ -45,6 +45,16 @@ func TestUpgradeRefused(t *testing.T) {
 			t.Errorf("hotswap status after a failed upgrade = %q; want this pid, last attempt failed", st)
 		}
 	})
+	t.Run("relative path", func(t *testing.T) {
+		// The path is the caller's: resolved in the CLI's working
+		// directory, not in the service's.
+		s := newService(t, serviceOptions{upgrade: &upgrade.Options{NoSignals: true}})
+		t.Chdir(filepath.Dir(bad))
+		_, _, code, err := ctl(t, s.socket, "upgrade", "--binary", "./"+filepath.Base(bad))
+		if code != 1 || !strings.HasPrefix(err.Error(), "upgrade refused: "+bad+": policy check failed") {
+			t.Errorf("hotswap upgrade --binary ./bad from its directory = %v (exit %d); want the absolute path %s refused by the policy check", err, code, bad)
+		}
+	})
 	t.Run("unsigned binary", func(t *testing.T) {
 		s := newService(t, serviceOptions{upgrade: &upgrade.Options{NoSignals: true}})
 		_, _, code, err := ctl(t, s.socket, "upgrade", "--binary", bad)
