@@ -174,6 +174,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		Process:   processStatus(s.h.Process()),
 		TrustMode: s.h.TrustMode(),
 		Modules:   []ModuleStatus{},
+		State:     stateStatus(s.h.StateStatus()),
 	}
 	for _, m := range s.h.Status() {
 		st.Modules = append(st.Modules, moduleStatus(m))

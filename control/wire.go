@@ -47,6 +47,31 @@ type Status struct {
 	TrustMode string `json:"trust_mode"`
 	// Modules lists every module, sorted by name.
 	Modules []ModuleStatus `json:"modules"`
+	// State describes where the modules' host-kept state is kept.
+	State StateStatus `json:"state"`
+}
+
+// StateStatus describes the modules' host-kept state file (see
+// docs/state.md).
+type StateStatus struct {
+	// Durability is "window" (on disk within CommitWindowMS), "sync" (a
+	// write returns once on disk) or "memory" (lost with the process).
+	Durability     string `json:"durability"`
+	CommitWindowMS int64  `json:"commit_window_ms"`
+	// Path is the state file; "" under memory durability.
+	Path string `json:"path"`
+	// TakingOver is set in a process started by an upgrade whose parent
+	// still keeps the file: its writes are in memory only until then.
+	TakingOver bool   `json:"taking_over"`
+	Commits    uint64 `json:"commits"`
+	Failures   uint64 `json:"failures"`
+	// LastError is the last failed commit's error, "" once one succeeded.
+	LastError string `json:"last_error"`
+}
+
+func stateStatus(s host.StateStatus) StateStatus {
+	return StateStatus{Durability: s.Durability.String(), CommitWindowMS: s.CommitWindow.Milliseconds(), Path: s.Path,
+		TakingOver: s.TakingOver, Commits: s.Commits, Failures: s.Failures, LastError: s.LastError}
 }
 
 // ProcessStatus describes the serving process.

@@ -62,6 +62,30 @@ stable. On failure it prints {"ok": false, "error": {...}} and exits non-zero.`,
 	return cmd
 }
 
+// stateLine describes where the modules' state is kept, e.g. "window 20ms,
+// /var/lib/hotswap/state.db (1234 commits)".
+func stateLine(s control.StateStatus) string {
+	if s.Durability == "memory" || s.Path == "" {
+		return s.Durability + " (lost with the process)"
+	}
+	line := s.Durability
+	if s.Durability == "window" {
+		line += fmt.Sprintf(" %dms", s.CommitWindowMS)
+	}
+	line += fmt.Sprintf(", %s (%d commits", s.Path, s.Commits)
+	if s.Failures > 0 {
+		line += fmt.Sprintf(", %d failed", s.Failures)
+	}
+	line += ")"
+	if s.TakingOver {
+		line += "; taking the file over from the previous process"
+	}
+	if s.LastError != "" {
+		line += "; last error: " + firstLine(s.LastError)
+	}
+	return line
+}
+
 func printStatus(w io.Writer, st *control.Status) {
 	p := st.Process
 	fmt.Fprintf(w, "process  pid %d, generation %d", p.PID, p.Generation)
@@ -84,7 +108,8 @@ func printStatus(w io.Writer, st *control.Status) {
 	if trust == "development" {
 		trust += " (unsigned artifacts are accepted)"
 	}
-	fmt.Fprintf(w, "trust    %s\n\n", trust)
+	fmt.Fprintf(w, "trust    %s\n", trust)
+	fmt.Fprintf(w, "state    %s\n\n", stateLine(st.State))
 	if len(st.Modules) == 0 {
 		fmt.Fprintln(w, "no modules loaded")
 		return

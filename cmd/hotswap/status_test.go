@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -17,7 +18,10 @@ import (
 // "name type". Fields may be added (and documented in docs/cli.md); none
 // may change or go.
 var statusSchema = map[string][]string{
-	"Status": {"ok bool", "error Error", "process ProcessStatus", "trust_mode string", "modules []ModuleStatus"},
+	"Status": {"ok bool", "error Error", "process ProcessStatus", "trust_mode string", "modules []ModuleStatus",
+		"state StateStatus"},
+	"StateStatus": {"durability string", "commit_window_ms int", "path string", "taking_over bool", "commits int",
+		"failures int", "last_error string"},
 	"Error":  {"kind string", "check string", "message string", "stderr string", "serving string"},
 	"ProcessStatus": {"pid int", "generation int", "parent_pid int", "started_at time",
 		"upgrade UpgradeStatus"},
@@ -123,7 +127,7 @@ func TestStatus(t *testing.T) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	if want := []string{"modules", "ok", "process", "trust_mode"}; !slices.Equal(keys, want) {
+	if want := []string{"modules", "ok", "process", "state", "trust_mode"}; !slices.Equal(keys, want) {
 		t.Errorf("status JSON keys = %q; want %q", keys, want)
 	}
 	var st control.Status
@@ -137,8 +141,11 @@ func TestStatus(t *testing.T) {
 	}
 
 	table := mustCtl(t, s.socket, "status")
+	if st.State.Durability != "window" || st.State.Path != filepath.Join(s.f.State, "state.db") || st.State.CommitWindowMS <= 0 {
+		t.Errorf("status state = %+v; want window durability in the state directory's state.db", st.State)
+	}
 	for _, want := range []string{fmt.Sprintf("process  pid %d, generation 1, up since ", os.Getpid()), "upgrade  disabled",
-		"trust    enforce", "MODULE"} {
+		"trust    enforce", "state    window ", "MODULE"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("hotswap status = %q; want it to contain %q", table, want)
 		}
