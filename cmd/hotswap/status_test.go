@@ -22,7 +22,7 @@ var statusSchema = map[string][]string{
 		"state StateStatus"},
 	"StateStatus": {"durability string", "commit_window_ms int", "path string", "taking_over bool", "commits int",
 		"failures int", "last_error string"},
-	"Error":  {"kind string", "check string", "message string", "stderr string", "serving string"},
+	"Error": {"kind string", "check string", "message string", "stderr string", "serving string"},
 	"ProcessStatus": {"pid int", "generation int", "parent_pid int", "started_at time",
 		"upgrade UpgradeStatus"},
 	"UpgradeStatus":  {"state string", "last UpgradeAttempt"},
