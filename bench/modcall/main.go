@@ -54,7 +54,7 @@ func run(rounds, allocCalls int) error {
 	cache := os.TempDir() + "/hotswap-bench-wazero-cache"
 
 	newReg := func(trusted bool) (*module.Module, *module.Registry, error) {
-		b, err := wasm.New(wasm.Options{CacheDir: cache, Default: wasm.ModuleConfig{MaintainEvery: maintainEvery, Trusted: trusted, Grants: []wasm.Capability{wasm.CapKV}}})
+		b, err := wasm.New(wasm.Options{CacheDir: cache, Default: wasm.ModuleConfig{MaintainEvery: maintainEvery, CallTimeout: map[bool]time.Duration{true: wasm.NoCallTimeout}[trusted], Grants: []wasm.Capability{wasm.CapKV}}})
 		if err != nil {
 			return nil, nil, err
 		}

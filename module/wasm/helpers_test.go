@@ -2,8 +2,6 @@ package wasm_test
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -27,8 +25,8 @@ func echo(t testing.TB, version string) []byte {
 }
 
 // cacheDir is shared by the tests of this package so compiled code is
-// reused across tests and runs, as in production.
-func cacheDir() string { return filepath.Join(os.TempDir(), "hotswap-test-wazero-cache") }
+// reused across tests, as in production.
+func cacheDir() string { return wasm.SharedTestCacheDir() }
 
 // newRegistry returns a registry over a wasm backend with cfg for every
 // module, closed when the test ends.

@@ -6,8 +6,6 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/tetratelabs/wazero"
-
 	"github.com/hotswapgo/hotswap/module"
 )
 
@@ -16,11 +14,10 @@ import (
 // none is idle, the call waits for the first one to come back or be created;
 // instances are created in the background, never on a call's own stack.
 type pool struct {
-	host      *moduleHost
-	rt        wazero.Runtime
-	cm        wazero.CompiledModule
-	stoppable bool // cm has a stop flag: calls can be halted
-	cfg       *ModuleConfig
+	host *moduleHost
+	cm   *compiledModule
+	cfg  *ModuleConfig
+	bg   context.Context // what instances are created and yield under
 
 	mu       sync.Mutex // protects every field below
 	idle     []*instance
@@ -36,8 +33,8 @@ type pool struct {
 	wg sync.WaitGroup // background creations and maintenance yields
 }
 
-func newPool(h *moduleHost, rt wazero.Runtime, cm wazero.CompiledModule, stoppable bool) *pool {
-	return &pool{host: h, rt: rt, cm: cm, stoppable: stoppable, cfg: &h.cfg, all: make(map[*instance]struct{})}
+func newPool(h *moduleHost, cm *compiledModule, bg context.Context) *pool {
+	return &pool{host: h, cm: cm, cfg: &h.cfg, bg: bg, all: make(map[*instance]struct{})}
 }
 
 // get returns an idle instance, waiting for one if needed; ctx bounds the
@@ -101,6 +98,9 @@ func (p *pool) done(inst *instance, dead, failed bool) {
 	if !dead {
 		size = inst.mem.Size()
 		inst.sinceYield++
+		if p.cm.growsTables {
+			inst.tableEntries.Store(p.cm.tables + uint64(uint32(inst.grown.Get())))
+		}
 	}
 	p.mu.Lock()
 	p.calls++
@@ -136,7 +136,7 @@ func (p *pool) release(inst *instance) {
 
 func (p *pool) maintain(inst *instance) {
 	defer p.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.InitTimeout)
+	ctx, cancel := context.WithTimeout(p.bg, p.cfg.InitTimeout)
 	err := inst.maintain(ctx, p.cfg.MaintainEvery)
 	cancel()
 	p.mu.Lock()
@@ -186,8 +186,8 @@ func (p *pool) startCreateLocked() {
 
 func (p *pool) create() {
 	defer p.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.InitTimeout)
-	inst, err := newInstance(ctx, p.host, p.rt, p.cm, p.stoppable)
+	ctx, cancel := context.WithTimeout(p.bg, p.cfg.InitTimeout)
+	inst, err := newInstance(ctx, p.host, p.cm)
 	cancel()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -236,7 +236,7 @@ func (p *pool) warm(ctx context.Context, n int) error {
 		go func() {
 			defer func() { <-sem }()
 			ictx, cancel := context.WithTimeout(ctx, p.cfg.InitTimeout)
-			inst, err := newInstance(ictx, p.host, p.rt, p.cm, p.stoppable)
+			inst, err := newInstance(ictx, p.host, p.cm)
 			cancel()
 			if err == nil {
 				p.add(inst)
@@ -266,9 +266,8 @@ func (p *pool) forEachBusy(f func(*instance)) {
 }
 
 // close stops the pool. Idle instances close now; busy ones close when
-// their call returns. With force set, untrusted calls still running are
-// halted and fail with ErrDrained; trusted ones cannot be stopped and
-// finish first. It returns once no background work is left.
+// their call returns. With force set, calls still running are halted and
+// fail with ErrDrained. It returns once no background work is left.
 func (p *pool) close(force bool) {
 	p.mu.Lock()
 	p.closed = true
@@ -280,7 +279,7 @@ func (p *pool) close(force bool) {
 		p.dropLocked(inst)
 	}
 	p.idle = nil
-	if force && p.stoppable {
+	if force {
 		for inst := range p.all {
 			if inst.started.Load() > 0 {
 				inst.halt(errDrained)
@@ -293,7 +292,7 @@ func (p *pool) close(force bool) {
 
 type poolStats struct {
 	instances, idle       int
-	memory                uint64
+	memory, tables        uint64
 	calls, failures, drop uint64
 }
 
@@ -303,6 +302,7 @@ func (p *pool) stats() poolStats {
 	s := poolStats{instances: len(p.all), idle: len(p.idle), calls: p.calls, failures: p.failures, drop: p.discarded}
 	for inst := range p.all {
 		s.memory += inst.memBytes.Load()
+		s.tables += inst.tableEntries.Load()
 	}
 	return s
 }

@@ -39,7 +39,9 @@ func quote(ctx context.Context, m *module.Module, item string, qty int) (price, 
 }
 
 // serveDuring calls m continuously while f runs and returns how many calls
-// were made and which failed.
+// were made and which failed. Each caller pauses briefly between calls, so
+// that the load under test (a compile, on a machine of two cores) is not
+// starved.
 func serveDuring(t *testing.T, m *module.Module, wantVersion string, f func()) (calls int, failures []error) {
 	t.Helper()
 	stop := make(chan struct{})
@@ -65,6 +67,7 @@ func serveDuring(t *testing.T, m *module.Module, wantVersion string, f func()) (
 					failures = append(failures, err)
 				}
 				mu.Unlock()
+				time.Sleep(200 * time.Microsecond) // pacing, not synchronisation
 			}
 		})
 	}
@@ -106,7 +109,7 @@ func TestBrokenArtifactsRefused(t *testing.T) {
 		{"migrate fails", func(t testing.TB) []byte {
 			return guest(t, "./internal/testguests/echo", "-X main.migrateResult=fail")
 		}, echoCfg, "migrate", module.ErrMigrateFailed, "cannot migrate state from v1"},
-		{"not WebAssembly", func(testing.TB) []byte { return []byte("#!/bin/sh\necho pwned\n") }, base, "compile", module.ErrInvalidModule, ""},
+		{"not WebAssembly", func(testing.TB) []byte { return []byte("#!/bin/sh\necho pwned\n") }, base, "validate", module.ErrInvalidModule, ""},
 	}
 	v1 := pricing(t, "v1")
 	for _, tt := range tests {
@@ -117,7 +120,9 @@ func TestBrokenArtifactsRefused(t *testing.T) {
 			m := r.Module("pricing")
 			var err error
 			calls, failures := serveDuring(t, m, "v1", func() {
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				// A refused module's compiled code is not cached, so this
+				// compiles cold: under the race detector, minutes.
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 				defer cancel()
 				_, err = r.Load(ctx, "pricing", module.Source{Version: "broken", Artifact: art})
 			})
@@ -157,23 +162,22 @@ func TestCapabilityDenied(t *testing.T) {
 func TestCallFailuresAreIsolated(t *testing.T) {
 	tests := []struct {
 		name      string
-		trusted   bool
 		handler   string
 		in        string
 		want      error
 		detail    string
 		discarded bool
 	}{
-		{"guest error", true, "fail", "no stock", module.ErrGuest, "refused: no stock", false},
-		{"panic", true, "panic", "boom", module.ErrTrapped, "handler panicked: boom", true},
-		{"unknown handler", true, "nope", "", module.ErrNoHandler, `"nope"`, false},
-		{"memory blow-up", true, "big", "100000000", module.ErrMemoryLimit, "out of memory", true},
-		{"output too large", true, "big", "2000000", module.ErrTooLarge, "MaxOutput", false},
-		{"runaway loop", false, "loop", "", module.ErrTimeout, "", true},
+		{"guest error", "fail", "no stock", module.ErrGuest, "refused: no stock", false},
+		{"panic", "panic", "boom", module.ErrTrapped, "handler panicked: boom", true},
+		{"unknown handler", "nope", "", module.ErrNoHandler, `"nope"`, false},
+		{"memory blow-up", "big", "100000000", module.ErrMemoryLimit, "out of memory", true},
+		{"output too large", "big", "2000000", module.ErrTooLarge, "MaxOutput", false},
+		{"runaway loop", "loop", "", module.ErrTimeout, "", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newRegistry(t, wasm.ModuleConfig{Trusted: tt.trusted, Grants: kv, MemoryLimit: 64 << 20,
+			r := newRegistry(t, wasm.ModuleConfig{Grants: kv, MemoryLimit: 64 << 20,
 				MaxOutput: 1 << 20, CallTimeout: 200 * time.Millisecond, MinInstances: 1})
 			load(t, r, "m", "v1", echo(t, "v1"))
 			m := r.Module("m")
@@ -208,7 +212,7 @@ func TestCallFailuresAreIsolated(t *testing.T) {
 	}
 }
 
-func TestCancelStopsUntrustedCall(t *testing.T) {
+func TestCancelStopsCall(t *testing.T) {
 	r := newRegistry(t, wasm.ModuleConfig{Grants: kv, CallTimeout: time.Minute, MinInstances: 1})
 	load(t, r, "m", "v1", echo(t, "v1"))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -222,10 +226,14 @@ func TestCancelStopsUntrustedCall(t *testing.T) {
 	}
 }
 
+// callTimeouts are the two deadline modes: none, and one longer than any
+// test.
+var callTimeouts = []time.Duration{wasm.NoCallTimeout, time.Minute}
+
 func TestInFlightCallFinishesOnOldVersion(t *testing.T) {
-	for _, trusted := range []bool{true, false} {
-		t.Run(fmt.Sprintf("trusted=%v", trusted), func(t *testing.T) {
-			r := newRegistry(t, wasm.ModuleConfig{Trusted: trusted, Grants: kv, CallTimeout: time.Minute})
+	for _, timeout := range callTimeouts {
+		t.Run(fmt.Sprintf("CallTimeout=%v", timeout), func(t *testing.T) {
+			r := newRegistry(t, wasm.ModuleConfig{CallTimeout: timeout, Grants: kv})
 			load(t, r, "m", "v1", echo(t, "v1"))
 			m := r.Module("m")
 			done := make(chan string, 1)
@@ -353,7 +361,7 @@ func TestStateSurvivesSwaps(t *testing.T) {
 }
 
 func TestGuestGarbageCollectionKeepsUp(t *testing.T) {
-	r := newRegistry(t, wasm.ModuleConfig{Trusted: true, Grants: kv, MinInstances: 1, MaxInstances: 2})
+	r := newRegistry(t, wasm.ModuleConfig{Grants: kv, MinInstances: 1, MaxInstances: 2})
 	load(t, r, "m", "v1", echo(t, "v1"))
 	m := r.Module("m")
 	ctx := context.Background()
@@ -373,8 +381,8 @@ func TestGuestGarbageCollectionKeepsUp(t *testing.T) {
 func TestNoLeaksAfterClose(t *testing.T) {
 	goroutines := runtime.NumGoroutine()
 	fds := openFDs(t)
-	for _, trusted := range []bool{true, false} {
-		b, err := wasm.New(wasm.Options{CacheDir: cacheDir(), Default: wasm.ModuleConfig{Trusted: trusted, Grants: kv, CallTimeout: 100 * time.Millisecond}})
+	for _, timeout := range []time.Duration{wasm.NoCallTimeout, 100 * time.Millisecond} {
+		b, err := wasm.New(wasm.Options{CacheDir: cacheDir(), Default: wasm.ModuleConfig{CallTimeout: timeout, Grants: kv}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -465,11 +473,17 @@ func TestSwapUnderLoad(t *testing.T) {
 	}
 }
 
-// TestDrainDeadlineStopsGuardedCall: a call still running on a retired
-// untrusted version when the drain deadline passes is stopped and fails with
-// ErrDrained; the serving version is untouched.
-func TestDrainDeadlineStopsGuardedCall(t *testing.T) {
-	b, err := wasm.New(wasm.Options{CacheDir: cacheDir(), Default: wasm.ModuleConfig{Grants: kv, CallTimeout: time.Minute}})
+// TestDrainDeadlineStopsCall: a call still running on a retired version
+// when the drain deadline passes is stopped and fails with ErrDrained, with
+// or without a call deadline; the serving version is untouched.
+func TestDrainDeadlineStopsCall(t *testing.T) {
+	for _, timeout := range callTimeouts {
+		t.Run(fmt.Sprintf("CallTimeout=%v", timeout), func(t *testing.T) { testDrainDeadlineStopsCall(t, timeout) })
+	}
+}
+
+func testDrainDeadlineStopsCall(t *testing.T, timeout time.Duration) {
+	b, err := wasm.New(wasm.Options{CacheDir: cacheDir(), Default: wasm.ModuleConfig{Grants: kv, CallTimeout: timeout}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -503,7 +517,7 @@ func TestDrainDeadlineStopsGuardedCall(t *testing.T) {
 }
 
 // TestRunawayCallLetsTheWorldStop: a guest looping in machine code cannot
-// be preempted, so an untrusted call must leave it regularly, or the Go
+// be preempted, so a call must leave it regularly, or the Go
 // garbage collector's stop-the-world phase (and with it the whole process,
 // the watchdog included) would wait for the loop forever.
 func TestRunawayCallLetsTheWorldStop(t *testing.T) {
