@@ -2,6 +2,7 @@ package wasm_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -68,4 +69,15 @@ func call(t testing.TB, r *module.Registry, name, handler, in string) string {
 		t.Fatalf("Call(%s, %s) = %v", name, handler, err)
 	}
 	return string(out)
+}
+
+// precompile loads each artifact as a module of its own, so that loading it
+// later compiles from the cache: a call allocating in a loop (the echo
+// guest's "wait") runs out of guest memory within seconds, sooner than a
+// cold compile under the race detector ends.
+func precompile(t testing.TB, r *module.Registry, arts ...[]byte) {
+	t.Helper()
+	for i, art := range arts {
+		load(t, r, fmt.Sprint("precompiled-", i), "v", art)
+	}
 }

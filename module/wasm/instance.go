@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/hotswapgo/hotswap/module"
@@ -97,7 +98,7 @@ func (inst *instance) halt(cause error) {
 // initialization under a deadline: ctx's, which must have one.
 func newInstance(ctx context.Context, h *moduleHost, c *compiledModule) (*instance, error) {
 	out := &output{}
-	mod, err := h.rt.InstantiateModule(ctx, c.cm, h.instanceConfig(out))
+	mod, err := h.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, allocateMemory), c.cm, h.instanceConfig(out))
 	if err != nil {
 		return nil, fmt.Errorf("instantiate: %w", err)
 	}

@@ -20,6 +20,8 @@ type pool struct {
 	bg   context.Context // what instances are created and yield under
 
 	mu       sync.Mutex // protects every field below
+	returned sync.Cond  // signalled when a call gives its instance back, on mu
+	held     map[*instance]struct{} // instances held by calls
 	idle     []*instance
 	all      map[*instance]struct{} // live instances: busy, idle or yielding
 	creating int                    // instances being created
@@ -34,7 +36,9 @@ type pool struct {
 }
 
 func newPool(h *moduleHost, cm *compiledModule, bg context.Context) *pool {
-	return &pool{host: h, cm: cm, cfg: &h.cfg, bg: bg, all: make(map[*instance]struct{})}
+	p := &pool{host: h, cm: cm, cfg: &h.cfg, bg: bg, all: make(map[*instance]struct{}), held: make(map[*instance]struct{})}
+	p.returned.L = &p.mu
+	return p
 }
 
 // get returns an idle instance, waiting for one if needed; ctx bounds the
@@ -44,6 +48,7 @@ func (p *pool) get(ctx context.Context) (*instance, error) {
 	if n := len(p.idle); n > 0 {
 		inst := p.idle[n-1]
 		p.idle = p.idle[:n-1]
+		p.held[inst] = struct{}{}
 		p.mu.Unlock()
 		return inst, nil
 	}
@@ -103,6 +108,7 @@ func (p *pool) done(inst *instance, dead, failed bool) {
 		}
 	}
 	p.mu.Lock()
+	p.returnedLocked(inst)
 	p.calls++
 	if failed {
 		p.failures++
@@ -126,6 +132,7 @@ func (p *pool) done(inst *instance, dead, failed bool) {
 // release gives back an instance that served no call.
 func (p *pool) release(inst *instance) {
 	p.mu.Lock()
+	p.returnedLocked(inst)
 	if p.closed {
 		p.dropLocked(inst)
 	} else {
@@ -157,10 +164,17 @@ func (p *pool) putLocked(inst *instance) {
 	if len(p.waiters) > 0 {
 		ch := p.waiters[0]
 		p.waiters = p.waiters[1:]
+		p.held[inst] = struct{}{} // handed to a call
 		ch <- inst
 		return
 	}
 	p.idle = append(p.idle, inst)
+}
+
+// returnedLocked notes that a call gave inst back.
+func (p *pool) returnedLocked(inst *instance) {
+	delete(p.held, inst)
+	p.returned.Broadcast()
 }
 
 // discardLocked drops a broken instance and replaces it if the pool fell
@@ -258,7 +272,7 @@ func (p *pool) warm(ctx context.Context, n int) error {
 func (p *pool) forEachBusy(f func(*instance)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for inst := range p.all {
+	for inst := range p.held {
 		if inst.started.Load() > 0 {
 			f(inst)
 		}
@@ -267,7 +281,10 @@ func (p *pool) forEachBusy(f func(*instance)) {
 
 // close stops the pool. Idle instances close now; busy ones close when
 // their call returns. With force set, calls still running are halted and
-// fail with ErrDrained. It returns once no background work is left.
+// fail with ErrDrained, and close waits for them to return (a halted call
+// traps within guard.FuelPerYield units of work, or as its host function
+// returns), so that no instance of the pool is running when its runtime
+// closes. It returns once no background work is left.
 func (p *pool) close(force bool) {
 	p.mu.Lock()
 	p.closed = true
@@ -280,10 +297,13 @@ func (p *pool) close(force bool) {
 	}
 	p.idle = nil
 	if force {
-		for inst := range p.all {
-			if inst.started.Load() > 0 {
-				inst.halt(errDrained)
-			}
+		// Held instances whose call has not started yet are halted too:
+		// their call will stop at once.
+		for inst := range p.held {
+			inst.halt(errDrained)
+		}
+		for len(p.held) > 0 {
+			p.returned.Wait()
 		}
 	}
 	p.mu.Unlock()
