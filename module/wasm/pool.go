@@ -19,8 +19,8 @@ type pool struct {
 	cfg  *ModuleConfig
 	bg   context.Context // what instances are created and yield under
 
-	mu       sync.Mutex // protects every field below
-	returned sync.Cond  // signalled when a call gives its instance back, on mu
+	mu       sync.Mutex             // protects every field below
+	returned sync.Cond              // signalled when a call gives its instance back, on mu
 	held     map[*instance]struct{} // instances held by calls
 	idle     []*instance
 	all      map[*instance]struct{} // live instances: busy, idle or yielding

@@ -394,6 +394,13 @@ func (w *writer) body(i int) ([]byte, error) {
 		switch {
 		case in.op == opReturn && tracked:
 			out = appendIdx(out, opBr, uint32(labels-1))
+		case in.op == opCall && int(in.idx) < m.importedFuncs,
+			in.op == opCallIndirect && m.importsInTables:
+			// A host function may block (a guest sleeping in poll_oneoff)
+			// without spending fuel: read the stop flag when it returns.
+			out = append(out, r.b[at:r.off]...)
+			out = appendIdx(out, opGlobalGet, w.flag)
+			out = append(out, opIf, 0x40, opUnreachable, opEnd)
 		case in.op == opMemoryGrow:
 			out = appendIdx(out, opCall, w.memoryGrow)
 		case in.op == opPrefixFC && in.sub == fcTableGrow:

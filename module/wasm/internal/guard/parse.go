@@ -230,6 +230,9 @@ type Module struct {
 	exports                        []Export
 	start                          int64 // the start function, or -1
 	bodies                         []body
+	// importsInTables reports that an imported function may be called
+	// through a table: an element segment or a ref.func names one.
+	importsInTables bool
 }
 
 // Types returns the module's function types.
@@ -419,7 +422,7 @@ func (p *parser) section(s section) error {
 			p.addTable(r, ref, p.limits(r, true))
 		}
 	case secMemory:
-		n := r.count(2, 1, "memories")
+		n := r.count(2, maxInt, "memories")
 		for i := 0; i < n && r.err == nil; i++ {
 			p.addMemory(r, p.limits(r, false))
 		}
@@ -560,6 +563,14 @@ func (p *parser) funcIndex(r *reader) uint32 {
 	return f
 }
 
+// funcRef reads the index of a function made a reference (element
+// segments, ref.func).
+func (p *parser) funcRef(r *reader) {
+	if f := p.funcIndex(r); int(f) < p.m.importedFuncs {
+		p.m.importsInTables = true
+	}
+}
+
 func (p *parser) addFunc(r *reader, typ uint32) {
 	if r.err != nil {
 		return
@@ -669,7 +680,7 @@ func (p *parser) constExpr(r *reader) {
 		case opRefNull:
 			r.reftype()
 		case opRefFunc:
-			p.funcIndex(r)
+			p.funcRef(r)
 		case opGlobalGet:
 			if g := r.u32(); r.err == nil && uint64(g) >= uint64(p.m.globals) {
 				r.failf(ErrMalformed, "global index %d of %d", g, p.m.globals)
@@ -718,7 +729,7 @@ func (p *parser) element(r *reader) {
 	}
 	n := r.count(1, maxInt, "element function indices")
 	for range n {
-		p.funcIndex(r)
+		p.funcRef(r)
 	}
 }
 
@@ -805,6 +816,9 @@ func (p *parser) instr(in *instr, bd *body, nlocals uint64) error {
 		}
 		return check(in.idx2, len(m.tables), "table")
 	case opRefFunc:
+		if int(in.idx) < m.importedFuncs {
+			m.importsInTables = true
+		}
 		return check(in.idx, len(m.funcs), "function")
 	case opLocalGet, opLocalSet, opLocalTee:
 		if uint64(in.idx) >= nlocals {
