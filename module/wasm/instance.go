@@ -56,6 +56,9 @@ type instance struct {
 	yieldEvery int      // calls between light yields; adapts, see maintain
 	memMark    uint32   // memory size at the last maintenance yield
 
+	// held is set while a call holds the instance; guarded by pool.mu.
+	held bool
+
 	// memBytes and tableEntries mirror the memory size and the table
 	// entries for Stats, which runs concurrently.
 	memBytes, tableEntries atomic.Uint64

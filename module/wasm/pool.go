@@ -19,9 +19,9 @@ type pool struct {
 	cfg  *ModuleConfig
 	bg   context.Context // what instances are created and yield under
 
-	mu       sync.Mutex             // protects every field below
-	returned sync.Cond              // signalled when a call gives its instance back, on mu
-	held     map[*instance]struct{} // instances held by calls
+	mu       sync.Mutex // protects every field below
+	returned sync.Cond  // signalled, once closed, when a call gives its instance back; on mu
+	held     int        // instances held by calls (each with instance.held set)
 	idle     []*instance
 	all      map[*instance]struct{} // live instances: busy, idle or yielding
 	creating int                    // instances being created
@@ -36,7 +36,7 @@ type pool struct {
 }
 
 func newPool(h *moduleHost, cm *compiledModule, bg context.Context) *pool {
-	p := &pool{host: h, cm: cm, cfg: &h.cfg, bg: bg, all: make(map[*instance]struct{}), held: make(map[*instance]struct{})}
+	p := &pool{host: h, cm: cm, cfg: &h.cfg, bg: bg, all: make(map[*instance]struct{})}
 	p.returned.L = &p.mu
 	return p
 }
@@ -48,7 +48,7 @@ func (p *pool) get(ctx context.Context) (*instance, error) {
 	if n := len(p.idle); n > 0 {
 		inst := p.idle[n-1]
 		p.idle = p.idle[:n-1]
-		p.held[inst] = struct{}{}
+		p.heldLocked(inst)
 		p.mu.Unlock()
 		return inst, nil
 	}
@@ -164,17 +164,26 @@ func (p *pool) putLocked(inst *instance) {
 	if len(p.waiters) > 0 {
 		ch := p.waiters[0]
 		p.waiters = p.waiters[1:]
-		p.held[inst] = struct{}{} // handed to a call
+		p.heldLocked(inst) // handed to a call
 		ch <- inst
 		return
 	}
 	p.idle = append(p.idle, inst)
 }
 
+// heldLocked notes that a call holds inst.
+func (p *pool) heldLocked(inst *instance) {
+	inst.held = true
+	p.held++
+}
+
 // returnedLocked notes that a call gave inst back.
 func (p *pool) returnedLocked(inst *instance) {
-	delete(p.held, inst)
-	p.returned.Broadcast()
+	inst.held = false
+	p.held--
+	if p.closed {
+		p.returned.Broadcast()
+	}
 }
 
 // discardLocked drops a broken instance and replaces it if the pool fell
@@ -272,8 +281,8 @@ func (p *pool) warm(ctx context.Context, n int) error {
 func (p *pool) forEachBusy(f func(*instance)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for inst := range p.held {
-		if inst.started.Load() > 0 {
+	for inst := range p.all {
+		if inst.held && inst.started.Load() > 0 {
 			f(inst)
 		}
 	}
@@ -299,10 +308,12 @@ func (p *pool) close(force bool) {
 	if force {
 		// Held instances whose call has not started yet are halted too:
 		// their call will stop at once.
-		for inst := range p.held {
-			inst.halt(errDrained)
+		for inst := range p.all {
+			if inst.held {
+				inst.halt(errDrained)
+			}
 		}
-		for len(p.held) > 0 {
+		for p.held > 0 {
 			p.returned.Wait()
 		}
 	}
