@@ -16,10 +16,12 @@ import (
 
 // hostileConfig is what each hostile module runs with: deadlines short
 // enough that the suite is quick, long enough that a stack overflow or a
-// table limit is reached first under the race detector; and a yield after
-// every call so that a runaway yield shows at once.
+// table limit is reached first under the race detector; a yield after every
+// call so that a runaway yield shows at once; and a quarter of the default
+// stack, because wazero walks every frame of a trapped call's stack in Go,
+// which the race detector slows past a second at the default depth.
 func hostileConfig(grants []string) wasm.ModuleConfig {
-	cfg := wasm.ModuleConfig{CallTimeout: time.Second, InitTimeout: time.Second,
+	cfg := wasm.ModuleConfig{CallTimeout: time.Second, InitTimeout: time.Second, MaxStack: wasm.DefaultMaxStack / 4,
 		MemoryLimit: 64 << 20, MinInstances: 1, MaxInstances: 2, MaintainEvery: 1, LogLimit: 100}
 	for _, g := range grants {
 		cfg.Grants = append(cfg.Grants, wasm.Capability(g))
