@@ -22,6 +22,9 @@
 // measures by how much its 1 ms ticks come late (hostile_max_stall_ms). The
 // same measurement over as long with the healthy module alone gives the
 // machine's own noise (baseline_max_stall_ms).
+// hostile_case_load_call_stall_ms gives each case's load and call times and
+// the longest stall meanwhile. The hostile modules run with a
+// 250 ms call deadline and a 500 ms InitTimeout.
 package main
 
 import (
@@ -204,12 +207,17 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 		res["hostile_healthy_max_ms"] = ms(h.healthyMax)
 		res["baseline_healthy_max_ms"] = ms(h.baselineHealthyMax)
 		res["hostile_seconds"] = round2(h.took.Seconds())
+		res["hostile_case_load_call_stall_ms"] = h.caseMS
 	}
 	benchutil.Result(res)
 	return nil
 }
 
 type hostileResult struct {
+	// caseMS holds, per case, how long its load and its call took in the
+	// first pass and the longest stall meanwhile, in milliseconds.
+	caseMS map[string][3]float64
+
 	cases, wrong                   int
 	took                           time.Duration
 	stall, baselineStall           time.Duration
@@ -289,12 +297,19 @@ func hostilePhase(ctx context.Context, cache string, healthyCode []byte, runs in
 
 	var stall, slowest time.Duration
 	start := time.Now()
+	res.caseMS = make(map[string][3]float64)
 	stall, slowest, res.healthyCalls, res.healthyFailures = measure(func() {
-		for range runs {
+		for i := range runs {
 			for _, c := range cases {
-				if _, err := hostile.Check(ctx, r, c, 30*time.Second); err != nil {
+				caseProbe := hostile.StartProbe(time.Millisecond)
+				got, err := hostile.Check(ctx, r, c, 30*time.Second)
+				caseStall := caseProbe.Stop()
+				if err != nil {
 					res.wrong++
 					fmt.Printf("hostile %s: %v\n", c.Name, err)
+				}
+				if i == 0 {
+					res.caseMS[c.Name] = [3]float64{ms3(got.Load), ms3(got.Call), ms3(caseStall)}
 				}
 			}
 		}
@@ -306,6 +321,8 @@ func hostilePhase(ctx context.Context, cache string, healthyCode []byte, runs in
 }
 
 func ms(d time.Duration) float64 { return round1(float64(d) / float64(time.Millisecond)) }
+
+func ms3(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func round1(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
 func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }

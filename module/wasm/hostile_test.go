@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -77,42 +76,6 @@ func TestHostileModules(t *testing.T) {
 	load(t, r, "healthy", "v1", echo(t, "v1"))
 	healthy := r.Module("healthy")
 
-	// Two callers of the healthy module, for the whole suite.
-	var (
-		mu         sync.Mutex
-		calls      int
-		failures   []error
-		maxLatency time.Duration
-		stop       = make(chan struct{})
-		wg         sync.WaitGroup
-	)
-	for range 2 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				start := time.Now()
-				out, err := healthy.Call(ctx, "echo", []byte("ping"))
-				d := time.Since(start)
-				cancel()
-				if err == nil && string(out) != "ping" {
-					err = fmt.Errorf("echo answered %q", out)
-				}
-				mu.Lock()
-				calls++
-				maxLatency = max(maxLatency, d)
-				if err != nil {
-					failures = append(failures, err)
-				}
-				mu.Unlock()
-				time.Sleep(time.Millisecond) // pacing, not synchronisation
-			}
-		})
-	}
 	probe := hostile.StartProbe(time.Millisecond)
 
 	// Bounds for a machine of two shared cores under the race detector;
@@ -122,31 +85,38 @@ func TestHostileModules(t *testing.T) {
 		stallLimit  = 2 * time.Second
 		healthLimit = 2 * time.Second
 	)
-	for _, c := range cases {
-		t.Run(c.Name, func(t *testing.T) {
-			probe.Reset()
-			res, err := hostile.Check(context.Background(), r, c, stepLimit)
-			if err != nil {
-				t.Fatalf("%s (%s): %v", c.Name, c.What, err)
-			}
-			if stall := probe.Max(); stall > stallLimit {
-				t.Errorf("a goroutine was kept from running for %v; want ≤ %v", stall, stallLimit)
-			}
-			t.Logf("load %v, call %v, stall %v: %v", res.Load.Round(time.Microsecond), res.Call.Round(time.Microsecond),
-				probe.Max().Round(time.Microsecond), res.Err)
-		})
+	echo := func(ctx context.Context) error {
+		out, err := healthy.Call(ctx, "echo", []byte("ping"))
+		if err == nil && string(out) != "ping" {
+			err = fmt.Errorf("echo answered %q", out)
+		}
+		return err
 	}
-	close(stop)
-	wg.Wait()
+	s := serveDuring(t, echo, func() {
+		for _, c := range cases {
+			t.Run(c.Name, func(t *testing.T) {
+				probe.Reset()
+				res, err := hostile.Check(context.Background(), r, c, stepLimit)
+				if err != nil {
+					t.Fatalf("%s (%s): %v", c.Name, c.What, err)
+				}
+				if stall := probe.Max(); stall > stallLimit {
+					t.Errorf("a goroutine was kept from running for %v; want ≤ %v", stall, stallLimit)
+				}
+				t.Logf("load %v, call %v, stall %v: %v", res.Load.Round(time.Microsecond), res.Call.Round(time.Microsecond),
+					probe.Max().Round(time.Microsecond), res.Err)
+			})
+		}
+	})
 	probe.Stop()
-	if len(failures) > 0 || calls == 0 {
-		t.Fatalf("healthy module: %d calls, %d failed (first: %v); want >0 calls, none failed", calls, len(failures), failures[0])
+	if len(s.failures) > 0 || s.calls == 0 {
+		t.Fatalf("healthy module: %d calls, %d failed (first: %v); want >0 calls, none failed", s.calls, len(s.failures), s.failures)
 	}
-	if maxLatency > healthLimit {
-		t.Errorf("healthy module: slowest call %v; want ≤ %v", maxLatency, healthLimit)
+	if s.slowest > healthLimit {
+		t.Errorf("healthy module: slowest call %v; want ≤ %v", s.slowest, healthLimit)
 	}
 	if n := lines.n.Load(); n > 1000 {
 		t.Errorf("%d guest log lines reached the logger; want the rate limit (100 a second) to hold them back", n)
 	}
-	t.Logf("healthy module: %d calls, slowest %v; guest log lines logged: %d", calls, maxLatency, lines.n.Load())
+	t.Logf("healthy module: %d calls, slowest %v; guest log lines logged: %d", s.calls, s.slowest, lines.n.Load())
 }

@@ -14,7 +14,7 @@ import (
 const (
 	DefaultMemoryLimit     = 256 << 20 // bytes of linear memory per instance
 	DefaultMaxTableEntries = 1 << 20   // table entries per instance
-	DefaultMaxStack        = 1 << 24   // weight of a call's stack, see ModuleConfig.MaxStack
+	DefaultMaxStack        = 1 << 23   // weight of a call's stack, see ModuleConfig.MaxStack
 	DefaultCallTimeout     = time.Second
 	DefaultInitTimeout     = 10 * time.Second
 	DefaultMaxInput        = 16 << 20
@@ -106,11 +106,13 @@ type ModuleConfig struct {
 	// past it fails. Defaults to DefaultMaxTableEntries (1,048,576).
 	MaxTableEntries uint32
 	// MaxStack bounds the stack of a call, as the sum over the functions on
-	// it of each one's weight (about its number of instructions, at least
-	// 64); a call past it fails with module.ErrStackOverflow. The default
-	// lets a Go function of typical size (~300 instructions) recurse some
-	// 50,000 deep, and bounds the stack to tens of MiB. At most 1<<30.
-	// Defaults to DefaultMaxStack (16,777,216).
+	// it of each one's weight: its instructions plus 8 per parameter and
+	// local, at least 64, which is about the bytes its frame takes. A call
+	// past it fails with module.ErrStackOverflow; the bound is checked as
+	// the call's fuel runs out, so a stack may pass it by up to 2^20 before.
+	// The default lets a Go guest's function of typical size recurse 30,000
+	// deep and keeps wazero's stack for a call to about 8 MiB. At most 1<<30.
+	// Defaults to DefaultMaxStack (8,388,608).
 	MaxStack uint32
 	// CallTimeout stops a call that runs longer, failing it with
 	// module.ErrTimeout; NoCallTimeout turns the deadline off. Defaults to

@@ -38,47 +38,67 @@ func quote(ctx context.Context, m *module.Module, item string, qty int) (price, 
 	return p, json.Unmarshal(out, &p)
 }
 
-// serveDuring calls m continuously while f runs and returns how many calls
-// were made and which failed. Each caller pauses briefly between calls, so
-// that the load under test (a compile, on a machine of two cores) is not
-// starved.
-func serveDuring(t *testing.T, m *module.Module, wantVersion string, f func()) (calls int, failures []error) {
+// served is what serveDuring saw.
+type served struct {
+	calls    int
+	failures []error
+	slowest  time.Duration
+}
+
+// serveDuring makes calls from two goroutines while f runs, and returns
+// how many were made, which failed and the slowest. Each caller pauses
+// briefly between calls, so that the load under test (a compile, on a
+// machine of two cores) is not starved.
+func serveDuring(t *testing.T, call func(context.Context) error, f func()) served {
 	t.Helper()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	var mu sync.Mutex
+	var mu sync.Mutex // protects s
+	var s served
 	for range 2 {
 		wg.Go(func() {
-			for i := 0; i < 1_000_000; i++ {
+			for {
 				select {
 				case <-stop:
 					return
 				default:
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				p, err := quote(ctx, m, "apple", 1)
+				start := time.Now()
+				err := call(ctx)
+				d := time.Since(start)
 				cancel()
-				if err == nil && p.Version != wantVersion {
-					err = fmt.Errorf("served by %q; want %q", p.Version, wantVersion)
-				}
 				mu.Lock()
-				calls++
+				s.calls++
+				s.slowest = max(s.slowest, d)
 				if err != nil {
-					failures = append(failures, err)
+					s.failures = append(s.failures, err)
 				}
 				mu.Unlock()
 				time.Sleep(200 * time.Microsecond) // pacing, not synchronisation
 			}
 		})
 	}
-	count := func() int { mu.Lock(); defer mu.Unlock(); return calls }
+	count := func() int { mu.Lock(); defer mu.Unlock(); return s.calls }
 	waitFor(t, "calls before", func() bool { return count() > 0 })
 	f()
 	after := count()
 	waitFor(t, "calls after", func() bool { return count() > after+10 })
 	close(stop)
 	wg.Wait()
-	return calls, failures
+	return s
+}
+
+// quoteFrom returns a call of m's quote handler that must be answered by
+// version want.
+func quoteFrom(m *module.Module, want string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		p, err := quote(ctx, m, "apple", 1)
+		if err == nil && p.Version != want {
+			err = fmt.Errorf("served by %q; want %q", p.Version, want)
+		}
+		return err
+	}
 }
 
 // TestBrokenArtifactsRefused loads each broken Go artifact over a serving
@@ -120,7 +140,7 @@ func TestBrokenArtifactsRefused(t *testing.T) {
 			load(t, r, "pricing", "v1", v1)
 			m := r.Module("pricing")
 			var err error
-			calls, failures := serveDuring(t, m, "v1", func() {
+			s := serveDuring(t, quoteFrom(m, "v1"), func() {
 				// A refused module's compiled code is not cached, so this
 				// compiles cold: under the race detector, minutes.
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -137,8 +157,8 @@ func TestBrokenArtifactsRefused(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.detail) || !strings.Contains(err.Error(), "pricing@broken") {
 				t.Errorf("Load() = %q; want it to name pricing@broken and contain %q", err, tt.detail)
 			}
-			if len(failures) > 0 || calls == 0 {
-				t.Fatalf("while refusing: %d calls, %d failed (first: %v); want >0 calls, none failed", calls, len(failures), failures)
+			if len(s.failures) > 0 || s.calls == 0 {
+				t.Fatalf("while refusing: %d calls, %d failed (first: %v); want >0 calls, none failed", s.calls, len(s.failures), s.failures)
 			}
 			st := m.Status()
 			if st.Active == nil || st.Active.Version != "v1" || st.Previous != nil {

@@ -329,16 +329,6 @@ func TestLimitError(t *testing.T) {
 	}
 }
 
-// guest builds a guest module of this repository.
-func guest(t testing.TB, pkg string) []byte {
-	t.Helper()
-	b, err := guestbuild.Bytes(pkg, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestGuests instruments the Go guests of this repository and compiles the
 // result: only the type, function, global, export and code sections change
 // (Go guests have a memory and no start section).
@@ -348,7 +338,10 @@ func TestGuests(t *testing.T) {
 	defer rt.Close(ctx)
 	for _, pkg := range []string{"./internal/testguests/echo", "./examples/pricing/guests/v1"} {
 		t.Run(filepath.Base(pkg), func(t *testing.T) {
-			bin := guest(t, pkg)
+			bin, err := guestbuild.Bytes(pkg, "")
+			if err != nil {
+				t.Fatal(err)
+			}
 			start := time.Now()
 			out := instrument(t, bin, config)
 			elapsed := time.Since(start)

@@ -50,6 +50,11 @@ const maxWeight = 1 << 24
 // costs wazero some stack, however small the function.
 const minFrame = 64
 
+// slotWeight is the weight of a parameter or local: the 8 bytes it takes on
+// the stack. With an instruction weighing one (about what it may spill),
+// a weight is about a frame's size in bytes.
+const slotWeight = 8
+
 // Config sets the bounds the instrumentation enforces.
 type Config struct {
 	// MaxStack bounds the stack of a call: the sum of the weights of the
@@ -277,8 +282,9 @@ func (w *writer) raise(b []byte, bit int64) []byte {
 	return appendIdx(b, opGlobalSet, w.signal)
 }
 
-// weigh computes the weight of every defined function: its instructions and
-// locals, plus the weight of the unchecked leaves it calls.
+// weigh computes the weight of every defined function: its instructions,
+// its parameters and locals (slotWeight each), plus the weight of the
+// unchecked leaves it calls.
 func (w *writer) weigh() {
 	m := w.m
 	n := len(m.bodies)
@@ -286,7 +292,7 @@ func (w *writer) weigh() {
 	w.leaf = make([]bool, n)
 	for i, bd := range m.bodies {
 		w.leaf[i] = !bd.calls
-		w.weights[i] = uint32(min(uint64(bd.instrs)+uint64(bd.locals), maxWeight))
+		w.weights[i] = uint32(min(uint64(bd.instrs)+w.slots(i), maxWeight))
 	}
 	for i, bd := range m.bodies {
 		if bd.calls {
@@ -341,7 +347,15 @@ func (w *writer) scan(i int, loops *[]uint32) uint32 {
 			cum += leafWeight
 		}
 	}
-	return uint32(min(cum+uint64(bd.locals), maxWeight))
+	return uint32(min(cum+w.slots(i), maxWeight))
+}
+
+// slots is the weight of defined function i's parameters and locals: the
+// bytes they take on the stack.
+func (w *writer) slots(i int) uint64 {
+	m := w.m
+	params := len(m.FuncType(uint32(m.importedFuncs + i)).Params)
+	return slotWeight * (uint64(params) + uint64(m.bodies[i].locals))
 }
 
 // body returns the instrumented body of defined function i.
@@ -379,7 +393,7 @@ func (w *writer) body(i int) ([]byte, error) {
 		out = appendIdx(out, opGlobalSet, w.depth)
 	}
 	if checked && !entryLoop {
-		out = w.check(out, weight)
+		out = w.check(out, uint32(frame)) // at least what the depth grows by: the bound holds within FuelPerYield
 	}
 	if tracked {
 		out = append(out, opBlock)
@@ -428,7 +442,7 @@ func (w *writer) body(i int) ([]byte, error) {
 		if in.op == opLoop {
 			charge := max(loops[loop], 1)
 			if loop == 0 && entryLoop {
-				charge = max(charge, weight)
+				charge = max(charge, uint32(frame))
 			}
 			out = w.check(out, charge)
 			loop++
