@@ -63,4 +63,9 @@ type CodeStats struct {
 	Failures      uint64 // calls that returned an error
 	Discarded     uint64 // instances thrown away after a trap, timeout or memory blow-up
 	PrepareTime   time.Duration
+	// TableEntries is the entries of the guest tables over all instances
+	// (8 bytes each), outside MemoryBytes.
+	TableEntries uint64
+	// DroppedLogLines counts guest log lines dropped by a rate limit.
+	DroppedLogLines uint64
 }

@@ -53,6 +53,14 @@ var (
 	// ErrDrained: the call was still running on a retired version when the
 	// drain deadline passed, so its instance was closed under it.
 	ErrDrained = errors.New("version retired before the call finished")
+	// ErrStackOverflow: the guest's call stack passed its bound (deep or
+	// unbounded recursion); its instance was discarded and the version
+	// keeps serving.
+	ErrStackOverflow = errors.New("guest call stack exceeded its bound")
+	// ErrLimitExceeded: the module declares more of something (functions,
+	// table entries, memory pages, bytes, …) than the backend's limits
+	// allow. The *LoadError that carries it names what.
+	ErrLimitExceeded = errors.New("module exceeds a limit")
 )
 
 // LoadError reports why a version was refused. The version never served a
@@ -60,8 +68,9 @@ var (
 type LoadError struct {
 	Module  string
 	Version string
-	// Check names the step that failed: "compile", "abi", "exports",
-	// "capabilities", "init", "selftest", "prewarm", "migrate", …
+	// Check names the step that failed: "limits", "validate", "exports",
+	// "capabilities", "compile", "init", "abi", "selftest", "prewarm",
+	// "migrate", …
 	Check string
 	Err   error
 }

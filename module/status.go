@@ -27,6 +27,11 @@ type VersionStatus struct {
 	Calls         uint64    `json:"calls"`
 	Failures      uint64    `json:"failures"`
 	Discarded     uint64    `json:"discarded_instances"`
+	// TableEntries is the entries of the guest tables over all instances,
+	// outside MemoryBytes.
+	TableEntries uint64 `json:"table_entries"`
+	// DroppedLogLines counts guest log lines dropped by a rate limit.
+	DroppedLogLines uint64 `json:"dropped_log_lines"`
 }
 
 // Versions returns every live version of the module: the active one, the

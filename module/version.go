@@ -73,15 +73,17 @@ func (v *version) inFlight() int64 {
 func (v *version) status() *VersionStatus {
 	s := v.code.Stats()
 	return &VersionStatus{
-		Version:       v.name,
-		Digest:        v.digest,
-		LoadedAt:      v.loadedAt,
-		InFlight:      v.inFlight(),
-		Instances:     s.Instances,
-		IdleInstances: s.IdleInstances,
-		MemoryBytes:   s.MemoryBytes,
-		Calls:         s.Calls,
-		Failures:      s.Failures,
-		Discarded:     s.Discarded,
+		Version:         v.name,
+		Digest:          v.digest,
+		LoadedAt:        v.loadedAt,
+		InFlight:        v.inFlight(),
+		Instances:       s.Instances,
+		IdleInstances:   s.IdleInstances,
+		MemoryBytes:     s.MemoryBytes,
+		Calls:           s.Calls,
+		Failures:        s.Failures,
+		Discarded:       s.Discarded,
+		TableEntries:    s.TableEntries,
+		DroppedLogLines: s.DroppedLogLines,
 	}
 }

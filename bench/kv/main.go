@@ -67,11 +67,11 @@ func run(rounds, syncWrites int, sync4Time time.Duration) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	cache := filepath.Join(os.TempDir(), "hotswap-bench-wazero-cache")
+	cache := filepath.Join(tmp, "cache")
 
 	modes := []*mode{{name: "mem", d: host.DurabilityMemory}, {name: "window", d: host.DurabilityWindow}, {name: "sync", d: host.DurabilitySync}}
 	for _, m := range modes {
-		b, err := wasm.New(wasm.Options{CacheDir: cache, Default: wasm.ModuleConfig{Trusted: true, Grants: []wasm.Capability{wasm.CapKV}}})
+		b, err := wasm.New(wasm.Options{CacheDir: cache, Default: wasm.ModuleConfig{CallTimeout: wasm.NoCallTimeout, Grants: []wasm.Capability{wasm.CapKV}}})
 		if err != nil {
 			return err
 		}

@@ -1,17 +1,30 @@
 // Command modcall measures the cost of a call through the module registry
-// against the best hand-written raw wazero call of the same guest, and the
-// guest memory of a handler that allocates 256 KiB per call.
+// against the best hand-written raw wazero call of the same guest, the
+// guest memory of a handler that allocates 256 KiB per call, and how long a
+// plain goroutine of the process is kept from running while every hostile
+// module of internal/hostile is loaded and called.
 //
 //	go run ./bench/modcall
 //
-// A call echoes 1 KiB in and 1 KiB out. "raw" is the best hand-written wazero
-// call of the same guest; "raw guarded" is the same with wazero's own runaway
-// protection on (WithCloseOnContextDone: a goroutine per call watches the
-// context), for comparison with the registry's untrusted mode, which gets
-// its protection from stop-flag instrumentation instead (see RATIONALE.md). Latencies are medians of the mean
-// per-call time of batches of 100 calls (timing single 60 ns calls would
-// measure the clock); trusted, untrusted and raw batches are interleaved so
-// machine noise hits them alike.
+// A call echoes 1 KiB in and 1 KiB out. "raw" is the best hand-written
+// wazero call of the same guest, uninstrumented; "untrusted" is a call
+// through the registry with the default deadline, "no deadline" one with
+// CallTimeout = NoCallTimeout: both run the guest instrumented (stop flag,
+// fuel at loop heads and function entries, stack depth). "raw guarded" is
+// raw wazero with its own runaway protection on (WithCloseOnContextDone: a
+// goroutine per call watches the context), for comparison. Latencies are
+// medians of the mean per-call time of batches of 100 calls (timing single
+// 60 ns calls would measure the clock); the variants' batches are
+// interleaved so machine noise hits them alike.
+//
+// The hostile phase loads each hostile module into a registry that also
+// serves a healthy Go module called every millisecond, while a goroutine
+// measures by how much its 1 ms ticks come late (hostile_max_stall_ms). The
+// same measurement over as long with the healthy module alone gives the
+// machine's own noise (baseline_max_stall_ms).
+// hostile_case_load_call_stall_ms gives each case's load and call times and
+// the longest stall meanwhile. The hostile modules run with a
+// 250 ms call deadline and a 500 ms InitTimeout.
 package main
 
 import (
@@ -20,6 +33,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/tetratelabs/wazero"
@@ -27,34 +41,39 @@ import (
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
 	"github.com/hotswapgo/hotswap/bench/internal/benchutil"
+	"github.com/hotswapgo/hotswap/internal/hostile"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/module/wasm"
 )
 
 const batch = 100
 
-var maintainEvery int
-
 func main() {
 	rounds := flag.Int("rounds", 2000, "batches of 100 calls per variant")
 	allocCalls := flag.Int("alloc-calls", 100000, "calls of the allocating handler")
-	flag.IntVar(&maintainEvery, "maintain-every", 0, "calls between GC yields (0: the default)")
+	maintainEvery := flag.Int("maintain-every", 0, "calls between GC yields (0: the default)")
+	hostileRuns := flag.Int("hostile", 1, "passes over the hostile modules (0: none)")
 	flag.Parse()
-	if err := run(*rounds, *allocCalls); err != nil {
+	dir, err := os.MkdirTemp("", "modcall-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = run(dir, *rounds, *allocCalls, *maintainEvery, *hostileRuns)
+	os.RemoveAll(dir)
+	if err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(rounds, allocCalls int) error {
+func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error {
 	ctx := context.Background()
 	code, err := benchutil.Guest("./internal/testguests/echo", "")
 	if err != nil {
 		return err
 	}
-	cache := os.TempDir() + "/hotswap-bench-wazero-cache"
-
-	newReg := func(trusted bool) (*module.Module, *module.Registry, error) {
-		b, err := wasm.New(wasm.Options{CacheDir: cache, Default: wasm.ModuleConfig{MaintainEvery: maintainEvery, Trusted: trusted, Grants: []wasm.Capability{wasm.CapKV}}})
+	newReg := func(timeout time.Duration) (*module.Module, *module.Registry, error) {
+		b, err := wasm.New(wasm.Options{CacheDir: cache, Default: wasm.ModuleConfig{MaintainEvery: maintainEvery,
+			CallTimeout: timeout, Grants: []wasm.Capability{wasm.CapKV}}})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -67,22 +86,22 @@ func run(rounds, allocCalls int) error {
 		}
 		return r.Module("echo"), r, nil
 	}
-	trusted, tr, err := newReg(true)
+	deadline, dr, err := newReg(0)
 	if err != nil {
 		return err
 	}
-	defer tr.Close(ctx)
-	untrusted, ur, err := newReg(false)
+	defer dr.Close(ctx)
+	noDeadline, nr, err := newReg(wasm.NoCallTimeout)
 	if err != nil {
 		return err
 	}
-	defer ur.Close(ctx)
-	raw, err := newRaw(ctx, code, cache, false)
+	defer nr.Close(ctx)
+	raw, err := newRaw(ctx, code, false)
 	if err != nil {
 		return err
 	}
 	defer raw.close(ctx)
-	rawGuarded, err := newRaw(ctx, code, cache, true)
+	rawGuarded, err := newRaw(ctx, code, true)
 	if err != nil {
 		return err
 	}
@@ -108,8 +127,8 @@ func run(rounds, allocCalls int) error {
 		ns   []float64
 	}{
 		{name: "raw", call: func() error { return raw.echo(ctx, in, &dst) }},
-		{name: "trusted", call: viaRegistry(trusted)},
-		{name: "untrusted", call: viaRegistry(untrusted)},
+		{name: "untrusted", call: viaRegistry(deadline)},
+		{name: "no deadline", call: viaRegistry(noDeadline)},
 		{name: "raw guarded", call: func() error { return rawGuarded.echo(ctx, in, &dst) }},
 	}
 	for i := range variants { // warm up
@@ -132,12 +151,12 @@ func run(rounds, allocCalls int) error {
 		}
 	}
 	rawP50 := benchutil.Percentile(variants[0].ns, 50)
-	trustedP50 := benchutil.Percentile(variants[1].ns, 50)
-	untrustedP50 := benchutil.Percentile(variants[2].ns, 50)
+	untrustedP50 := benchutil.Percentile(variants[1].ns, 50)
+	noDeadlineP50 := benchutil.Percentile(variants[2].ns, 50)
 	rawGuardedP50 := benchutil.Percentile(variants[3].ns, 50)
 
-	// The allocating handler, on a fresh trusted registry.
-	allocMod, ar, err := newReg(true)
+	// The allocating handler, on a fresh registry.
+	allocMod, ar, err := newReg(0)
 	if err != nil {
 		return err
 	}
@@ -151,16 +170,18 @@ func run(rounds, allocCalls int) error {
 	st := allocMod.Status()
 	ar.Close(ctx)
 
-	fmt.Printf("raw p50 %.1f ns, trusted p50 %.1f ns, untrusted p50 %.1f ns, raw guarded p50 %.1f ns\n", rawP50, trustedP50, untrustedP50, rawGuardedP50)
+	fmt.Printf("raw p50 %.1f ns, untrusted p50 %.1f ns (%.2fx), no deadline p50 %.1f ns, raw guarded p50 %.1f ns\n",
+		rawP50, untrustedP50, untrustedP50/rawP50, noDeadlineP50, rawGuardedP50)
 	fmt.Printf("alloc: %d calls in %v, %d instances, guest memory %.1f MiB\n", allocCalls, allocElapsed,
 		st.Active.Instances, float64(st.Active.MemoryBytes)/(1<<20))
-	benchutil.Result(map[string]any{
-		"trusted_p50_ns":       round1(trustedP50),
-		"untrusted_p50_ns":     round1(untrustedP50),
+
+	res := map[string]any{
 		"raw_p50_ns":           round1(rawP50),
+		"untrusted_p50_ns":     round1(untrustedP50),
+		"no_deadline_p50_ns":   round1(noDeadlineP50),
 		"raw_guarded_p50_ns":   round1(rawGuardedP50),
-		"untrusted_ratio":      round2(untrustedP50 / rawGuardedP50),
-		"ratio":                round2(trustedP50 / rawP50),
+		"untrusted_ratio":      round2(untrustedP50 / rawP50),
+		"no_deadline_ratio":    round2(noDeadlineP50 / rawP50),
 		"alloc_calls":          allocCalls,
 		"alloc_guest_mem_mb":   round1(float64(st.Active.MemoryBytes) / (1 << 20)),
 		"alloc_instances":      st.Active.Instances,
@@ -168,9 +189,140 @@ func run(rounds, allocCalls int) error {
 		"batches_per_variant":  rounds,
 		"calls_per_batch":      batch,
 		"payload_bytes_in_out": len(in),
-	})
+	}
+	if hostileRuns > 0 {
+		h, err := hostilePhase(ctx, cache, code, hostileRuns)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("hostile: %d cases x %d, %d answered wrongly, took %v; longest stall %v (baseline %v); healthy calls %d, slowest %v (baseline %v)\n",
+			h.cases, hostileRuns, h.wrong, h.took.Round(time.Millisecond), h.stall, h.baselineStall, h.healthyCalls,
+			h.healthyMax, h.baselineHealthyMax)
+		res["hostile_cases"] = h.cases * hostileRuns
+		res["hostile_wrong_answers"] = h.wrong
+		res["hostile_max_stall_ms"] = ms(h.stall)
+		res["baseline_max_stall_ms"] = ms(h.baselineStall)
+		res["hostile_healthy_calls"] = h.healthyCalls
+		res["hostile_healthy_failures"] = h.healthyFailures
+		res["hostile_healthy_max_ms"] = ms(h.healthyMax)
+		res["baseline_healthy_max_ms"] = ms(h.baselineHealthyMax)
+		res["hostile_seconds"] = round2(h.took.Seconds())
+		res["hostile_case_load_call_stall_ms"] = h.caseMS
+	}
+	benchutil.Result(res)
 	return nil
 }
+
+type hostileResult struct {
+	// caseMS holds, per case, how long its load and its call took in the
+	// first pass and the longest stall meanwhile, in milliseconds.
+	caseMS map[string][3]float64
+
+	cases, wrong                   int
+	took                           time.Duration
+	stall, baselineStall           time.Duration
+	healthyCalls, healthyFailures  int
+	healthyMax, baselineHealthyMax time.Duration
+}
+
+// hostilePhase runs every hostile case runs times against a registry that
+// also serves the healthy echo module, then measures as long with the
+// healthy module alone.
+func hostilePhase(ctx context.Context, cache string, healthyCode []byte, runs int) (hostileResult, error) {
+	var res hostileResult
+	cases := hostile.Cases()
+	res.cases = len(cases)
+	modules := map[string]wasm.ModuleConfig{}
+	for _, c := range cases {
+		cfg := wasm.ModuleConfig{CallTimeout: 250 * time.Millisecond, InitTimeout: 500 * time.Millisecond,
+			MemoryLimit: 64 << 20, MinInstances: 1, MaxInstances: 2, MaintainEvery: 1, LogLimit: 100}
+		for _, g := range c.Grants {
+			cfg.Grants = append(cfg.Grants, wasm.Capability(g))
+		}
+		modules[c.Name] = cfg
+	}
+	b, err := wasm.New(wasm.Options{CacheDir: cache, Modules: modules,
+		Default: wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}, MinInstances: 2}})
+	if err != nil {
+		return res, err
+	}
+	r, err := module.New(module.Options{Backend: b, DrainTimeout: time.Second})
+	if err != nil {
+		return res, err
+	}
+	defer r.Close(ctx)
+	if _, err := r.Load(ctx, "healthy", module.Source{Version: "v1", Artifact: healthyCode}); err != nil {
+		return res, err
+	}
+	healthy := r.Module("healthy")
+
+	// measure runs f while the healthy module is called every millisecond
+	// and a probe ticks every millisecond.
+	measure := func(f func()) (stall, slowest time.Duration, calls, failures int) {
+		var (
+			mu   sync.Mutex
+			stop = make(chan struct{})
+			wg   sync.WaitGroup
+		)
+		wg.Go(func() {
+			t := time.NewTicker(time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+				}
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				start := time.Now()
+				out, err := healthy.Call(cctx, "echo", []byte("ping"))
+				d := time.Since(start)
+				cancel()
+				mu.Lock()
+				calls++
+				slowest = max(slowest, d)
+				if err != nil || string(out) != "ping" {
+					failures++
+				}
+				mu.Unlock()
+			}
+		})
+		probe := hostile.StartProbe(time.Millisecond)
+		f()
+		stall = probe.Stop()
+		close(stop)
+		wg.Wait()
+		return stall, slowest, calls, failures
+	}
+
+	var stall, slowest time.Duration
+	start := time.Now()
+	res.caseMS = make(map[string][3]float64)
+	stall, slowest, res.healthyCalls, res.healthyFailures = measure(func() {
+		for i := range runs {
+			for _, c := range cases {
+				caseProbe := hostile.StartProbe(time.Millisecond)
+				got, err := hostile.Check(ctx, r, c, 30*time.Second)
+				caseStall := caseProbe.Stop()
+				if err != nil {
+					res.wrong++
+					fmt.Printf("hostile %s: %v\n", c.Name, err)
+				}
+				if i == 0 {
+					res.caseMS[c.Name] = [3]float64{ms3(got.Load), ms3(got.Call), ms3(caseStall)}
+				}
+			}
+		}
+	})
+	res.took = time.Since(start)
+	res.stall, res.healthyMax = stall, slowest
+	res.baselineStall, res.baselineHealthyMax, _, _ = measure(func() { time.Sleep(res.took) })
+	return res, nil
+}
+
+func ms(d time.Duration) float64 { return round1(float64(d) / float64(time.Millisecond)) }
+
+func ms3(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func round1(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
 func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
@@ -187,16 +339,12 @@ type rawEcho struct {
 
 // newRaw instantiates the guest on a bare wazero runtime; guarded turns on
 // wazero's own runaway protection (WithCloseOnContextDone).
-func newRaw(ctx context.Context, code []byte, cacheDir string, guarded bool) (*rawEcho, error) {
-	cache, err := wazero.NewCompilationCacheWithDir(cacheDir)
-	if err != nil {
-		return nil, err
-	}
-	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfig().WithCompilationCache(cache).WithCloseOnContextDone(guarded))
+func newRaw(ctx context.Context, code []byte, guarded bool) (*rawEcho, error) {
+	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfig().WithCloseOnContextDone(guarded))
 	wasi_snapshot_preview1.MustInstantiate(ctx, rt)
 	noop := api.GoModuleFunc(func(context.Context, api.Module, []uint64) {})
 	i32, i64 := api.ValueTypeI32, api.ValueTypeI64
-	_, err = rt.NewHostModuleBuilder("hotswap").
+	_, err := rt.NewHostModuleBuilder("hotswap").
 		NewFunctionBuilder().WithGoModuleFunction(noop, []api.ValueType{i32, i32, i32}, nil).Export("log").
 		NewFunctionBuilder().WithGoModuleFunction(noop, []api.ValueType{i32, i32, i32, i32}, []api.ValueType{i64}).Export("kv_get").
 		NewFunctionBuilder().WithGoModuleFunction(noop, []api.ValueType{i32, i32, i32, i32}, nil).Export("kv_set").

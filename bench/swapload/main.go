@@ -158,7 +158,10 @@ func run(c config) error {
 		}
 		artifacts[v] = b
 	}
-	mcfg := wasm.ModuleConfig{Trusted: !c.untrusted, Grants: []wasm.Capability{wasm.CapKV}, MaintainEvery: c.maintainEvery}
+	mcfg := wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}, MaintainEvery: c.maintainEvery}
+	if !c.untrusted { // every module is stoppable now; "trusted" only drops the deadline
+		mcfg.CallTimeout = wasm.NoCallTimeout
+	}
 	newRegistry := func() (*module.Registry, error) {
 		b, err := wasm.New(wasm.Options{CacheDir: c.cacheDir, Default: mcfg})
 		if err != nil {

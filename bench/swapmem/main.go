@@ -95,7 +95,11 @@ func run(c config) error {
 		}
 		artifacts[v] = b
 	}
-	b, err := wasm.New(wasm.Options{CacheDir: c.cacheDir, Default: wasm.ModuleConfig{Trusted: !c.untrusted, Grants: []wasm.Capability{wasm.CapKV}}})
+	mcfg := wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}}
+	if !c.untrusted { // every module is stoppable now; "trusted" only drops the deadline
+		mcfg.CallTimeout = wasm.NoCallTimeout
+	}
+	b, err := wasm.New(wasm.Options{CacheDir: c.cacheDir, Default: mcfg})
 	if err != nil {
 		return err
 	}

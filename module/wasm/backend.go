@@ -20,9 +20,10 @@ import (
 
 // Backend runs WebAssembly modules on wazero. It is safe for concurrent use.
 type Backend struct {
-	opts  Options
-	log   *slog.Logger
-	cache wazero.CompilationCache
+	opts     Options
+	log      *slog.Logger
+	cache    wazero.CompilationCache
+	compiler *compiler
 
 	mu     sync.Mutex // protects hosts, closed
 	hosts  map[string]*moduleHost
@@ -31,7 +32,8 @@ type Backend struct {
 
 var _ module.Backend = (*Backend)(nil)
 
-// New returns a Backend. It checks every module configuration now.
+// New returns a Backend. It checks every module configuration and the
+// compilation cache directory now.
 func New(opts Options) (*Backend, error) {
 	if _, err := opts.Default.withDefaults(); err != nil {
 		return nil, fmt.Errorf("wasm: default module config: %w", err)
@@ -42,9 +44,13 @@ func New(opts Options) (*Backend, error) {
 		}
 	}
 	if opts.CacheDir == "" {
-		opts.CacheDir = DefaultCacheDir()
+		dir, err := DefaultCacheDir()
+		if err != nil {
+			return nil, fmt.Errorf("wasm: %w", err)
+		}
+		opts.CacheDir = dir
 	}
-	cache, err := wazero.NewCompilationCacheWithDir(opts.CacheDir)
+	cache, err := openCache(opts.CacheDir)
 	if err != nil {
 		return nil, fmt.Errorf("wasm: compilation cache %s: %w", opts.CacheDir, err)
 	}
@@ -52,6 +58,7 @@ func New(opts Options) (*Backend, error) {
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
 	}
+	b.compiler = &compiler{dir: opts.CacheDir, log: b.log}
 	return b, nil
 }
 
@@ -72,7 +79,7 @@ func (b *Backend) host(ctx context.Context, name string, state *module.KV) (*mod
 		cfg = b.opts.Default
 	}
 	cfg, _ = cfg.withDefaults() // checked in New
-	h, err := newModuleHost(ctx, name, cfg, state, b.cache, b.log)
+	h, err := newModuleHost(ctx, name, cfg, state, b.cache, b.compiler, b.log)
 	if err != nil {
 		return nil, err
 	}
@@ -80,94 +87,56 @@ func (b *Backend) host(ctx context.Context, name string, state *module.KV) (*mod
 	return h, nil
 }
 
-// Prepare compiles spec.Artifact (from the compilation cache when it was
-// compiled before), validates it and pre-warms its instances:
+// Prepare checks spec.Artifact, compiles it (from the compilation cache
+// when it was compiled before), validates it and pre-warms its instances.
+// Before anything compiles it, in milliseconds and bounded memory:
 //
+//   - it is a well-formed module within the module's Limits, its memory
+//     within MemoryLimit and its tables within MaxTableEntries ("limits",
+//     "validate");
 //   - the exports of the guest ABI are present with the right types, and
-//     the module is a reactor (built with -buildmode=c-shared);
-//   - it imports only host functions it was granted;
-//   - it initializes within InitTimeout and memory limits;
-//   - it speaks ABI major ABIMajor;
-//   - it registers every RequiredHandlers entry;
-//   - its self-test, if any, passes.
+//     the module is a reactor (built with -buildmode=c-shared) ("exports");
+//   - it imports only host functions it was granted ("capabilities").
 //
-// Each failure is a *module.LoadError naming the check.
+// Then, each under InitTimeout:
+//
+//   - it initializes, start function included, within its limits ("init");
+//   - it speaks ABI major ABIMajor ("abi");
+//   - it registers every RequiredHandlers entry ("exports");
+//   - its self-test, if any, passes ("selftest").
+//
+// Each failure is a *module.LoadError naming the check. A version refused
+// after its compile removes what the compile added to the cache.
 func (b *Backend) Prepare(ctx context.Context, spec module.Spec) (module.Code, error) {
 	start := time.Now()
 	h, err := b.host(ctx, spec.Module, spec.State)
 	if err != nil {
 		return nil, err
 	}
-	cctx := experimental.WithCompilationWorkers(ctx, procs())
-
 	digest := spec.Digest
 	if digest == "" {
 		sum := sha256.Sum256(spec.Artifact)
 		digest = hex.EncodeToString(sum[:])
 	}
-	var (
-		validation, serving wazero.CompiledModule
-		release             func()
-		rt                  = h.fast // what validation runs in
-	)
-	if h.cfg.Trusted {
-		// Served as compiled; validated in the guarded runtime. Both
-		// compile at once.
-		var (
-			releaseServing, releaseValidation func()
-			servingErr                        error
-			wg                                sync.WaitGroup
-		)
-		wg.Go(func() { serving, releaseServing, servingErr = h.compile(cctx, plain, digest, spec.Artifact) })
-		validation, releaseValidation, err = h.compile(cctx, guarded, digest, spec.Artifact)
-		wg.Wait()
-		release = func() {
-			for _, r := range []func(){releaseServing, releaseValidation} {
-				if r != nil {
-					r()
-				}
-			}
-		}
-		if err == nil {
-			err = servingErr
-		}
-		rt = h.guarded
-	} else {
-		// Instrumented with a stop flag, which protects validation and
-		// calls alike.
-		validation, release, err = h.compile(cctx, stopFlag, digest, spec.Artifact)
-		serving = validation
-	}
+	cm, release, err := h.compile(experimental.WithCompilationWorkers(ctx, procs()), digest, spec.Artifact)
 	if err != nil {
-		if release != nil {
-			release()
-		}
-		return nil, module.Reject("compile", fmt.Errorf("%w: %v", module.ErrInvalidModule, err))
-	}
-	if err := checkExports(validation); err != nil {
-		release()
 		return nil, err
 	}
-	if err := h.checkImports(validation); err != nil {
-		release()
-		return nil, err
-	}
-
-	c, err := b.validate(ctx, h, rt, validation, spec)
+	logs := &logStats{}
+	ctx = context.WithValue(ctx, logStatsKey{}, logs)
+	c, err := b.validate(ctx, h, cm, spec)
 	if err != nil {
-		release()
+		release(false)
 		return nil, err
 	}
-	c.release = release
-	c.serving = serving
-	c.bg = context.Background()
-	untrusted := !h.cfg.Trusted
-	c.pool = newPool(h, h.fast, serving, untrusted)
-	warm := min(max(h.cfg.MinInstances, spec.Warm), h.cfg.MaxInstances)
-	if untrusted {
-		warm-- // the validation instance joins the pool after Migrate
+	c.compiled, c.release, c.logs = cm, release, logs
+	c.bg = context.WithValue(context.Background(), logStatsKey{}, logs)
+	c.pool = newPool(h, cm, c.bg)
+	if h.cfg.CallTimeout != NoCallTimeout {
 		c.wd = startWatchdog(c.pool, h.cfg.CallTimeout)
 	}
+	// The validation instance joins the pool after Migrate.
+	warm := min(max(h.cfg.MinInstances, spec.Warm), h.cfg.MaxInstances) - 1
 	if err := c.pool.warm(ctx, warm); err != nil {
 		c.Close(ctx)
 		return nil, module.Reject("prewarm", loadFailure(err))
@@ -176,33 +145,12 @@ func (b *Backend) Prepare(ctx context.Context, spec module.Spec) (module.Code, e
 	return c, nil
 }
 
-func checkExports(cm wazero.CompiledModule) error {
-	exports := cm.ExportedFunctions()
-	if _, ok := exports[exportInit]; !ok {
-		if _, cmd := exports["_start"]; cmd {
-			return module.Reject("exports", fmt.Errorf("%w: the module is a WASI command; build it as a reactor with -buildmode=c-shared", module.ErrMissingExport))
-		}
-	}
-	for name, want := range requiredExports {
-		def, ok := exports[name]
-		if !ok {
-			return module.Reject("exports", fmt.Errorf("%w: %s (is the module built with the hotswap guest SDK?)", module.ErrMissingExport, name))
-		}
-		if !sameTypes(def.ParamTypes(), want.params) || !sameTypes(def.ResultTypes(), want.results) {
-			return module.Reject("exports", fmt.Errorf("%w: %s has type %s, want %s", module.ErrMissingExport, name,
-				formatSig(def.ParamTypes(), def.ResultTypes()), formatSig(want.params, want.results)))
-		}
-	}
-	return nil
-}
-
-// validate instantiates the module under runaway protection (cm is
-// guarded or instrumented with a stop flag) and runs the checks that need a
-// live instance. The instance is kept for Migrate.
-func (b *Backend) validate(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazero.CompiledModule, spec module.Spec) (*code, error) {
+// validate instantiates the module and runs the checks that need a live
+// instance, each under InitTimeout. The instance is kept for Migrate.
+func (b *Backend) validate(ctx context.Context, h *moduleHost, cm *compiledModule, spec module.Spec) (*code, error) {
 	ictx, cancel := context.WithTimeout(ctx, h.cfg.InitTimeout)
 	defer cancel()
-	inst, err := newInstance(ictx, h, rt, cm, !h.cfg.Trusted)
+	inst, err := newInstance(ictx, h, cm)
 	if err != nil {
 		return nil, module.Reject("init", initFailure(err))
 	}
@@ -211,8 +159,12 @@ func (b *Backend) validate(ctx context.Context, h *moduleHost, rt wazero.Runtime
 		inst.close()
 		return nil, module.Reject(check, err)
 	}
+	// Each check has its own deadline.
+	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, h.cfg.InitTimeout) }
 
-	abi, err := inst.invoke(ictx, inst.mod.ExportedFunction(exportABIVersion))
+	sctx, scancel := step()
+	abi, err := inst.invoke(sctx, inst.mod.ExportedFunction(exportABIVersion))
+	scancel()
 	if err != nil {
 		return fail("abi", loadFailure(err))
 	}
@@ -221,7 +173,9 @@ func (b *Backend) validate(ctx context.Context, h *moduleHost, rt wazero.Runtime
 			major, uint32(abi)&0xffff, ABIMajor))
 	}
 
-	r, err := inst.invoke(ictx, inst.mod.ExportedFunction(exportHandlers))
+	sctx, scancel = step()
+	r, err := inst.invoke(sctx, inst.mod.ExportedFunction(exportHandlers))
+	scancel()
 	if err != nil {
 		return fail("exports", loadFailure(err))
 	}
@@ -243,7 +197,9 @@ func (b *Backend) validate(ctx context.Context, h *moduleHost, rt wazero.Runtime
 		}
 	}
 
-	r, err = inst.invoke(ictx, inst.mod.ExportedFunction(exportSelfTest))
+	sctx, scancel = step()
+	r, err = inst.invoke(sctx, inst.mod.ExportedFunction(exportSelfTest))
+	scancel()
 	if err != nil {
 		return fail("selftest", loadFailure(err))
 	}
@@ -254,7 +210,8 @@ func (b *Backend) validate(ctx context.Context, h *moduleHost, rt wazero.Runtime
 }
 
 // initFailure names an initialization failure: a trap or exit during
-// _initialize is ErrInitFailed, unless it was a timeout or memory limit.
+// the start function or _initialize is ErrInitFailed, unless it was a
+// timeout, a memory limit or a stack overflow.
 func initFailure(err error) error {
 	err = loadFailure(err)
 	if errors.Is(err, module.ErrTrapped) {

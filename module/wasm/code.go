@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/tetratelabs/wazero"
-
 	"github.com/hotswapgo/hotswap/module"
 )
 
@@ -22,19 +20,19 @@ type code struct {
 	handlers map[string]uint32
 	names    []string
 	pool     *pool
-	wd       *watchdog       // nil for trusted code
-	bg       context.Context // the context calls run under
+	wd       *watchdog       // nil without a call deadline
+	bg       context.Context // the context calls run under: it carries logs
+	logs     *logStats
 	prepared time.Duration
-	// serving is the compiled module the pool instantiates: plain for
-	// trusted code, instrumented with a stop flag for untrusted code.
-	serving wazero.CompiledModule
-	release func() // releases serving and the validation's compiled module
+	compiled *compiledModule
+	release  func(keep bool) // releases compiled; keep once the version was accepted
 
 	// refused counts calls failed before reaching an instance.
 	refused atomic.Uint64
 
-	mu        sync.Mutex // protects validator
+	mu        sync.Mutex // protects validator, accepted
 	validator *instance  // kept from validation until Migrate or Close
+	accepted  bool       // Migrate succeeded
 	closeOnce sync.Once
 }
 
@@ -67,16 +65,14 @@ func (c *code) Migrate(ctx context.Context, from string) error {
 	if v == nil {
 		return errors.New("migrate: version already migrated or closed")
 	}
-	err := c.runMigrate(ctx, v, from)
-	switch {
-	case err != nil:
+	if err := c.runMigrate(context.WithValue(ctx, logStatsKey{}, c.logs), v, from); err != nil {
 		v.close()
 		return module.Reject("migrate", err)
-	case c.wd != nil:
-		c.pool.add(v) // the validation instance serves like any other
-	default:
-		v.close()
 	}
+	c.mu.Lock()
+	c.accepted = true
+	c.mu.Unlock()
+	c.pool.add(v) // the validation instance serves like any other
 	return nil
 }
 
@@ -102,16 +98,21 @@ func (c *code) runMigrate(ctx context.Context, v *instance, from string) error {
 func (c *code) Stats() module.CodeStats {
 	s := c.pool.stats()
 	return module.CodeStats{
-		Instances:     s.instances,
-		IdleInstances: s.idle,
-		MemoryBytes:   s.memory,
-		Calls:         s.calls + c.refused.Load(),
-		Failures:      s.failures + c.refused.Load(),
-		Discarded:     s.drop,
-		PrepareTime:   c.prepared,
+		Instances:       s.instances,
+		IdleInstances:   s.idle,
+		MemoryBytes:     s.memory,
+		TableEntries:    s.tables,
+		Calls:           s.calls + c.refused.Load(),
+		Failures:        s.failures + c.refused.Load(),
+		Discarded:       s.drop,
+		PrepareTime:     c.prepared,
+		DroppedLogLines: c.logs.dropped.Load(),
 	}
 }
 
+// Close closes the version. A version that never passed Migrate was
+// refused: the compiled code its compile added to the cache is removed
+// (unless another version uses it).
 func (c *code) Close(ctx context.Context) error {
 	c.closeOnce.Do(func() {
 		if c.wd != nil {
@@ -122,9 +123,10 @@ func (c *code) Close(ctx context.Context) error {
 			c.validator.close()
 			c.validator = nil
 		}
+		accepted := c.accepted
 		c.mu.Unlock()
 		c.pool.close(true)
-		c.release()
+		c.release(accepted)
 	})
 	return nil
 }

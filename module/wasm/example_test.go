@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/hotswapgo/hotswap/internal/guestbuild"
@@ -19,12 +21,25 @@ func Example() {
 		log.Fatal(err)
 	}
 
-	backend, _ := wasm.New(wasm.Options{Modules: map[string]wasm.ModuleConfig{
-		"echo": {
-			Grants:      []wasm.Capability{wasm.CapKV}, // host-kept state
-			CallTimeout: 100 * time.Millisecond,        // runaway calls are stopped
+	// Compiled code is cached in a directory only this user may write;
+	// a service keeps it in its state directory.
+	state, err := os.MkdirTemp("", "example-state-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(state)
+	backend, err := wasm.New(wasm.Options{
+		CacheDir: filepath.Join(state, "cache", "wasm"),
+		Modules: map[string]wasm.ModuleConfig{
+			"echo": {
+				Grants:      []wasm.Capability{wasm.CapKV}, // host-kept state
+				CallTimeout: 100 * time.Millisecond,        // runaway calls are stopped
+			},
 		},
-	}})
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
 	reg, _ := module.New(module.Options{Backend: backend})
 	defer reg.Close(ctx)
 

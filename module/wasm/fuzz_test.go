@@ -15,7 +15,7 @@ import (
 // Whatever the bytes and size, they must arrive unchanged and the instance
 // must stay healthy.
 func FuzzGuestBoundary(f *testing.F) {
-	r := newRegistry(f, wasm.ModuleConfig{Trusted: true, Grants: kv, MinInstances: 1, MaxInput: 1 << 20})
+	r := newRegistry(f, wasm.ModuleConfig{Grants: kv, MinInstances: 1, MaxInput: 1 << 20})
 	load(f, r, "m", "v1", echo(f, "v1"))
 	m := r.Module("m")
 	f.Add([]byte{})

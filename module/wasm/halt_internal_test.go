@@ -3,8 +3,6 @@ package wasm
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -12,8 +10,8 @@ import (
 	"github.com/hotswapgo/hotswap/module"
 )
 
-// prepareEcho prepares the echo guest as an untrusted module with one
-// instance, closed when the test ends.
+// prepareEcho prepares the echo guest with two instances, closed when the
+// test ends.
 func prepareEcho(t *testing.T) *code {
 	t.Helper()
 	bin, err := guestbuild.Bytes("./internal/testguests/echo", "-X main.version=v1")
@@ -22,7 +20,7 @@ func prepareEcho(t *testing.T) *code {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	b, err := New(Options{CacheDir: filepath.Join(os.TempDir(), "hotswap-test-wazero-cache"),
+	b, err := New(Options{CacheDir: SharedTestCacheDir(),
 		Default: ModuleConfig{Grants: []Capability{CapKV}, MinInstances: 2, CallTimeout: time.Minute}})
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +61,7 @@ func TestHaltAfterReturnPoisonsOnlyThatInstance(t *testing.T) {
 	a.halt(errWatchdog)
 	a.halt(errDrained) // a later cause does not replace the first
 	// A short call may finish before it reads the flag (every
-	// stopflag.YieldEvery loop iterations), but the instance is dead.
+	// guard.FuelPerYield units of work), but the instance is dead.
 	if _, dead, err := a.do(ctx, c, nil, c.handlers["echo"], []byte("x")); !dead || (err != nil && !errors.Is(err, module.ErrTimeout)) {
 		t.Fatalf("do(echo) on a halted instance = dead %v, %v; want dead", dead, err)
 	}
@@ -81,8 +79,8 @@ func TestHaltAfterReturnPoisonsOnlyThatInstance(t *testing.T) {
 	}
 }
 
-// TestCallerContextHaltsCall: a caller's context ending during an untrusted
-// call halts it; the call fails with the context's error and the instance
+// TestCallerContextHaltsCall: a caller's context ending during a call halts
+// it; the call fails with the context's error and the instance
 // is discarded.
 func TestCallerContextHaltsCall(t *testing.T) {
 	c := prepareEcho(t)

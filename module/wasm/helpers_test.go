@@ -2,8 +2,7 @@ package wasm_test
 
 import (
 	"context"
-	"os"
-	"path/filepath"
+	"fmt"
 	"testing"
 	"time"
 
@@ -27,8 +26,8 @@ func echo(t testing.TB, version string) []byte {
 }
 
 // cacheDir is shared by the tests of this package so compiled code is
-// reused across tests and runs, as in production.
-func cacheDir() string { return filepath.Join(os.TempDir(), "hotswap-test-wazero-cache") }
+// reused across tests, as in production.
+func cacheDir() string { return wasm.SharedTestCacheDir() }
 
 // newRegistry returns a registry over a wasm backend with cfg for every
 // module, closed when the test ends.
@@ -70,4 +69,15 @@ func call(t testing.TB, r *module.Registry, name, handler, in string) string {
 		t.Fatalf("Call(%s, %s) = %v", name, handler, err)
 	}
 	return string(out)
+}
+
+// precompile loads each artifact as a module of its own, so that loading it
+// later compiles from the cache: a call allocating in a loop (the echo
+// guest's "wait") runs out of guest memory within seconds, sooner than a
+// cold compile under the race detector ends.
+func precompile(t testing.TB, r *module.Registry, arts ...[]byte) {
+	t.Helper()
+	for i, art := range arts {
+		load(t, r, fmt.Sprint("precompiled-", i), "v", art)
+	}
 }

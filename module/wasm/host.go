@@ -4,18 +4,21 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
 	"github.com/hotswapgo/hotswap/module"
-	"github.com/hotswapgo/hotswap/module/wasm/internal/stopflag"
+	"github.com/hotswapgo/hotswap/module/wasm/internal/guard"
 )
 
 // hostFunc is one host function and the capability that grants it.
@@ -35,135 +38,72 @@ var hostFuncs = []hostFunc{
 	{"kv_add", CapKV, []api.ValueType{i32, i32, i64}, []api.ValueType{i64}, (*moduleHost).kvAdd},
 }
 
-// moduleHost is what one named module runs in: its runtimes, bound to its
+// moduleHost is what one named module runs in: its runtime, bound to its
 // configuration and state. Versions of the module share it, so compiled
 // code and host state outlive any one version.
 type moduleHost struct {
-	name  string
-	cfg   ModuleConfig
-	state *module.KV
-	log   *slog.Logger
+	name     string
+	cfg      ModuleConfig
+	state    *module.KV
+	log      *slog.Logger
+	compiler *compiler
 
-	// fast has no runtime-wide runaway protection. It serves every call:
-	// trusted modules run their code as it is, untrusted ones run it
-	// instrumented with a stop flag (see package stopflag), which also
-	// protects their initialization, self-test and migrate hook.
-	fast wazero.Runtime
-	// guarded has wazero's runaway protection (WithCloseOnContextDone); it
-	// runs the initialization, self-test and migrate hook of trusted
-	// modules, and is nil for untrusted ones.
-	guarded wazero.Runtime
+	// rt runs every version of the module. It has no runtime-wide runaway
+	// protection: the instrumentation (package guard) gives each instance
+	// a stop flag, which also keeps the Go garbage collector able to stop
+	// the world.
+	rt wazero.Runtime
+	// wasi holds the signatures of the WASI functions rt provides.
+	wasi map[string]guard.FuncType
+
+	logs logBucket
 
 	mu       sync.Mutex // protects compiled
-	compiled map[compiledKey]*compiledModule
-}
-
-// variant is a way of compiling an artifact.
-type variant uint8
-
-const (
-	// plain is the artifact as it is, in the fast runtime: trusted calls.
-	plain variant = iota
-	// guarded is the artifact in the guarded runtime: trusted validation.
-	guarded
-	// stopFlag is the artifact instrumented with a stop flag, in the fast
-	// runtime: everything an untrusted module runs.
-	stopFlag
-)
-
-// compiledKey names compiled code: how it was compiled and the artifact's
-// digest.
-type compiledKey struct {
-	variant variant
-	digest  string
+	compiled map[string]*compiledModule
 }
 
 // compiledModule is compiled code shared by the versions made from the same
 // artifact, closed when the last of them is. wazero decodes and validates a
 // whole binary on every CompileModule, even when its own caches hold the
 // machine code, so swapping back to a version still loaded (the previous
-// one) would otherwise pay that again and keep a second decoded copy (and,
-// for the stopFlag variant, instrument it again).
+// one) would otherwise pay that again, instrument it again and keep a
+// second decoded copy.
 type compiledModule struct {
-	cm   wazero.CompiledModule
+	cm wazero.CompiledModule
+	// tables is the table entries an instance starts with; growsTables
+	// reports that it may add more with table.grow.
+	tables      uint64
+	growsTables bool
+
+	// Guarded by moduleHost.mu.
 	refs int
+	// created lists the files this compile added to the compilation cache;
+	// kept reports that a version made from it was accepted. When the last
+	// version closes and none was, the files are removed: a refused module
+	// leaves no compiled code behind.
+	created []string
+	kept    bool
 }
 
-// compile returns the compiled code of bin in variant v, reusing it when a
-// live version has it, and the function that releases it.
-func (h *moduleHost) compile(ctx context.Context, v variant, digest string, bin []byte) (wazero.CompiledModule, func(), error) {
-	key := compiledKey{v, digest}
-	rt := h.fast
-	if v == guarded {
-		rt = h.guarded
-	}
-	h.mu.Lock()
-	c := h.compiled[key]
-	if c != nil {
-		c.refs++
-	}
-	h.mu.Unlock()
-	if c == nil {
-		if v == stopFlag {
-			var err error
-			if bin, err = stopflag.Instrument(bin); err != nil {
-				return nil, nil, err
-			}
-		}
-		cm, err := rt.CompileModule(ctx, bin)
-		if err != nil {
-			return nil, nil, err
-		}
-		h.mu.Lock()
-		if c = h.compiled[key]; c != nil { // compiled concurrently: keep one
-			c.refs++
-			cm.Close(context.Background())
-		} else {
-			c = &compiledModule{cm: cm, refs: 1}
-			h.compiled[key] = c
-		}
-		h.mu.Unlock()
-	}
-	var once sync.Once
-	release := func() {
-		once.Do(func() {
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			if c.refs--; c.refs == 0 {
-				delete(h.compiled, key)
-				c.cm.Close(context.Background())
-			}
-		})
-	}
-	return c.cm, release, nil
-}
-
-func newModuleHost(ctx context.Context, name string, cfg ModuleConfig, state *module.KV, cache wazero.CompilationCache, log *slog.Logger) (*moduleHost, error) {
-	h := &moduleHost{name: name, cfg: cfg, state: state, log: log.With("module", name), compiled: make(map[compiledKey]*compiledModule)}
-	var err error
-	if h.fast, err = h.newRuntime(ctx, cache, false); err != nil {
-		return nil, err
-	}
-	if cfg.Trusted {
-		if h.guarded, err = h.newRuntime(ctx, cache, true); err != nil {
-			h.fast.Close(ctx)
-			return nil, err
-		}
-	}
-	return h, nil
-}
-
-func (h *moduleHost) newRuntime(ctx context.Context, cache wazero.CompilationCache, guarded bool) (wazero.Runtime, error) {
-	cfg := wazero.NewRuntimeConfigCompiler().
+func newModuleHost(ctx context.Context, name string, cfg ModuleConfig, state *module.KV, cache wazero.CompilationCache,
+	c *compiler, log *slog.Logger) (*moduleHost, error) {
+	h := &moduleHost{name: name, cfg: cfg, state: state, log: log.With("module", name), compiler: c,
+		compiled: make(map[string]*compiledModule)}
+	h.logs.init(cfg.LogLimit)
+	rcfg := wazero.NewRuntimeConfigCompiler().
 		WithCompilationCache(cache).
-		WithCloseOnContextDone(guarded).
-		WithMemoryLimitPages(uint32(h.cfg.MemoryLimit >> 16))
-	r := wazero.NewRuntimeWithConfig(ctx, cfg)
-	if _, err := wasi_snapshot_preview1.Instantiate(ctx, r); err != nil {
-		r.Close(ctx)
+		WithDebugInfoEnabled(false).
+		WithMemoryLimitPages(uint32(cfg.MemoryLimit >> 16))
+	h.rt = wazero.NewRuntimeWithConfig(ctx, rcfg)
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, h.rt); err != nil {
+		h.rt.Close(ctx)
 		return nil, fmt.Errorf("instantiate WASI: %w", err)
 	}
-	b := r.NewHostModuleBuilder(hostModule)
+	h.wasi = make(map[string]guard.FuncType)
+	for name, def := range h.rt.Module(wasi_snapshot_preview1.ModuleName).ExportedFunctionDefinitions() {
+		h.wasi[name] = signatureOf(def.ParamTypes(), def.ResultTypes())
+	}
+	b := h.rt.NewHostModuleBuilder(hostModule)
 	for _, f := range hostFuncs {
 		if f.cap == "" || h.cfg.granted(f.cap) {
 			fn := f.fn
@@ -172,52 +112,128 @@ func (h *moduleHost) newRuntime(ctx context.Context, cache wazero.CompilationCac
 		}
 	}
 	if _, err := b.Instantiate(ctx); err != nil {
-		r.Close(ctx)
+		h.rt.Close(ctx)
 		return nil, fmt.Errorf("instantiate host module: %w", err)
 	}
-	return r, nil
+	return h, nil
 }
 
-// instanceConfig grants the WASI side of the module's capabilities: no
-// files, no environment, no arguments; real clocks and randomness only when
-// granted.
-func (h *moduleHost) instanceConfig(out io.Writer) wazero.ModuleConfig {
-	c := wazero.NewModuleConfig().
-		WithName("").
-		WithStartFunctions(). // _initialize runs under a deadline in newInstance
-		WithStdout(out).
-		WithStderr(out)
-	if h.cfg.granted(CapClock) {
-		c = c.WithSysWalltime().WithSysNanotime().WithSysNanosleep()
+// compile returns the compiled code of bin, reusing it when a live version
+// has it, and the function that releases it; keep reports that the version
+// was accepted. Before wazero sees bin, it is checked (package guard) within
+// the module's limits, its exports and imports are checked against the
+// guest ABI and the grants, and it is instrumented; every failure is a
+// *module.LoadError naming the check.
+func (h *moduleHost) compile(ctx context.Context, digest string, bin []byte) (*compiledModule, func(keep bool), error) {
+	h.mu.Lock()
+	c := h.compiled[digest]
+	if c != nil {
+		c.refs++
 	}
-	if h.cfg.granted(CapRandom) {
-		c = c.WithRandSource(rand.Reader)
+	h.mu.Unlock()
+	if c == nil {
+		m, err := h.check(bin)
+		if err != nil {
+			return nil, nil, err
+		}
+		out, err := m.Instrument(guard.Config{MaxStack: h.cfg.MaxStack, MaxTableEntries: h.cfg.MaxTableEntries})
+		if err != nil {
+			return nil, nil, module.Reject("validate", fmt.Errorf("%w: %v", module.ErrInvalidModule, err))
+		}
+		cm, created, err := h.compiler.compile(ctx, h.rt, out)
+		if err != nil {
+			return nil, nil, module.Reject("compile", fmt.Errorf("%w: %v", module.ErrInvalidModule, err))
+		}
+		h.mu.Lock()
+		if c = h.compiled[digest]; c != nil { // compiled concurrently: keep one
+			c.refs++
+			cm.Close(context.Background())
+		} else {
+			c = &compiledModule{cm: cm, tables: m.TableEntries(), growsTables: m.GrowsTables(), refs: 1, created: created}
+			h.compiled[digest] = c
+		}
+		h.mu.Unlock()
 	}
-	return c
+	var once sync.Once
+	release := func(keep bool) {
+		once.Do(func() {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			c.kept = c.kept || keep
+			if c.refs--; c.refs > 0 {
+				return
+			}
+			delete(h.compiled, digest)
+			c.cm.Close(context.Background())
+			if !c.kept {
+				h.compiler.remove(c.created)
+			}
+		})
+	}
+	return c, release, nil
+}
+
+// check parses bin within the module's limits and checks it against the
+// guest ABI and the module's grants, before anything compiles it.
+func (h *moduleHost) check(bin []byte) (*guard.Module, error) {
+	lim := h.cfg.Limits
+	m, err := guard.Parse(bin, guard.Limits{
+		ModuleBytes: lim.ModuleBytes, Types: lim.Types, Params: lim.Params, Functions: lim.Functions,
+		Imports: lim.Imports, Exports: lim.Exports, Globals: lim.Globals, Tables: lim.Tables,
+		TableEntries: h.cfg.MaxTableEntries, MemoryPages: uint32(h.cfg.MemoryLimit >> 16),
+		DataSegments: lim.DataSegments, ElementSegments: lim.ElementSegments, Locals: lim.Locals,
+		BodyBytes: lim.BodyBytes, Nesting: lim.Nesting,
+	})
+	switch {
+	case err == nil:
+	case errors.Is(err, guard.ErrLimit):
+		return nil, module.Reject("limits", fmt.Errorf("%w: %v", module.ErrLimitExceeded, err))
+	default:
+		return nil, module.Reject("validate", fmt.Errorf("%w: %v", module.ErrInvalidModule, err))
+	}
+	if err := checkExports(m); err != nil {
+		return nil, err
+	}
+	if err := h.checkImports(m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // checkImports refuses a module that imports what it was not granted.
-func (h *moduleHost) checkImports(cm wazero.CompiledModule) error {
-	for _, def := range cm.ImportedFunctions() {
-		mod, name, _ := def.Import()
-		switch mod {
+func (h *moduleHost) checkImports(m *guard.Module) error {
+	for _, imp := range m.Imports() {
+		if imp.Kind != guard.KindFunc {
+			return module.Reject("capabilities", fmt.Errorf("%w: imports %s %s.%s; only functions are provided",
+				module.ErrCapabilityDenied, imp.Kind, imp.Module, imp.Name))
+		}
+		var want guard.FuncType
+		switch imp.Module {
 		case wasi_snapshot_preview1.ModuleName:
-			continue
-		case hostModule:
-			f, ok := lookupHostFunc(name)
+			t, ok := h.wasi[imp.Name]
 			if !ok {
-				return module.Reject("capabilities", fmt.Errorf("%w: imports %s.%s, which this host does not provide", module.ErrCapabilityDenied, mod, name))
+				return module.Reject("capabilities", fmt.Errorf("%w: imports %s.%s, which WASI does not define",
+					module.ErrCapabilityDenied, imp.Module, imp.Name))
+			}
+			want = t
+		case hostModule:
+			f, ok := lookupHostFunc(imp.Name)
+			if !ok {
+				return module.Reject("capabilities", fmt.Errorf("%w: imports %s.%s, which this host does not provide",
+					module.ErrCapabilityDenied, imp.Module, imp.Name))
 			}
 			if f.cap != "" && !h.cfg.granted(f.cap) {
-				return module.Reject("capabilities", fmt.Errorf("%w: imports %s.%s, which needs capability %q", module.ErrCapabilityDenied, mod, name, f.cap))
+				return module.Reject("capabilities", fmt.Errorf("%w: imports %s.%s, which needs capability %q",
+					module.ErrCapabilityDenied, imp.Module, imp.Name, f.cap))
 			}
-			if !sameTypes(def.ParamTypes(), f.params) || !sameTypes(def.ResultTypes(), f.results) {
-				return module.Reject("capabilities", fmt.Errorf("%w: import %s.%s has type %s, want %s", module.ErrMissingExport, mod, name,
-					formatSig(def.ParamTypes(), def.ResultTypes()), formatSig(f.params, f.results)))
-			}
+			want = signatureOf(f.params, f.results)
 		default:
-			return module.Reject("capabilities", fmt.Errorf("%w: imports %s.%s; only %s and %s are provided", module.ErrCapabilityDenied,
-				mod, name, hostModule, wasi_snapshot_preview1.ModuleName))
+			return module.Reject("capabilities", fmt.Errorf("%w: imports %s.%s; only %s and %s are provided",
+				module.ErrCapabilityDenied, imp.Module, imp.Name, hostModule, wasi_snapshot_preview1.ModuleName))
+		}
+		if !imp.Type.Equal(want) {
+			return module.Reject("capabilities", fmt.Errorf("%w: import %s.%s has type %s, want %s",
+				module.ErrMissingExport, imp.Module, imp.Name, imp.Type, want))
 		}
 	}
 	return nil
@@ -232,12 +248,31 @@ func lookupHostFunc(name string) (hostFunc, bool) {
 	return hostFunc{}, false
 }
 
-func (h *moduleHost) close(ctx context.Context) {
-	h.fast.Close(ctx)
-	if h.guarded != nil {
-		h.guarded.Close(ctx)
+// instanceConfig grants the WASI side of the module's capabilities: no
+// files, no environment, no arguments; real clocks, sleeping and
+// randomness only when granted.
+func (h *moduleHost) instanceConfig(out io.Writer) wazero.ModuleConfig {
+	c := wazero.NewModuleConfig().
+		WithName("").
+		WithStartFunctions(). // the instrumentation removed the start section; _initialize runs in newInstance
+		WithStdout(out).
+		WithStderr(out)
+	if h.cfg.granted(CapClock) {
+		c = c.WithSysWalltime().WithSysNanotime().WithNanosleep(sleepSlice)
 	}
+	if h.cfg.granted(CapRandom) {
+		c = c.WithRandSource(rand.Reader)
+	}
+	return c
 }
+
+// maxSleep bounds one sleep of a guest: a call asleep in the host cannot be
+// stopped until it returns to its code.
+const maxSleep = 10 * time.Millisecond
+
+func sleepSlice(ns int64) { time.Sleep(min(time.Duration(ns), maxSleep)) }
+
+func (h *moduleHost) close(ctx context.Context) { h.rt.Close(ctx) }
 
 // Host functions. A bad pointer from the guest traps the call, as a wasm
 // out-of-bounds access would.
@@ -250,8 +285,23 @@ func read(m api.Module, ptr, n uint64) []byte {
 	return b
 }
 
+// maxLogLine caps the bytes of one guest log line.
+const maxLogLine = 4 << 10
+
 func (h *moduleHost) hostLog(ctx context.Context, m api.Module, s []uint64) {
-	msg := read(m, s[1], s[2])
+	msg := read(m, s[1], s[2]) // a view of guest memory: copied below, capped
+	if !h.logs.take() {
+		if st, ok := ctx.Value(logStatsKey{}).(*logStats); ok {
+			st.dropped.Add(1)
+		}
+		if n := h.logs.droppedSinceWarning(); n > 0 {
+			h.log.Warn("guest log lines dropped by the rate limit", "dropped", n, "limit_per_second", h.cfg.LogLimit)
+		}
+		return
+	}
+	if len(msg) > maxLogLine {
+		msg = msg[:maxLogLine]
+	}
 	h.log.Log(ctx, slog.Level(int32(s[0])), strings.TrimRight(string(msg), "\n"), "source", "guest")
 }
 
@@ -281,10 +331,59 @@ func (h *moduleHost) kvAdd(_ context.Context, m api.Module, s []uint64) {
 	s[0] = api.EncodeI64(n)
 }
 
+// logStats counts what one version's guests logged; calls carry it in their
+// context (see code.bg).
+type logStats struct{ dropped atomic.Uint64 }
+
+type logStatsKey struct{}
+
+// logBucket is a token bucket limiting a module's log lines: rate tokens a
+// second, at most rate in the bucket.
+type logBucket struct {
+	mu      sync.Mutex // protects every field below
+	rate    float64
+	tokens  float64
+	last    time.Time
+	dropped uint64    // lines dropped since the last warning
+	warned  time.Time // when the last warning was logged
+}
+
+func (b *logBucket) init(rate int) {
+	b.rate, b.tokens, b.last = float64(rate), float64(rate), time.Now()
+}
+
+// take takes a token, reporting whether there was one.
+func (b *logBucket) take() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	b.tokens = min(b.rate, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	b.last = now
+	if b.tokens >= 1 {
+		b.tokens--
+		return true
+	}
+	b.dropped++
+	return false
+}
+
+// droppedSinceWarning returns the lines dropped since the last warning when
+// a warning is due (one a second at most), else 0.
+func (b *logBucket) droppedSinceWarning() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if time.Since(b.warned) < time.Second {
+		return 0
+	}
+	n := b.dropped
+	b.dropped, b.warned = 0, time.Now()
+	return n
+}
+
 // output keeps the last lines a guest wrote to stdout and stderr, for the
 // diagnostics of a trap. Go's runtime prints a panic or fatal error as its
 // first line followed by a goroutine dump, so enough lines are kept to reach
-// back to it.
+// back to it. What a guest writes is only ever shown, never interpreted.
 type output struct {
 	mu      sync.Mutex // protects lines, partial
 	lines   []string   // ring of the last maxLines complete lines

@@ -7,18 +7,18 @@ import (
 	"strings"
 	"sync/atomic"
 
-	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/hotswapgo/hotswap/module"
-	"github.com/hotswapgo/hotswap/module/wasm/internal/stopflag"
+	"github.com/hotswapgo/hotswap/module/wasm/internal/guard"
 )
 
-// Causes with which the host stops a call running on an instance with a
-// stop flag (see halt). A call stopped while the caller's context was done
-// fails with that context's error; one run by invoke under a context that
-// ended fails with ErrTimeout (deadline) or context.Canceled.
+// Causes with which the host stops a call (see halt). A call stopped while
+// the caller's context was done fails with that context's error; one run
+// by invoke under a context that ended fails with ErrTimeout (deadline) or
+// context.Canceled.
 var (
 	errWatchdog      = errors.New("call ran past CallTimeout")
 	errDrained       = errors.New("version closed under the call")
@@ -41,9 +41,11 @@ type instance struct {
 	yield    api.Function
 	out      *output
 
-	// flag is the stop flag of an instrumented (untrusted) instance, nil
-	// otherwise; see halt.
+	// flag is the stop flag (see halt).
 	flag api.MutableGlobal
+	// signal and grown are written by the instrumented guest code and
+	// read only by the goroutine that owns the instance, after a call.
+	signal, grown api.Global
 	// halted holds the cause the instance was stopped with, nil until then.
 	halted atomic.Pointer[haltCause]
 
@@ -54,14 +56,19 @@ type instance struct {
 	yieldEvery int      // calls between light yields; adapts, see maintain
 	memMark    uint32   // memory size at the last maintenance yield
 
-	// memBytes mirrors the memory size for Stats, which runs concurrently.
-	memBytes atomic.Uint64
-	// started is the watchdog tick at which the running call started, 0
-	// when idle, or killed once the watchdog claimed the instance to stop
-	// it. Only a CompareAndSwap from the value it stored ends a call, and
-	// the watchdog halts only an instance it claimed, so it can never stop
-	// the wrong call: if the call ended between the claim and the halt,
-	// its CompareAndSwap fails and the instance is discarded, never reused.
+	// held is set while a call holds the instance; guarded by pool.mu.
+	held bool
+
+	// memBytes and tableEntries mirror the memory size and the table
+	// entries for Stats, which runs concurrently.
+	memBytes, tableEntries atomic.Uint64
+	// started is the watchdog tick at which the running call started (1
+	// without a watchdog), 0 when idle, or killed once the watchdog claimed
+	// the instance to stop it. Only a CompareAndSwap from the value it
+	// stored ends a call, and the watchdog halts only an instance it
+	// claimed, so it can never stop the wrong call: if the call ended
+	// between the claim and the halt, its CompareAndSwap fails and the
+	// instance is discarded, never reused.
 	started atomic.Int64
 }
 
@@ -70,32 +77,31 @@ const killed = -1
 type haltCause struct{ err error }
 
 // halt stops the call running on inst, from any goroutine, and poisons
-// inst: the call traps with unreachable within stopflag.YieldEvery loop
-// iterations, and so would every later one, so an instance that was halted
-// is discarded. The first cause is kept, and only the goroutine that stores
-// it sets the flag, so the flag is written by one goroutine only.
+// inst: the call traps with unreachable within guard.FuelPerYield units of
+// work, and so would every later one, so an instance that was halted is
+// discarded. The first cause is kept, and only the goroutine that stores it
+// sets the flag, so the flag is written by one goroutine only.
 //
 // Setting the flag is a plain 8-byte store into the instance's globals
 // (api.MutableGlobal.Set, in wazero's compiler engine), which the guest
-// reads with a plain load (see package stopflag). No other Go code touches that
-// word after instantiation (nobody calls Get), so the race detector sees no
-// race. The guest's load is machine code wazero generates, outside the Go
-// memory model: the store becomes visible to it through cache coherence,
-// as wazero's own close-on-context-done relies on for its closed flag. The
-// CompareAndSwap on halted (a full barrier) orders the cause before the
-// flag, so a call that trapped on the flag finds the cause.
+// reads with a plain load (see package guard). No other Go code touches
+// that word after instantiation (nobody calls Get), so the race detector
+// sees no race. The guest's load is machine code wazero generates, outside
+// the Go memory model: the store becomes visible to it through cache
+// coherence, as wazero's own close-on-context-done relies on for its closed
+// flag. The CompareAndSwap on halted (a full barrier) orders the cause
+// before the flag, so a call that trapped on the flag finds the cause.
 func (inst *instance) halt(cause error) {
 	if inst.halted.CompareAndSwap(nil, &haltCause{cause}) {
 		inst.flag.Set(1)
 	}
 }
 
-// newInstance instantiates cm and runs its initialization under a deadline:
-// ctx's, which must have one. cm must be instrumented with a stop flag
-// (compiled as stopFlag) or compiled in the guarded runtime.
-func newInstance(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazero.CompiledModule, stoppable bool) (*instance, error) {
+// newInstance instantiates c and runs its start function and
+// initialization under a deadline: ctx's, which must have one.
+func newInstance(ctx context.Context, h *moduleHost, c *compiledModule) (*instance, error) {
 	out := &output{}
-	mod, err := rt.InstantiateModule(ctx, cm, h.instanceConfig(out))
+	mod, err := h.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, allocateMemory), c.cm, h.instanceConfig(out))
 	if err != nil {
 		return nil, fmt.Errorf("instantiate: %w", err)
 	}
@@ -107,25 +113,22 @@ func newInstance(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazer
 		yield:    mod.ExportedFunction(exportYield),
 		out:      out,
 		stack:    make([]uint64, 2),
+		signal:   mod.ExportedGlobal(guard.SignalExport),
+		grown:    mod.ExportedGlobal(guard.TableGrowthExport),
 	}
-	if inst.mem == nil {
+	flag, ok := mod.ExportedGlobal(guard.StopExport).(api.MutableGlobal)
+	if !ok || inst.mem == nil || inst.signal == nil || inst.grown == nil {
 		inst.close()
-		return nil, fmt.Errorf("%w: the module exports no memory", module.ErrMissingExport)
+		return nil, fmt.Errorf("instantiate: the instrumented module lacks its memory, stop flag or signals")
 	}
-	if stoppable {
-		flag, ok := mod.ExportedGlobal(stopflag.Export).(api.MutableGlobal)
-		if !ok {
+	inst.flag = flag
+	inst.tableEntries.Store(c.tables)
+	// The start function, which wazero would have run inside
+	// instantiation, out of reach of the flag.
+	if start := mod.ExportedFunction(guard.StartExport); start != nil {
+		if _, err := inst.invoke(ctx, start); err != nil {
 			inst.close()
-			return nil, fmt.Errorf("instantiate: the instrumented module has no stop flag")
-		}
-		inst.flag = flag
-		// The start function, which wazero would have run inside
-		// instantiation, out of reach of the flag.
-		if start := mod.ExportedFunction(stopflag.StartExport); start != nil {
-			if _, err := inst.invoke(ctx, start); err != nil {
-				inst.close()
-				return nil, err
-			}
+			return nil, err
 		}
 	}
 	if _, err := inst.invoke(ctx, mod.ExportedFunction(exportInit)); err != nil {
@@ -146,13 +149,12 @@ func newInstance(ctx context.Context, h *moduleHost, rt wazero.Runtime, cm wazer
 var errHalted = errors.New("instance halted")
 
 // invoke calls an export off the request path, translating failures. ctx
-// ending stops the call: wazero's close-on-context-done in the guarded
-// runtime, or halt on an instance with a stop flag.
+// ending stops the call by halting the instance.
 func (inst *instance) invoke(ctx context.Context, fn api.Function, params ...uint64) (uint64, error) {
 	stack := make([]uint64, max(len(params), 1))
 	copy(stack, params)
 	var stop func() bool
-	if inst.flag != nil && ctx.Done() != nil {
+	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, func() { inst.halt(ctx.Err()) })
 	}
 	err := fn.CallWithStack(ctx, stack)
@@ -194,6 +196,11 @@ func (inst *instance) growExchange(ctx context.Context, n int) error {
 
 // failure classifies an error from a guest call into a call sentinel with
 // diagnostics. Every such failure leaves the instance unusable.
+//
+// The classification uses only what the guest cannot forge: the cause the
+// host halted the instance with, the signal bits the instrumentation sets
+// (a refused memory.grow or table.grow, a stack past MaxStack) and the
+// runtime's own errors. What the guest printed is only the detail.
 func (inst *instance) failure(ctx context.Context, err error) error {
 	if h := inst.halted.Load(); h != nil {
 		switch h.err {
@@ -210,25 +217,33 @@ func (inst *instance) failure(ctx context.Context, err error) error {
 		}
 		return module.Fail(context.Canceled, "")
 	}
+	detail := firstLine(err.Error())
 	var exit *sys.ExitError
 	if errors.As(err, &exit) {
-		switch exit.ExitCode() {
-		case sys.ExitCodeDeadlineExceeded:
-			return module.Fail(module.ErrTimeout, context.DeadlineExceeded.Error())
-		case sys.ExitCodeContextCanceled:
-			return module.Fail(context.Canceled, "")
-		}
+		detail = fmt.Sprintf("the guest exited with code %d", exit.ExitCode())
 	}
-	detail := inst.out.summary()
-	if strings.Contains(detail, "out of memory") {
-		return module.Fail(module.ErrMemoryLimit, detail)
+	if s := inst.out.summary(); s != "" {
+		detail += ": " + s
 	}
-	if detail == "" {
-		detail = err.Error()
-	} else {
-		detail = firstLine(err.Error()) + ": " + detail
+	sig := uint32(inst.signal.Get())
+	switch {
+	case sig&guard.SignalStack != 0 || stackOverflow(err):
+		return module.Fail(module.ErrStackOverflow, detail)
+	case sig&guard.SignalMemory != 0:
+		return module.Fail(module.ErrMemoryLimit, fmt.Sprintf("memory.grow refused at %d bytes; %s", inst.mem.Size(), detail))
+	case sig&guard.SignalTable != 0:
+		return module.Fail(module.ErrMemoryLimit, fmt.Sprintf("table.grow refused past MaxTableEntries; %s", detail))
 	}
 	return module.Fail(module.ErrTrapped, detail)
+}
+
+// stackOverflow reports whether err is wazero's own stack overflow trap,
+// which a frame too large for the weighted bound could reach first. wazero
+// reports traps as an internal error type wrapped once; its text comes from
+// wazero, never from the guest (unlike the stack trace that follows).
+func stackOverflow(err error) bool {
+	inner := errors.Unwrap(err)
+	return inner != nil && inner.Error() == "stack overflow" && strings.HasPrefix(err.Error(), "wasm error: stack overflow\n")
 }
 
 func firstLine(s string) string {
@@ -239,7 +254,9 @@ func firstLine(s string) string {
 }
 
 // do runs one call; it appends the output to dst. dead reports that the
-// instance must be discarded.
+// instance must be discarded. The watchdog (when the module has a
+// deadline), the caller's context and a forced drain stop the call by
+// halting the instance.
 func (inst *instance) do(ctx context.Context, c *code, dst []byte, id uint32, in []byte) (out []byte, dead bool, err error) {
 	if len(in) > int(inst.xcap) {
 		if err := inst.growExchange(ctx, len(in)); err != nil {
@@ -251,37 +268,30 @@ func (inst *instance) do(ctx context.Context, c *code, dst []byte, id uint32, in
 	}
 	inst.stack[0], inst.stack[1] = uint64(id), uint64(len(in))
 
+	var stop func() bool
 	if done := ctx.Done(); done != nil {
 		select {
 		case <-done: // refuse to start a call for a caller that gave up
 			return dst, false, module.Fail(ctx.Err(), "")
 		default:
 		}
+		stop = context.AfterFunc(ctx, func() { inst.halt(errCallerStopped) })
 	}
-	var callErr error
+	tick := int64(1)
 	if c.wd != nil {
-		// Untrusted: the watchdog, the caller's context and a forced
-		// drain stop the call by halting the instance.
-		var stop func() bool
-		if ctx.Done() != nil {
-			stop = context.AfterFunc(ctx, func() { inst.halt(errCallerStopped) })
-		}
-		tick := c.wd.tick.Load()
-		inst.started.Store(tick)
-		callErr = inst.call.CallWithStack(c.bg, inst.stack)
-		if !inst.started.CompareAndSwap(tick, 0) {
-			dead = true // the watchdog claimed the instance and halts it
-		}
-		if stop != nil && !stop() {
-			inst.halt(errCallerStopped) // (again: the first cause is kept)
-			dead = true
-		}
-		if inst.halted.Load() != nil {
-			dead = true // a drain halted it
-		}
-	} else {
-		// Trusted: nothing can stop the call once it runs.
-		callErr = inst.call.CallWithStack(c.bg, inst.stack)
+		tick = c.wd.tick.Load()
+	}
+	inst.started.Store(tick)
+	callErr := inst.call.CallWithStack(c.bg, inst.stack)
+	if !inst.started.CompareAndSwap(tick, 0) {
+		dead = true // the watchdog claimed the instance and halts it
+	}
+	if stop != nil && !stop() {
+		inst.halt(errCallerStopped) // (again: the first cause is kept)
+		dead = true
+	}
+	if inst.halted.Load() != nil {
+		dead = true // a drain halted it
 	}
 	if callErr != nil {
 		return dst, true, inst.failure(ctx, callErr)

@@ -6,8 +6,6 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/tetratelabs/wazero"
-
 	"github.com/hotswapgo/hotswap/module"
 )
 
@@ -16,13 +14,14 @@ import (
 // none is idle, the call waits for the first one to come back or be created;
 // instances are created in the background, never on a call's own stack.
 type pool struct {
-	host      *moduleHost
-	rt        wazero.Runtime
-	cm        wazero.CompiledModule
-	stoppable bool // cm has a stop flag: calls can be halted
-	cfg       *ModuleConfig
+	host *moduleHost
+	cm   *compiledModule
+	cfg  *ModuleConfig
+	bg   context.Context // what instances are created and yield under
 
 	mu       sync.Mutex // protects every field below
+	returned sync.Cond  // signalled, once closed, when a call gives its instance back; on mu
+	held     int        // instances held by calls (each with instance.held set)
 	idle     []*instance
 	all      map[*instance]struct{} // live instances: busy, idle or yielding
 	creating int                    // instances being created
@@ -36,8 +35,10 @@ type pool struct {
 	wg sync.WaitGroup // background creations and maintenance yields
 }
 
-func newPool(h *moduleHost, rt wazero.Runtime, cm wazero.CompiledModule, stoppable bool) *pool {
-	return &pool{host: h, rt: rt, cm: cm, stoppable: stoppable, cfg: &h.cfg, all: make(map[*instance]struct{})}
+func newPool(h *moduleHost, cm *compiledModule, bg context.Context) *pool {
+	p := &pool{host: h, cm: cm, cfg: &h.cfg, bg: bg, all: make(map[*instance]struct{})}
+	p.returned.L = &p.mu
+	return p
 }
 
 // get returns an idle instance, waiting for one if needed; ctx bounds the
@@ -47,6 +48,7 @@ func (p *pool) get(ctx context.Context) (*instance, error) {
 	if n := len(p.idle); n > 0 {
 		inst := p.idle[n-1]
 		p.idle = p.idle[:n-1]
+		p.heldLocked(inst)
 		p.mu.Unlock()
 		return inst, nil
 	}
@@ -101,8 +103,12 @@ func (p *pool) done(inst *instance, dead, failed bool) {
 	if !dead {
 		size = inst.mem.Size()
 		inst.sinceYield++
+		if p.cm.growsTables {
+			inst.tableEntries.Store(p.cm.tables + uint64(uint32(inst.grown.Get())))
+		}
 	}
 	p.mu.Lock()
+	p.returnedLocked(inst)
 	p.calls++
 	if failed {
 		p.failures++
@@ -126,6 +132,7 @@ func (p *pool) done(inst *instance, dead, failed bool) {
 // release gives back an instance that served no call.
 func (p *pool) release(inst *instance) {
 	p.mu.Lock()
+	p.returnedLocked(inst)
 	if p.closed {
 		p.dropLocked(inst)
 	} else {
@@ -136,7 +143,7 @@ func (p *pool) release(inst *instance) {
 
 func (p *pool) maintain(inst *instance) {
 	defer p.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.InitTimeout)
+	ctx, cancel := context.WithTimeout(p.bg, p.cfg.InitTimeout)
 	err := inst.maintain(ctx, p.cfg.MaintainEvery)
 	cancel()
 	p.mu.Lock()
@@ -157,10 +164,26 @@ func (p *pool) putLocked(inst *instance) {
 	if len(p.waiters) > 0 {
 		ch := p.waiters[0]
 		p.waiters = p.waiters[1:]
+		p.heldLocked(inst) // handed to a call
 		ch <- inst
 		return
 	}
 	p.idle = append(p.idle, inst)
+}
+
+// heldLocked notes that a call holds inst.
+func (p *pool) heldLocked(inst *instance) {
+	inst.held = true
+	p.held++
+}
+
+// returnedLocked notes that a call gave inst back.
+func (p *pool) returnedLocked(inst *instance) {
+	inst.held = false
+	p.held--
+	if p.closed {
+		p.returned.Broadcast()
+	}
 }
 
 // discardLocked drops a broken instance and replaces it if the pool fell
@@ -186,8 +209,8 @@ func (p *pool) startCreateLocked() {
 
 func (p *pool) create() {
 	defer p.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.InitTimeout)
-	inst, err := newInstance(ctx, p.host, p.rt, p.cm, p.stoppable)
+	ctx, cancel := context.WithTimeout(p.bg, p.cfg.InitTimeout)
+	inst, err := newInstance(ctx, p.host, p.cm)
 	cancel()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -236,7 +259,7 @@ func (p *pool) warm(ctx context.Context, n int) error {
 		go func() {
 			defer func() { <-sem }()
 			ictx, cancel := context.WithTimeout(ctx, p.cfg.InitTimeout)
-			inst, err := newInstance(ictx, p.host, p.rt, p.cm, p.stoppable)
+			inst, err := newInstance(ictx, p.host, p.cm)
 			cancel()
 			if err == nil {
 				p.add(inst)
@@ -259,16 +282,18 @@ func (p *pool) forEachBusy(f func(*instance)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for inst := range p.all {
-		if inst.started.Load() > 0 {
+		if inst.held && inst.started.Load() > 0 {
 			f(inst)
 		}
 	}
 }
 
 // close stops the pool. Idle instances close now; busy ones close when
-// their call returns. With force set, untrusted calls still running are
-// halted and fail with ErrDrained; trusted ones cannot be stopped and
-// finish first. It returns once no background work is left.
+// their call returns. With force set, calls still running are halted and
+// fail with ErrDrained, and close waits for them to return (a halted call
+// traps within guard.FuelPerYield units of work, or as its host function
+// returns), so that no instance of the pool is running when its runtime
+// closes. It returns once no background work is left.
 func (p *pool) close(force bool) {
 	p.mu.Lock()
 	p.closed = true
@@ -280,11 +305,16 @@ func (p *pool) close(force bool) {
 		p.dropLocked(inst)
 	}
 	p.idle = nil
-	if force && p.stoppable {
+	if force {
+		// Held instances whose call has not started yet are halted too:
+		// their call will stop at once.
 		for inst := range p.all {
-			if inst.started.Load() > 0 {
+			if inst.held {
 				inst.halt(errDrained)
 			}
+		}
+		for p.held > 0 {
+			p.returned.Wait()
 		}
 	}
 	p.mu.Unlock()
@@ -293,7 +323,7 @@ func (p *pool) close(force bool) {
 
 type poolStats struct {
 	instances, idle       int
-	memory                uint64
+	memory, tables        uint64
 	calls, failures, drop uint64
 }
 
@@ -303,6 +333,7 @@ func (p *pool) stats() poolStats {
 	s := poolStats{instances: len(p.all), idle: len(p.idle), calls: p.calls, failures: p.failures, drop: p.discarded}
 	for inst := range p.all {
 		s.memory += inst.memBytes.Load()
+		s.tables += inst.tableEntries.Load()
 	}
 	return s
 }

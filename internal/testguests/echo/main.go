@@ -50,6 +50,11 @@ func init() {
 		for {
 		}
 	})
+	// recurse recurses as deep as its input says and answers the depth.
+	guest.Handle("recurse", func(in []byte) ([]byte, error) {
+		n, err := strconv.Atoi(string(in))
+		return strconv.AppendInt(nil, int64(depth(n)), 10), err
+	})
 	guest.Handle("big", func(in []byte) ([]byte, error) {
 		n, err := strconv.Atoi(string(in))
 		return make([]byte, n), err
@@ -67,6 +72,16 @@ func init() {
 		guest.KVSet("migrated", []byte(from+"->"+version))
 		return nil
 	})
+}
+
+// depth recurses n deep, through a frame of typical size, and returns n.
+func depth(n int) int {
+	var frame [8]int
+	frame[n%8] = n
+	if n <= 0 {
+		return frame[0]
+	}
+	return depth(n-1) + 1 + frame[(n+1)%8]*0
 }
 
 func main() {}
