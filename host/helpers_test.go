@@ -21,7 +21,7 @@ import (
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/host"
-	"github.com/hotswapgo/hotswap/internal/guestbuild"
+	"github.com/hotswapgo/hotswap/internal/testhost"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/module/wasm"
 	"github.com/hotswapgo/hotswap/upgrade"
@@ -45,7 +45,7 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv(envStateHelper); mode != "" {
 		os.Exit(runStateHelper(mode))
 	}
-	os.Exit(m.Run())
+	os.Exit(testhost.Main(m))
 }
 
 // childReport is what a process started by an upgrade found.
@@ -63,7 +63,7 @@ func runChild() int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "child:", err); return 1 }
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
-	b, err := wasm.New(wasm.Options{CacheDir: cacheDir()})
+	b, err := wasm.New(wasm.Options{CacheDir: filepath.Join(os.Getenv(envState), "cache")})
 	if err != nil {
 		return fail(err)
 	}
@@ -92,19 +92,15 @@ func runChild() int {
 	return 0
 }
 
-// cacheDir is shared by the tests of this package (and others) so compiled
-// code is reused across tests and runs, as in production.
-func cacheDir() string { return filepath.Join(os.TempDir(), "hotswap-test-wazero-cache") }
+// cacheDir is the test process's private compilation cache, shared by its
+// tests so each guest compiles once.
+func cacheDir(t testing.TB) string { return testhost.CacheDir(t) }
 
 // guest builds (or reuses) the pricing guest variant ("v1", "v2") and
 // returns its bytes.
 func guest(t testing.TB, variant string) []byte {
 	t.Helper()
-	b, err := guestbuild.Bytes("./examples/pricing/guests/"+variant, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return testhost.Guest(t, "./examples/pricing/guests/"+variant)
 }
 
 // testKey returns a deterministic private key for seed.
@@ -162,7 +158,7 @@ type hostOptions struct {
 // backend, closed when the test ends unless o.noClose.
 func (f *fixture) open(t *testing.T, o hostOptions) *host.Host {
 	t.Helper()
-	b, err := wasm.New(wasm.Options{CacheDir: cacheDir(), Default: wasm.ModuleConfig{
+	b, err := wasm.New(wasm.Options{CacheDir: cacheDir(t), Default: wasm.ModuleConfig{
 		Grants: []wasm.Capability{wasm.CapKV}, RequiredHandlers: []string{"quote"}}})
 	if err != nil {
 		t.Fatal(err)

@@ -17,7 +17,7 @@ import (
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/host"
-	"github.com/hotswapgo/hotswap/internal/guestbuild"
+	"github.com/hotswapgo/hotswap/internal/testhost"
 	"github.com/hotswapgo/hotswap/internal/statedir"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/module/wasm"
@@ -91,10 +91,7 @@ func TestCanceledLoadIsAuditedAsCanceled(t *testing.T) {
 // in the audit log, with no outcome after it.
 func TestCrashDuringLoadLeavesItsIntent(t *testing.T) {
 	f := newFixture(t)
-	loop, err := guestbuild.Bytes("./examples/pricing/guests/broken/loopinit", "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	loop := testhost.Guest(t, testhost.LoopInit)
 	path := f.signed(t, f.trusted, "pricing-loopinit.wasm", loop, artifact.Manifest{Version: "loop"})
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), envHelper+"=load", envState+"="+f.state, envOut+"="+path)
@@ -127,7 +124,7 @@ func TestCrashDuringLoadLeavesItsIntent(t *testing.T) {
 // loads the artifact at $envOut into a host over $envState, which never
 // returns for a module that initializes forever.
 func runLoad() int {
-	b, err := wasm.New(wasm.Options{CacheDir: cacheDir(), Default: wasm.ModuleConfig{
+	b, err := wasm.New(wasm.Options{CacheDir: filepath.Join(os.Getenv(envState), "cache"), Default: wasm.ModuleConfig{
 		Grants: []wasm.Capability{wasm.CapKV}, InitTimeout: 10 * time.Minute}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -156,7 +153,7 @@ func TestStateDirWritableByOthersRefused(t *testing.T) {
 			if err := os.Chmod(dir, 0o770); err != nil {
 				t.Fatal(err)
 			}
-			b, err := wasm.New(wasm.Options{CacheDir: cacheDir()})
+			b, err := wasm.New(wasm.Options{CacheDir: cacheDir(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
