@@ -345,6 +345,14 @@ func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put 
 	progress(ctx, StepActivate, c.ev.To)
 	st, err := p.Activate(ctx)
 	if err != nil {
+		if put != nil {
+			// It never served: it takes no place in the store.
+			if d, derr := artifact.ParseDigest(p.Digest()); derr == nil {
+				if rerr := h.store.Remove(context.WithoutCancel(ctx), c.ev.Target, d); rerr != nil {
+					h.log.Error("remove a version that failed to activate from the store", "module", c.ev.Target, "err", rerr)
+				}
+			}
+		}
 		return st, c.fail(err)
 	}
 	cur, err := artifact.ParseDigest(p.Digest())

@@ -18,6 +18,7 @@ import (
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/host"
 	"github.com/hotswapgo/hotswap/internal/testhost"
+	"github.com/hotswapgo/hotswap/internal/hostile"
 	"github.com/hotswapgo/hotswap/internal/statedir"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/module/wasm"
@@ -297,5 +298,88 @@ func TestFailedUpgradeLeavesNothingInStore(t *testing.T) {
 	}
 	if ev := newest(t, h); ev.Action != audit.ActionUpgrade || ev.Result != audit.ResultFailed {
 		t.Errorf("newest audit record = %+v; want the upgrade failed", ev)
+	}
+}
+
+// TestHostileModulesRefusedAndAudited loads every hostile module that must
+// be refused (internal/hostile), correctly signed, through the host while
+// pricing serves: each is refused with its check, recorded as refused after
+// its start, and pricing answers every call meanwhile.
+func TestHostileModulesRefusedAndAudited(t *testing.T) {
+	v1 := guest(t, "v1")
+	f := newFixture(t)
+	var cases []hostile.Case
+	modules := map[string]wasm.ModuleConfig{}
+	for _, c := range hostile.Cases() {
+		if c.Want.Check == "" {
+			continue // loads, then fails its calls: the wasm package's suite covers those
+		}
+		cases = append(cases, c)
+		cfg := wasm.ModuleConfig{InitTimeout: time.Second, MaxStack: wasm.DefaultMaxStack / 4, MemoryLimit: 64 << 20}
+		for _, g := range c.Grants {
+			cfg.Grants = append(cfg.Grants, wasm.Capability(g))
+		}
+		modules[c.Name] = cfg
+	}
+	modules["pricing"] = wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}, RequiredHandlers: []string{"quote"}, CallTimeout: 30 * time.Second}
+	b, err := wasm.New(wasm.Options{CacheDir: cacheDir(t), Modules: modules})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := host.New(host.Options{Backend: b, StateDir: f.state, Service: "svc", Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeHost(t, h) })
+	mustLoad(t, h, "deploy", f.signed(t, f.trusted, "pricing-v1.wasm", v1, artifact.Manifest{Version: "1.0.0"}))
+
+	calls, failures := serveDuring(t, h, "v1", func() {
+		for _, c := range cases {
+			manifest := testhost.Manifest(t, f.trusted, c.Bytes, artifact.Manifest{Name: c.Name, Version: "hostile"})
+			start := time.Now()
+			_, err := h.LoadArtifact(ctxFor(t, "mallory"), c.Name, c.Name+".wasm", c.Bytes, manifest)
+			var le *module.LoadError
+			if !errors.As(err, &le) || le.Check != c.Want.Check || !errors.Is(err, c.Want.Err) {
+				t.Errorf("%s (%s): LoadArtifact() = %v; want a *module.LoadError of check %q", c.Name, c.What, err, c.Want.Check)
+				continue
+			}
+			if took := time.Since(start); took > 30*time.Second {
+				t.Errorf("%s: refused after %v; want within seconds", c.Name, took)
+			}
+		}
+	})
+	if len(failures) > 0 || calls == 0 {
+		t.Errorf("pricing while hostile modules were refused: %d calls, %d failed (first: %v)", calls, len(failures), failures)
+	}
+	refused := make(map[string]audit.Event)
+	for _, ev := range history(t, h) { // checks that each outcome follows its start
+		if ev.Actor == "mallory" {
+			refused[ev.Target] = ev
+		}
+	}
+	for _, c := range cases {
+		// A migrate hook runs after the change was allowed ("ok"), when it
+		// activates: its failure is recorded as failed.
+		want := audit.ResultRefused
+		if c.Want.Check == "migrate" {
+			want = audit.ResultFailed
+		}
+		ev, ok := refused[c.Name]
+		if !ok || ev.Result != want || !strings.Contains(ev.Error, c.Want.Check+" check failed") {
+			t.Errorf("%s: audit record %+v; want %s at the %s check", c.Name, ev, want, c.Want.Check)
+		}
+	}
+	// Nothing refused stayed in the store.
+	store, err := artifact.OpenStore(filepath.Join(f.state, "store"), artifact.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		if entries, err := store.Entries(c.Name); err != nil || len(entries) != 0 {
+			t.Errorf("%s: %d store entries after its refusal, %v; want none", c.Name, len(entries), err)
+		}
+	}
+	if st := h.Status(); len(st) != 1 || st[0].Name != "pricing" {
+		t.Errorf("Status() after the refusals = %+v; want pricing only", st)
 	}
 }
