@@ -311,8 +311,8 @@ func callTime() []Case {
 	add("call-indirect-exponential", "recurses 2⁶⁴ times through a table", module.ErrTimeout, g)
 	g = &Guest{}
 	f = deepUnwind(&g.Builder)
-	g.Handle("h", nil, []byte{Loop, Void}, I32Const(400), Op(Call, uint64(f)), Op(Br, 0), []byte{End}, OK())
-	add("call-deep-unwind", "recurses 400 deep through large functions whose tails run unchecked as the stack unwinds, forever",
+	g.Handle("h", nil, []byte{Loop, Void}, I32Const(100), Op(Call, uint64(f)), Op(Br, 0), []byte{End}, OK())
+	add("call-deep-unwind", "recurses 100 deep through large functions whose tails run unchecked as the stack unwinds, forever",
 		module.ErrTimeout, g)
 	g = &Guest{}
 	g.Handle("h", nil, growMemoryUntilRefused())

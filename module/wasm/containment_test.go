@@ -201,3 +201,32 @@ func TestNoCallTimeout(t *testing.T) {
 		t.Fatal("cancelling the call did not stop it")
 	}
 }
+
+// TestCancelAbortsCompile: a load whose context ends stops compiling and
+// says so, rather than calling the module invalid, and leaves no compiled
+// code behind.
+func TestCancelAbortsCompile(t *testing.T) {
+	dir := t.TempDir() // a cold cache: the compile takes a while
+	b, err := wasm.New(wasm.Options{CacheDir: dir, Default: wasm.ModuleConfig{Grants: kv}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := module.New(module.Options{Backend: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(context.Background())
+	art := echo(t, "v1")
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = r.Load(ctx, "m", module.Source{Version: "v1", Artifact: art})
+	var le *module.LoadError
+	if !errors.As(err, &le) || le.Check != "compile" || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, module.ErrInvalidModule) {
+		t.Fatalf("Load() past its deadline = %v; want a compile LoadError matching DeadlineExceeded, not ErrInvalidModule", err)
+	}
+	t.Logf("aborted after %v", time.Since(start))
+	if files := cacheFiles(t, dir); len(files) != 0 {
+		t.Errorf("after an aborted compile the cache holds %v; want nothing", files)
+	}
+}

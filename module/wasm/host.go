@@ -141,7 +141,10 @@ func (h *moduleHost) compile(ctx context.Context, digest string, bin []byte) (*c
 			return nil, nil, module.Reject("validate", fmt.Errorf("%w: %v", module.ErrInvalidModule, err))
 		}
 		cm, created, err := h.compiler.compile(ctx, h.rt, out)
-		if err != nil {
+		switch {
+		case err != nil && ctx.Err() != nil: // wazero stops compiling functions when ctx ends
+			return nil, nil, module.Reject("compile", fmt.Errorf("compile aborted: %w", ctx.Err()))
+		case err != nil:
 			return nil, nil, module.Reject("compile", fmt.Errorf("%w: %v", module.ErrInvalidModule, err))
 		}
 		h.mu.Lock()

@@ -31,11 +31,15 @@
 // Instructions whose time grows with an operand (memory.fill, memory.copy,
 // memory.init) are charged by their byte count before they run.
 //
-// The same functions add their weight to a depth global on entry and take
-// it back on exit (the body is wrapped in a block typed with the function's
-// results, and return becomes a branch to it), and yield traps when the
-// depth passed Config.MaxStack, setting SignalStack first. The weighted
-// depth bounds both the stack and the work pending on it.
+// The functions that call others add their weight (at least 64, counting
+// 8 per parameter and local: about their frame's bytes) to a depth global
+// on entry and take it back on exit (the body is wrapped in a block typed
+// with the function's results, and return becomes a branch to it), and
+// yield traps when the depth passed Config.MaxStack, setting SignalStack
+// first. The weighted depth bounds both the stack and the work pending on
+// it, which runs unchecked as the stack unwinds. The stop flag is also
+// read after every call to an imported function, which may block without
+// spending fuel.
 //
 // memory.grow becomes a call to an added function that sets SignalMemory
 // when the grow is refused, and table.grow one that refuses growth past

@@ -58,10 +58,11 @@ const slotWeight = 8
 // Config sets the bounds the instrumentation enforces.
 type Config struct {
 	// MaxStack bounds the stack of a call: the sum of the weights of the
-	// functions on it, a weight being about the function's instruction
-	// count. Checked every FuelPerYield weight units of work, so a stack
-	// may pass it by at most that much before the call traps. At most
-	// 1<<30.
+	// functions on it, a weight being about the bytes of the function's
+	// frame (its instructions plus slotWeight per parameter and local, at
+	// least minFrame). Checked as the fuel runs out, and every entry is
+	// charged at least its weight, so a stack may pass it by at most
+	// FuelPerYield before the call traps. At most 1<<30.
 	MaxStack uint32
 	// MaxTableEntries bounds the entries of all tables, table.grow
 	// included.
