@@ -44,7 +44,7 @@ const StateDirEnv = statedir.Env
 
 // DefaultMaxModuleSize bounds a module artifact unless
 // Options.MaxModuleSize says otherwise. A Go guest is a few MB.
-const DefaultMaxModuleSize = 64 << 20
+const DefaultMaxModuleSize = 32 << 20
 
 // DefaultStateDir returns $HOTSWAP_STATE_DIR; else /var/lib/hotswap when
 // running as root; else hotswap under the user's configuration directory.
@@ -79,7 +79,7 @@ type Options struct {
 	// MaxModuleSize bounds a module artifact, in bytes: a manifest stating
 	// more is refused before any payload byte is read, and an unsigned
 	// payload (development mode) longer than this is cut off and refused.
-	// Defaults to DefaultMaxModuleSize (64 MiB).
+	// Defaults to DefaultMaxModuleSize (32 MiB, wasm.DefaultMaxModuleBytes).
 	MaxModuleSize int64
 	// FollowSymlinks lets LoadFile and Upgrade read artifacts through
 	// symbolic links. Defaults to false: an artifact or manifest path that
