@@ -7,8 +7,9 @@
 //	go run ./bench/modcall
 //
 // A call echoes 1 KiB in and 1 KiB out. "raw" is the best hand-written
-// wazero call of the same guest, uninstrumented; "untrusted" is a call
-// through the registry with the default deadline, "no deadline" one with
+// wazero call of the same guest, uninstrumented; "untrusted" (the name the
+// field had when modules could run unprotected) is a call through the
+// registry with the default deadline, "no deadline" one with
 // CallTimeout = NoCallTimeout: both run the guest instrumented (stop flag,
 // fuel at loop heads and function entries, stack depth). "raw guarded" is
 // raw wazero with its own runaway protection on (WithCloseOnContextDone: a

@@ -23,31 +23,37 @@ import (
 type mappedMemory struct {
 	buf       []byte // the whole mapping: the memory's maximum size
 	populated int    // bytes populated so far
+
+	// When the mapping failed (the address space or vm.max_map_count ran
+	// out), the memory is a Go slice grown by appending, as wazero's own.
+	heap []byte
+	max  uint64
 }
 
 // allocateMemory is the experimental.MemoryAllocator instances use.
 var allocateMemory = experimental.MemoryAllocatorFunc(func(_, max uint64) experimental.LinearMemory {
-	m := &mappedMemory{}
+	m := &mappedMemory{max: max}
 	if max == 0 || max > math.MaxInt {
 		return m
 	}
 	buf, err := unix.Mmap(-1, 0, int(max), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
-	if err != nil {
-		return m // every Reallocate fails: the instance cannot be created
+	if err == nil {
+		m.buf = buf
 	}
-	m.buf = buf
 	return m
 })
 
 // Reallocate returns the memory's first size bytes, populating those not
-// populated yet; nil if size passes the maximum (wazero checks that first)
-// or the mapping failed.
+// populated yet; nil if size passes the maximum (wazero checks that first).
 func (m *mappedMemory) Reallocate(size uint64) []byte {
-	if size > uint64(len(m.buf)) {
-		if size == 0 {
-			return []byte{}
-		}
+	if size > m.max {
 		return nil
+	}
+	if m.buf == nil {
+		if grow := int(size) - len(m.heap); grow > 0 {
+			m.heap = append(m.heap, make([]byte, grow)...)
+		}
+		return m.heap[:size]
 	}
 	if n := int(size); n > m.populated {
 		// Best effort: without MADV_POPULATE_WRITE (Linux < 5.14) the
@@ -64,4 +70,5 @@ func (m *mappedMemory) Free() {
 		_ = unix.Munmap(m.buf)
 		m.buf = nil
 	}
+	m.heap = nil
 }

@@ -9,11 +9,11 @@ import (
 // between CallTimeout and 9/8 of it after it started.
 const watchdogTicks = 8
 
-// watchdog enforces CallTimeout for untrusted code without a context or a
-// timer per call: a call records the current tick when it starts, and the
-// watchdog halts every instance whose call is older than the timeout: it
-// sets the instance's stop flag, and the call traps within
-// stopflag.YieldEvery loop iterations and fails with ErrTimeout.
+// watchdog enforces CallTimeout without a context or a timer per call: a
+// call records the current tick when it starts, and the watchdog halts
+// every instance whose call is older than the timeout: it sets the
+// instance's stop flag, and the call traps within guard.FuelPerYield units
+// of work (or as its host function returns) and fails with ErrTimeout.
 type watchdog struct {
 	tick atomic.Int64 // starts at 1: a zero start means idle
 	stop chan struct{}
