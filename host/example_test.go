@@ -31,7 +31,9 @@ func Example() {
 	}
 	// StateDir holds trust/ (the public keys of the signers), store/ and
 	// audit.log; add a key with artifact.WritePublicKey or hotswap keygen.
-	h, err := host.New(host.Options{Backend: backend, Upgrade: &upgrade.Options{}})
+	// Service is the name the service's binaries are signed with: an
+	// upgrade to a binary signed as anything else is refused.
+	h, err := host.New(host.Options{Backend: backend, Service: "pricing-svc", Upgrade: &upgrade.Options{}})
 	if err != nil {
 		log.Fatal(err)
 	}
