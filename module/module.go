@@ -53,28 +53,7 @@ func (m *Module) AppendCall(ctx context.Context, dst []byte, handler string, in 
 	if r := m.route.Load(); r != nil {
 		return m.appendRouted(ctx, r, rand.Uint64(), dst, handler, in)
 	}
-	return m.appendActive(ctx, dst, handler, in)
-}
-
-// CallKey is Call with a routing key: a user id, a tenant, a session. While
-// a canary runs, all calls with the same key go to the same version, and a
-// key that went to the canary at one weight goes there at every higher one.
-// Without a canary the key changes nothing.
-func (m *Module) CallKey(ctx context.Context, key, handler string, in []byte) ([]byte, error) {
-	return m.AppendCallKey(ctx, nil, key, handler, in)
-}
-
-// AppendCallKey is CallKey appending the output to dst.
-func (m *Module) AppendCallKey(ctx context.Context, dst []byte, key, handler string, in []byte) ([]byte, error) {
-	if r := m.route.Load(); r != nil {
-		return m.appendRouted(ctx, r, keyBucket(key, r.salt), dst, handler, in)
-	}
-	return m.appendActive(ctx, dst, handler, in)
-}
-
-// appendActive runs a call on the active version: the path of every call
-// of a module without a canary.
-func (m *Module) appendActive(ctx context.Context, dst []byte, handler string, in []byte) ([]byte, error) {
+	// The path of every call of a module without a canary.
 	v := m.acquire()
 	if v == nil {
 		return dst, fmt.Errorf("call %s %s: %w", m.name, handler, ErrNotFound)
@@ -87,6 +66,28 @@ func (m *Module) appendActive(ctx context.Context, dst []byte, handler string, i
 	}
 	return out, nil
 }
+
+// CallKey is Call with a routing key: a user id, a tenant, a session. While
+// a canary runs, all calls with the same key go to the same version, and a
+// key that went to the canary at one weight goes there at every higher one.
+// Without a canary the key changes nothing.
+func (m *Module) CallKey(ctx context.Context, key, handler string, in []byte) ([]byte, error) {
+	return m.AppendCallKey(ctx, nil, key, handler, in)
+}
+
+// AppendCallKey is CallKey appending the output to dst.
+func (m *Module) AppendCallKey(ctx context.Context, dst []byte, key, handler string, in []byte) ([]byte, error) {
+	r, bucket := m.route.Load(), uint64(0)
+	if r != nil {
+		bucket = keyBucket(key, r.salt)
+	} else {
+		r = &noRoute
+	}
+	return m.appendRouted(ctx, r, bucket, dst, handler, in)
+}
+
+// noRoute sends every call to the active version, untimed.
+var noRoute route
 
 // appendRouted runs a call whose bucket r routes: on the canary when r
 // sends it there and the canary still takes calls, else on the active
