@@ -76,8 +76,22 @@ type analysis struct {
 }
 
 func newAnalysis(p Policy) *analysis {
-	k := float64(numTests * len(p.Steps))
-	return &analysis{p: p, bound: math.Log(k / p.FalseAbortRate)}
+	a := &analysis{p: p}
+	k := 0 // tests over the canary
+	for a.step = range p.Steps {
+		k++
+		if a.latencyStep() {
+			k += numTests - 1
+		}
+	}
+	a.step = 0
+	a.bound = math.Log(float64(k) / p.FalseAbortRate)
+	return a
+}
+
+// latencyStep reports whether the current step runs the latency tests.
+func (a *analysis) latencyStep() bool {
+	return a.weight() >= a.p.LatencyWeight || a.lastStep()
 }
 
 // weight returns the current step's weight in percent.
@@ -99,9 +113,12 @@ func (a *analysis) update(now time.Time, s [2]module.Sample) {
 	a.updated = now
 	d := [2]module.Sample{s[stable].Sub(&a.last[stable]), s[canary].Sub(&a.last[canary])}
 	a.llr[testErrors] += logLR(d[canary].Failed(), d[stable].Failed(), d[canary].Calls, d[stable].Calls, a.p.ErrorRatio)
-	// Thresholds from the stable calls before these.
+	// The canary's first MinCalls calls of a step warm it up (its pool
+	// grows to the new weight, its instances' memory settles): they set no
+	// latency evidence. Thresholds come from the stable calls before these.
+	warm := a.last[canary].Calls-a.base[canary].Calls >= uint64(a.p.MinCalls)
 	before := a.last[stable].Latency.Sub(&a.base[stable].Latency)
-	for t := testP50; t <= testP99; t++ {
+	for t := testP50; t <= testP99 && warm && a.latencyStep(); t++ {
 		k := before.QuantileBucket(testQuantile[t])
 		if k < 0 {
 			continue

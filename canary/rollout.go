@@ -12,8 +12,13 @@ import (
 	"github.com/hotswapgo/hotswap/module"
 )
 
-// ErrEnded: the canary was promoted or aborted already.
-var ErrEnded = errors.New("canary already ended")
+// Conditions callers branch on.
+var (
+	// ErrEnded: the canary was promoted or aborted already.
+	ErrEnded = errors.New("canary already ended")
+	// ErrAborted: the canary was aborted; the stable version serves.
+	ErrAborted = errors.New("canary aborted")
+)
 
 // Target is the split a Rollout drives. *module.Canary is one.
 type Target interface {

@@ -193,7 +193,7 @@ func TestRegressionsAborted(t *testing.T) {
 			f := &fakeTarget{perTick: 10000, fail: [2]float64{0.01, tt.fail}, slow: [2]int{0, tt.slow}}
 			rec := &recorder{}
 			// A long interval: the abort must not wait for the window's end.
-			r := start(t, f, rec, fast(canary.Policy{Steps: []float64{5, 50}, Interval: time.Hour}))
+			r := start(t, f, rec, fast(canary.Policy{Steps: []float64{5, 50}, Interval: time.Hour, LatencyWeight: 5}))
 			st := wait(t, r)
 			if _, aborted, _ := f.ended(); st.State != canary.Aborted || !aborted {
 				t.Fatalf("state %s; want aborted", st.State)
@@ -206,6 +206,19 @@ func TestRegressionsAborted(t *testing.T) {
 			}
 			t.Logf("%v; %v", st.Last, st.Last.Window)
 		})
+	}
+}
+
+// TestLatencyFromLatencyWeight: below LatencyWeight a slower canary passes
+// (it is slower for running rarely); from there on it is aborted.
+func TestLatencyFromLatencyWeight(t *testing.T) {
+	f := &fakeTarget{perTick: 10000, fail: [2]float64{0.01, 0.01}, slow: [2]int{0, 5}}
+	rec := &recorder{}
+	r := start(t, f, rec, fast(canary.Policy{Steps: []float64{5, 30, 60}, LatencyWeight: 30}))
+	st := wait(t, r)
+	want := []canary.Decision{canary.Begin, canary.Pass, canary.Abort}
+	if got := rec.decisions(); !slices.Equal(got, want) || st.Last.Step != 2 || !contains(st.Last.Reason, "latency") {
+		t.Errorf("verdicts %v, last %v; want %v, aborted for latency at step 2 (30%%)", got, st.Last, want)
 	}
 }
 
