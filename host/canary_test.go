@@ -365,4 +365,3 @@ func TestUpgradeRefusedDuringCanary(t *testing.T) {
 		t.Errorf("CanaryFile() after a refused upgrade = %v", err)
 	}
 }
-
