@@ -177,7 +177,7 @@ func (p Policy) withDefaults() (Policy, error) {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return p, fmt.Errorf("canary policy: %w", err)
+		return p, fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
 	}
 	return p, nil
 }

@@ -18,6 +18,8 @@ var (
 	ErrEnded = errors.New("canary already ended")
 	// ErrAborted: the canary was aborted; the stable version serves.
 	ErrAborted = errors.New("canary aborted")
+	// ErrInvalidPolicy: a Policy field is out of range; nothing started.
+	ErrInvalidPolicy = errors.New("invalid canary policy")
 )
 
 // Target is the split a Rollout drives. *module.Canary is one.
