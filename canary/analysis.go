@@ -204,7 +204,7 @@ type Numbers struct {
 	Calls    uint64 `json:"calls"`
 	Failures uint64 `json:"failures"`
 	// Timed is how many of the calls were timed; P50 and P99 are their
-	// quantiles (upper bounds of histogram buckets, within 9%).
+	// quantiles (upper bounds of histogram buckets, within 4.4%).
 	Timed uint64        `json:"timed"`
 	P50   time.Duration `json:"p50_ns"`
 	P99   time.Duration `json:"p99_ns"`

@@ -231,7 +231,7 @@ func TestToleratedBucket(t *testing.T) {
 		{1.25, time.Nanosecond, 100},
 		{1, time.Nanosecond, 100},
 		{2, time.Nanosecond, 150},
-		{1.25, 10 * time.Microsecond, 100}, // 2^(101/8) ns ≈ 6.4µs: the floor decides
+		{1.25, 10 * time.Microsecond, 200}, // 2^(201/16) ns ≈ 6µs: the floor decides
 	} {
 		p, err := Policy{LatencyRatio: tt.ratio, LatencyFloor: tt.floor}.withDefaults()
 		if err != nil {

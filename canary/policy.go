@@ -33,8 +33,8 @@ const (
 	DefaultErrorFloor = 0.001
 	// DefaultLatencyRatio is the slowdown of the median and of the 99th
 	// percentile, relative to the stable version's, that is tolerated
-	// (applied at the histogram's resolution, 2^(3/8) ≈ 1.30).
-	DefaultLatencyRatio = 1.25
+	// (applied at the histogram's resolution: 2^(5/16) ≈ 1.24).
+	DefaultLatencyRatio = 1.2
 	// DefaultLatencyFloor is the smallest slowdown that may abort a canary.
 	DefaultLatencyFloor = time.Microsecond
 	// DefaultLatencyWeight is the weight, in percent, from which latencies
@@ -83,7 +83,7 @@ type Policy struct {
 	ErrorFloor float64
 	// LatencyRatio is the slowdown of the median and of the 99th percentile
 	// relative to the stable version's that is tolerated; at least 1.
-	// Defaults to DefaultLatencyRatio (1.25).
+	// Defaults to DefaultLatencyRatio (1.2).
 	LatencyRatio float64
 	// LatencyFloor is the least slowdown that may abort the canary.
 	// Defaults to DefaultLatencyFloor (1µs).

@@ -18,7 +18,7 @@ import (
 // with deterministic failures and latencies.
 type fakeTarget struct {
 	fail [2]float64 // failure rate of stable and canary
-	slow [2]int     // latency bucket shift of stable and canary
+	slow [2]int     // latency bucket shift of stable and canary (10: ×1.54)
 
 	mu         sync.Mutex // protects every field below
 	perTick    uint64
@@ -56,11 +56,11 @@ func (f *fakeTarget) Sample() (module.Sample, module.Sample) {
 		whole := uint64(f.owed[v])
 		s.Failures[module.FailGuest] += whole
 		f.owed[v] -= float64(whole)
-		// Half the timed calls in bucket 110 (~14µs), half in 111, a few
-		// in 114.
-		s.Latency.Counts[110+f.slow[v]] += timed / 2
-		s.Latency.Counts[111+f.slow[v]] += timed - timed/2 - timed/100
-		s.Latency.Counts[114+f.slow[v]] += timed / 100
+		// Half the timed calls in bucket 220 (~14µs), half in 221, a few
+		// in 228.
+		s.Latency.Counts[220+f.slow[v]] += timed / 2
+		s.Latency.Counts[221+f.slow[v]] += timed - timed/2 - timed/100
+		s.Latency.Counts[228+f.slow[v]] += timed / 100
 	}
 	return f.s[0], f.s[1]
 }
@@ -187,7 +187,7 @@ func TestRegressionsAborted(t *testing.T) {
 		slow         int
 	}{
 		{"failures", "failure rate", 0.06, 0},
-		{"latency", "p50 latency", 0.01, 5},
+		{"latency", "p50 latency", 0.01, 10},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := &fakeTarget{perTick: 10000, fail: [2]float64{0.01, tt.fail}, slow: [2]int{0, tt.slow}}
@@ -212,7 +212,7 @@ func TestRegressionsAborted(t *testing.T) {
 // TestLatencyFromLatencyWeight: below LatencyWeight a slower canary passes
 // (it is slower for running rarely); from there on it is aborted.
 func TestLatencyFromLatencyWeight(t *testing.T) {
-	f := &fakeTarget{perTick: 10000, fail: [2]float64{0.01, 0.01}, slow: [2]int{0, 5}}
+	f := &fakeTarget{perTick: 10000, fail: [2]float64{0.01, 0.01}, slow: [2]int{0, 10}}
 	rec := &recorder{}
 	r := start(t, f, rec, fast(canary.Policy{Steps: []float64{5, 30, 60}, LatencyWeight: 30}))
 	st := wait(t, r)

@@ -109,7 +109,7 @@ type CanaryNumbers struct {
 	Failures    uint64  `json:"failures"`
 	FailureRate float64 `json:"failure_rate"`
 	// Timed calls have a duration; P50NS and P99NS are their quantiles in
-	// nanoseconds (histogram bucket bounds, within 9%).
+	// nanoseconds (histogram bucket bounds, within 4.4%).
 	Timed uint64 `json:"timed"`
 	P50NS int64  `json:"p50_ns"`
 	P99NS int64  `json:"p99_ns"`
