@@ -99,9 +99,14 @@ func (a *analysis) weight() float64 { return a.p.Steps[a.step] }
 
 func (a *analysis) lastStep() bool { return a.step == len(a.p.Steps)-1 }
 
-// startStep begins a step at now: the tests restart from zero.
+// startStep begins a step at now: the tests restart from zero. A step
+// that compares latencies begins with a warm-up of one Interval: its
+// window starts after it.
 func (a *analysis) startStep(now time.Time, s [2]module.Sample) {
 	a.stepStart, a.windowStart, a.updated = now, now, now
+	if a.latencyStep() {
+		a.windowStart = now.Add(a.p.Interval)
+	}
 	a.base, a.last = s, s
 	a.llr = [numTests]float64{}
 	a.empty = 0
@@ -113,10 +118,12 @@ func (a *analysis) update(now time.Time, s [2]module.Sample) {
 	a.updated = now
 	d := [2]module.Sample{s[stable].Sub(&a.last[stable]), s[canary].Sub(&a.last[canary])}
 	a.llr[testErrors] += logLR(d[canary].Failed(), d[stable].Failed(), d[canary].Calls, d[stable].Calls, a.p.ErrorRatio)
-	// The canary's first MinCalls calls of a step warm it up (its pool
-	// grows to the new weight, its instances' memory settles): they set no
-	// latency evidence. Thresholds come from the stable calls before these.
-	warm := a.last[canary].Calls-a.base[canary].Calls >= uint64(a.p.MinCalls)
+	// The step's warm-up lets the canary settle at the new weight (its pool
+	// grows, its young instances' memory stops growing, which costs them
+	// garbage-collection pauses): calls before the window and the canary's
+	// first MinCalls calls set no latency evidence. Thresholds come from
+	// the stable calls before these.
+	warm := !now.Before(a.windowStart) && a.last[canary].Calls-a.base[canary].Calls >= uint64(a.p.MinCalls)
 	before := a.last[stable].Latency.Sub(&a.base[stable].Latency)
 	for t := testP50; t <= testP99 && warm && a.latencyStep(); t++ {
 		k := before.QuantileBucket(testQuantile[t])

@@ -103,7 +103,7 @@ func TestSimulatedFalseAborts(t *testing.T) {
 	aborted := 0
 	for range *sims {
 		tr := &traffic{rng: rng, calls: 1000, fail: [2]float64{0.01, 0.01}, slow: [2]float64{1, 1}}
-		if step, _ := simulate(t, Policy{FalseAbortRate: alpha}, tr, 40); step != 0 {
+		if step, _ := simulate(t, Policy{FalseAbortRate: alpha, Interval: time.Second}, tr, 40); step != 0 {
 			aborted++
 		}
 	}
@@ -134,7 +134,7 @@ func TestSimulatedRegressionsAborted(t *testing.T) {
 			var most uint64
 			for range max(*sims/5, 20) {
 				tr := &traffic{rng: rng, calls: 10000, fail: [2]float64{0.01, tt.fail}, slow: [2]float64{1, tt.slow}}
-				step, served := simulate(t, Policy{}, tr, 100)
+				step, served := simulate(t, Policy{Interval: time.Second}, tr, 100)
 				if step != tt.step {
 					t.Fatalf("aborted at step %d (0: never); want step %d", step, tt.step)
 				}

@@ -185,15 +185,17 @@ func TestRegressionsAborted(t *testing.T) {
 		name, reason string
 		fail         float64
 		slow         int
+		policy       canary.Policy
 	}{
-		{"failures", "failure rate", 0.06, 0},
-		{"latency", "p50 latency", 0.01, 10},
+		// A long interval: the abort must not wait for the window's end.
+		{"failures", "failure rate", 0.06, 0, canary.Policy{Steps: []float64{5, 50}, Interval: time.Hour}},
+		// After the step's warm-up of one interval.
+		{"latency", "p50 latency", 0.01, 10, canary.Policy{Steps: []float64{5}, Interval: 50 * time.Millisecond}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := &fakeTarget{perTick: 10000, fail: [2]float64{0.01, tt.fail}, slow: [2]int{0, tt.slow}}
 			rec := &recorder{}
-			// A long interval: the abort must not wait for the window's end.
-			r := start(t, f, rec, fast(canary.Policy{Steps: []float64{5, 50}, Interval: time.Hour, LatencyWeight: 5}))
+			r := start(t, f, rec, fast(tt.policy))
 			st := wait(t, r)
 			if _, aborted, _ := f.ended(); st.State != canary.Aborted || !aborted {
 				t.Fatalf("state %s; want aborted", st.State)
