@@ -200,7 +200,7 @@ func (a *analysis) regression() string {
 				q, c = w.Stable.P99, w.Canary.P99
 			}
 			return fmt.Sprintf("%s latency %v against %v on the stable version, beyond ×%.2f and +%v (sequential test %.1f ≥ %.1f)",
-				testNames[t], c, q, a.p.LatencyRatio, a.p.LatencyFloor, a.llr[t], a.bound)
+				testNames[t], Round(c), Round(q), a.p.LatencyRatio, a.p.LatencyFloor, a.llr[t], a.bound)
 		}
 	}
 	return ""
@@ -226,7 +226,17 @@ func (n Numbers) FailureRate() float64 {
 }
 
 func (n Numbers) String() string {
-	return fmt.Sprintf("%d calls, %s failed, p50 %v, p99 %v", n.Calls, pct(n.FailureRate()), n.P50, n.P99)
+	return fmt.Sprintf("%d calls, %s failed, p50 %v, p99 %v", n.Calls, pct(n.FailureRate()), Round(n.P50), Round(n.P99))
+}
+
+// Round rounds d to three significant digits, for people to read: the
+// quantiles are histogram bucket bounds, 4.4% apart.
+func Round(d time.Duration) time.Duration {
+	unit := time.Duration(1)
+	for d >= 1000*unit {
+		unit *= 10
+	}
+	return d.Round(unit)
 }
 
 // Window is the numbers of both versions over the same calls, and the state

@@ -280,3 +280,17 @@ func TestPolicyDefaultsAndValidation(t *testing.T) {
 		}
 	}
 }
+
+func TestRound(t *testing.T) {
+	for _, tt := range []struct{ in, want time.Duration }{
+		{4380001 * time.Nanosecond, 4380 * time.Microsecond},
+		{136875 * time.Nanosecond, 137 * time.Microsecond},
+		{18657 * time.Nanosecond, 18700 * time.Nanosecond},
+		{999, 999},
+		{0, 0},
+	} {
+		if got := Round(tt.in); got != tt.want {
+			t.Errorf("Round(%v) = %v; want %v", tt.in, got, tt.want)
+		}
+	}
+}

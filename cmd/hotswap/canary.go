@@ -189,7 +189,8 @@ func printCanary(w io.Writer, module string, c *control.CanaryStatus) {
 
 func windowLine(win control.CanaryWindow) string {
 	n := func(x control.CanaryNumbers) string {
-		return fmt.Sprintf("%d calls, %.2f%% failed, p50 %v, p99 %v", x.Calls, 100*x.FailureRate, time.Duration(x.P50NS), time.Duration(x.P99NS))
+		return fmt.Sprintf("%d calls, %.2f%% failed, p50 %v, p99 %v", x.Calls, 100*x.FailureRate,
+			canary.Round(time.Duration(x.P50NS)), canary.Round(time.Duration(x.P99NS)))
 	}
 	e := win.Evidence
 	return fmt.Sprintf("canary %s; stable %s; evidence failures %.1f, p50 %.1f, p99 %.1f (abort at %.1f)",
