@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -411,3 +412,25 @@ func waitStatus(t *testing.T, r *canary.Rollout, what string, cond func(canary.S
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestRolloutLeavesNoGoroutine: a rollout's goroutine ends with it.
+func TestRolloutLeavesNoGoroutine(t *testing.T) {
+	before := runtime.NumGoroutine()
+	for range 5 {
+		r, err := canary.Start(&fakeTarget{perTick: 1000}, canary.Options{Policy: fast(canary.Policy{Interval: time.Hour})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Abort(context.Background(), "test"); err != nil {
+			t.Fatal(err)
+		}
+		wait(t, r)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after 5 rollouts ended; want at most %d", runtime.NumGoroutine(), before)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -3,11 +3,9 @@ package control_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,36 +14,6 @@ import (
 	"github.com/hotswapgo/hotswap/internal/guestbuild"
 	"github.com/hotswapgo/hotswap/internal/testhost"
 )
-
-// quoteUntil calls pricing with routing keys from 2 goroutines until the
-// test ends, and counts the calls.
-func (e *env) quoteUntil(t *testing.T) func() int {
-	t.Helper()
-	var mu sync.Mutex // protects calls
-	calls := 0
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	m := e.h.Module("pricing")
-	for g := range 2 {
-		wg.Go(func() {
-			for k := 0; ; k++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				m.CallKey(ctx, fmt.Sprintf("u%d-%d", g, k), "quote", testhost.QuoteRequest)
-				cancel()
-				mu.Lock()
-				calls++
-				mu.Unlock()
-			}
-		})
-	}
-	t.Cleanup(func() { close(stop); wg.Wait() })
-	return func() int { mu.Lock(); defer mu.Unlock(); return calls }
-}
 
 // TestCanaryOverTheSocket: a canary started, inspected, paused, frozen,
 // resumed and promoted through the control socket.
@@ -113,7 +81,7 @@ func TestCanaryFollowedToItsAbort(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := e.f.Sign(t, e.f.Trusted, "pricing-flaky.wasm", flaky, artifact.Manifest{Version: "1.1.0"})
-	e.quoteUntil(t)
+	testhost.KeyedCalls(t, e.h.Module("pricing"), 2)
 	ctx := ctxT(t, 2*time.Minute)
 	var verdicts []*control.CanaryVerdict
 	res, err := e.client.CanaryFile(ctx, "pricing", path, control.CanaryPolicy{Steps: []float64{10}, IntervalMS: 3600e3, MinCalls: 50}, true,

@@ -365,3 +365,28 @@ func TestUpgradeRefusedDuringCanary(t *testing.T) {
 		t.Errorf("CanaryFile() after a refused upgrade = %v", err)
 	}
 }
+
+// TestCloseAbortsCanary: closing the host aborts a running canary and
+// records it; the stable version stays the current one in the store.
+func TestCloseAbortsCanary(t *testing.T) {
+	f := newFixture(t)
+	h := f.open(t, hostOptions{noClose: true})
+	mustLoad(t, h, "deploy", f.signed(t, f.trusted, "pricing-v1.wasm", guest(t, "v1"), artifact.Manifest{Version: "1.0.0"}))
+	v2 := f.signed(t, f.trusted, "pricing-v2.wasm", guest(t, "v2"), artifact.Manifest{Version: "2.0.0"})
+	st, err := h.CanaryFile(ctxFor(t, "alice"), "pricing", v2, canary.Policy{Interval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeHost(t, h)
+	h2 := f.open(t, hostOptions{})
+	recs := canaryRecords(t, h2, st.ID)
+	if last := recs[len(recs)-1]; last.Result != audit.ResultCanceled || last.Actor != "shutdown" {
+		t.Errorf("last record of the canary %+v; want canceled by shutdown", last)
+	}
+	if err := h2.RestoreModules(ctxFor(t, "restart")); err != nil {
+		t.Fatal(err)
+	}
+	if v := servedBy(t, h2); v != "v1" {
+		t.Errorf("after a restart %s serves; want v1 (the canary never became current)", v)
+	}
+}

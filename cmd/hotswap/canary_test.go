@@ -1,17 +1,15 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/control"
 	"github.com/hotswapgo/hotswap/internal/guestbuild"
+	"github.com/hotswapgo/hotswap/internal/testhost"
 )
 
 // TestCanaryCLI: a canary started detached, shown, paused and promoted with
@@ -56,23 +54,7 @@ func TestCanaryCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	flaky := s.f.Sign(t, s.f.Trusted, "pricing-flaky.wasm", payload, artifact.Manifest{Version: "v3-flaky"})
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for g := range 2 {
-		wg.Go(func() {
-			for k := 0; ; k++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				s.h.Module("pricing").CallKey(ctx, fmt.Sprintf("%d-%d", g, k), "quote", []byte(`{"item":"apple","qty":2}`))
-				cancel()
-			}
-		})
-	}
-	defer func() { close(stop); wg.Wait() }()
+	testhost.KeyedCalls(t, s.h.Module("pricing"), 2)
 	out, errOut, code, err := ctl(t, s.socket, "canary", "pricing", flaky, "--steps", "10", "--min-calls", "50", "--interval", "1h")
 	if code != 1 || !strings.Contains(fmt.Sprint(err), "canary aborted: failure rate") || !strings.Contains(fmt.Sprint(err), "pricing@v2 keeps serving") {
 		t.Errorf("canary of a flaky version: exit %d, %v\nstdout %q\nstderr %q\nwant exit 1, aborted for its failure rate", code, err, out, errOut)
