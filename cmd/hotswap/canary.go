@@ -163,6 +163,7 @@ func canaryPrinter(w io.Writer) func(control.Progress) {
 	plain := progressPrinter(w)
 	return func(p control.Progress) {
 		if p.Verdict == nil {
+			p.Detail = shortRefs(p.Detail)
 			plain(p)
 			return
 		}
@@ -211,4 +212,13 @@ func stepsDone(c *control.CanaryStatus) string {
 		return fmt.Sprintf("step %d of %d, by %s", c.Step, len(c.Steps), c.LastVerdict.By)
 	}
 	return fmt.Sprintf("%d steps", len(c.Steps))
+}
+
+// shortRefs shortens every "@sha256:<64 hex>" in s as shortRef does.
+func shortRefs(s string) string {
+	words := strings.Split(s, " ")
+	for i, w := range words {
+		words[i] = shortRef(w)
+	}
+	return strings.Join(words, " ")
 }
