@@ -12,6 +12,7 @@ import (
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/canary"
 	"github.com/hotswapgo/hotswap/module"
+	"github.com/hotswapgo/hotswap/upgrade"
 )
 
 // ActionCanary is the audit action of a canary: its start, every verdict,
@@ -173,7 +174,10 @@ func (hc *hostCanary) record(v canary.Verdict) error {
 			ev.Result = audit.ResultCanceled
 		}
 	}
-	ev.Detail = v.String() + "; " + v.Window.String()
+	ev.Detail = v.String()
+	if v.Decision != canary.Begin { // a beginning has no numbers yet
+		ev.Detail += "; " + v.Window.String()
+	}
 	if err := c.h.audit.Record(c.ctx, ev); err != nil {
 		err = fmt.Errorf("canary %s refused: audit log: %w", ev.Target, err)
 		c.h.log.Error("canary verdict not recorded", "module", ev.Target, "decision", v.Decision, "err", err)
@@ -214,7 +218,7 @@ func (cs *canaries) reserve(name string, hc *hostCanary) error {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if cs.upgrade {
-		return &module.BusyError{Op: "canary " + name, Module: name, Canary: ""}
+		return fmt.Errorf("canary %s: a binary upgrade is under way: %w", name, upgrade.ErrUpgradeInProgress)
 	}
 	if other := cs.running[name]; other != nil {
 		e := &module.BusyError{Op: "canary " + name, Module: name}
@@ -249,11 +253,11 @@ func (cs *canaries) holdUpgrade() error {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	for name, hc := range cs.running {
-		e := &module.BusyError{Op: "upgrade", Module: name, Canary: "a version being prepared"}
-		if hc.mc != nil {
-			e.Canary = hc.mc.Version()
+		const why = "a binary upgrade does not carry a canary to the new process (see docs/canary.md)"
+		if hc.mc == nil {
+			return fmt.Errorf("upgrade: a canary of %s is being prepared; %s: %w", name, why, module.ErrBusy)
 		}
-		return fmt.Errorf("%w; a binary upgrade does not carry a canary to the new process (see docs/canary.md)", e)
+		return fmt.Errorf("%w; %s", &module.BusyError{Op: "upgrade", Module: name, Canary: hc.mc.Version()}, why)
 	}
 	cs.upgrade = true
 	return nil
