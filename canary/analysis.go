@@ -30,11 +30,13 @@ import (
 //
 // Latency events compare the canary with a tolerance: a stable call is an
 // event when it is slower than the bound b of the stable q-quantile's
-// bucket (measured on the step's earlier calls, so b does not depend on the
-// calls it judges); a canary call is one when it is slower than
-// max(LatencyRatio·b, b + LatencyFloor), rounded up to a bucket bound. A
-// canary at most LatencyRatio times slower makes events no more often than
-// the stable version, so the test's error bound holds for it.
+// bucket (measured on the stable calls of the tick before, so b does not
+// depend on the calls it judges, and follows the machine's load); a canary
+// call is one when it is slower than max(ratio·b, b + LatencyFloor),
+// rounded up to a bucket bound, where ratio is LatencyRatio for the median
+// and TailRatio for the 99th percentile. A canary at most that much slower
+// makes events no more often than the stable version, so the test's error
+// bound holds for it.
 
 // The tests of a step.
 const (
@@ -70,6 +72,7 @@ type analysis struct {
 	stepStart, windowStart time.Time
 	updated                time.Time        // of the last update
 	base, last             [2]module.Sample // at the step's start, at the last update
+	lastStable             module.Histogram // the stable latencies of the last update's tick
 	llr                    [numTests]float64
 	empty                  int // windows in a row that ended without enough calls
 	checkFailures          int // over the whole canary
@@ -108,6 +111,7 @@ func (a *analysis) startStep(now time.Time, s [2]module.Sample) {
 		a.windowStart = now.Add(a.p.Interval)
 	}
 	a.base, a.last = s, s
+	a.lastStable = module.Histogram{}
 	a.llr = [numTests]float64{}
 	a.empty = 0
 }
@@ -124,23 +128,42 @@ func (a *analysis) update(now time.Time, s [2]module.Sample) {
 	// first MinCalls calls set no latency evidence. Thresholds come from
 	// the stable calls before these.
 	warm := !now.Before(a.windowStart) && a.last[canary].Calls-a.base[canary].Calls >= uint64(a.p.MinCalls)
-	before := a.last[stable].Latency.Sub(&a.base[stable].Latency)
+	before := &a.lastStable
+	if before.Count() < minThresholdSample {
+		step := a.last[stable].Latency.Sub(&a.base[stable].Latency)
+		before = &step
+	}
 	for t := testP50; t <= testP99 && warm && a.latencyStep(); t++ {
 		k := before.QuantileBucket(testQuantile[t])
 		if k < 0 {
 			continue
 		}
 		es := d[stable].Latency.Above(k)
-		ec := d[canary].Latency.Above(a.toleratedBucket(k))
+		ec := d[canary].Latency.Above(a.toleratedBucket(k, a.ratio(t)))
 		a.llr[t] += logLR(ec, es, d[canary].Latency.Count(), d[stable].Latency.Count(), latencyH1[t])
 	}
 	a.last = s
+	a.lastStable = d[stable].Latency
+}
+
+// minThresholdSample is how many stable calls the tick before must have
+// timed for its quantiles to set the thresholds; with fewer, the step's
+// stable calls so far set them.
+const minThresholdSample = 200
+
+// ratio returns the slowdown latency test t tolerates.
+func (a *analysis) ratio(t int) float64 {
+	if t == testP99 {
+		return a.p.TailRatio
+	}
+	return a.p.LatencyRatio
 }
 
 // toleratedBucket returns the bucket above which a canary call counts as
-// slow when a stable call counts as slow above bucket k.
-func (a *analysis) toleratedBucket(k int) int {
-	shift := int(math.Ceil(module.BucketsPerDoubling*math.Log2(a.p.LatencyRatio) - 1e-9))
+// slow when a stable call counts as slow above bucket k and a slowdown by
+// ratio is tolerated.
+func (a *analysis) toleratedBucket(k int, ratio float64) int {
+	shift := int(math.Ceil(module.BucketsPerDoubling*math.Log2(ratio) - 1e-9))
 	bound := module.BucketLowerBound(k + 1)
 	for module.BucketLowerBound(k+1+shift) < bound+a.p.LatencyFloor && k+1+shift < module.HistogramBuckets {
 		shift++
@@ -200,7 +223,7 @@ func (a *analysis) regression() string {
 				q, c = w.Stable.P99, w.Canary.P99
 			}
 			return fmt.Sprintf("%s latency %v against %v on the stable version, beyond ×%.2f and +%v (sequential test %.1f ≥ %.1f)",
-				testNames[t], Round(c), Round(q), a.p.LatencyRatio, a.p.LatencyFloor, a.llr[t], a.bound)
+				testNames[t], Round(c), Round(q), a.ratio(t), a.p.LatencyFloor, a.llr[t], a.bound)
 		}
 	}
 	return ""

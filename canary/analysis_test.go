@@ -238,7 +238,7 @@ func TestToleratedBucket(t *testing.T) {
 			t.Fatal(err)
 		}
 		a := newAnalysis(p)
-		kc := a.toleratedBucket(tt.k)
+		kc := a.toleratedBucket(tt.k, tt.ratio)
 		b, bc := module.BucketLowerBound(tt.k+1), module.BucketLowerBound(kc+1)
 		if float64(bc) < tt.ratio*float64(b)*0.999 || bc < b+tt.floor {
 			t.Errorf("ratio %v floor %v: canary bound %v for stable bound %v; want ≥ ×%v and +%v", tt.ratio, tt.floor, bc, b, tt.ratio, tt.floor)
@@ -270,6 +270,7 @@ func TestPolicyDefaultsAndValidation(t *testing.T) {
 		{FalseAbortRate: 1},
 		{ErrorRatio: 0.5},
 		{LatencyRatio: 0.9},
+		{TailRatio: 0.5},
 		{ErrorFloor: 2},
 		{MinCalls: -1},
 		{Checks: []Check{{Name: "x"}}},

@@ -31,10 +31,14 @@ const (
 	// DefaultErrorFloor is the smallest increase of the failure rate over
 	// the stable version's that may abort a canary: 0.1 percentage point.
 	DefaultErrorFloor = 0.001
-	// DefaultLatencyRatio is the slowdown of the median and of the 99th
-	// percentile, relative to the stable version's, that is tolerated
-	// (applied at the histogram's resolution: 2^(5/16) ≈ 1.24).
+	// DefaultLatencyRatio is the slowdown of the median, relative to the
+	// stable version's, that is tolerated (applied at the histogram's
+	// resolution: 2^(5/16) ≈ 1.24).
 	DefaultLatencyRatio = 1.2
+	// DefaultTailRatio is the slowdown of the 99th percentile that is
+	// tolerated: tails are noisy, and a new version's young instances have
+	// heavier ones (garbage-collection pauses while their memory grows).
+	DefaultTailRatio = 2.0
 	// DefaultLatencyFloor is the smallest slowdown that may abort a canary.
 	DefaultLatencyFloor = time.Microsecond
 	// DefaultLatencyWeight is the weight, in percent, from which latencies
@@ -81,10 +85,14 @@ type Policy struct {
 	// stable version's, in the step, that may abort the canary (0.001 is a
 	// tenth of a percentage point). Defaults to DefaultErrorFloor (0.001).
 	ErrorFloor float64
-	// LatencyRatio is the slowdown of the median and of the 99th percentile
-	// relative to the stable version's that is tolerated; at least 1.
-	// Defaults to DefaultLatencyRatio (1.2).
+	// LatencyRatio is the slowdown of the median relative to the stable
+	// version's that is tolerated; at least 1. Defaults to
+	// DefaultLatencyRatio (1.2).
 	LatencyRatio float64
+	// TailRatio is the slowdown of the 99th percentile relative to the
+	// stable version's that is tolerated; at least 1. Defaults to
+	// DefaultTailRatio (2).
+	TailRatio float64
 	// LatencyFloor is the least slowdown that may abort the canary.
 	// Defaults to DefaultLatencyFloor (1µs).
 	LatencyFloor time.Duration
@@ -135,6 +143,7 @@ func (p Policy) withDefaults() (Policy, error) {
 	p.ErrorRatio = orDefault(p.ErrorRatio, DefaultErrorRatio)
 	p.ErrorFloor = orDefault(p.ErrorFloor, DefaultErrorFloor)
 	p.LatencyRatio = orDefault(p.LatencyRatio, DefaultLatencyRatio)
+	p.TailRatio = orDefault(p.TailRatio, DefaultTailRatio)
 	p.LatencyFloor = orDefault(p.LatencyFloor, DefaultLatencyFloor)
 	p.LatencyWeight = orDefault(p.LatencyWeight, DefaultLatencyWeight)
 	p.FailureLimit = orDefault(p.FailureLimit, DefaultFailureLimit)
@@ -164,8 +173,8 @@ func (p Policy) withDefaults() (Policy, error) {
 		errs = append(errs, fmt.Errorf("false-abort rate %v is not in (0, 1)", p.FalseAbortRate))
 	case !(p.ErrorRatio > 1) || math.IsInf(p.ErrorRatio, 0):
 		errs = append(errs, fmt.Errorf("error ratio %v is not above 1", p.ErrorRatio))
-	case !(p.LatencyRatio >= 1) || math.IsInf(p.LatencyRatio, 0):
-		errs = append(errs, fmt.Errorf("latency ratio %v is below 1", p.LatencyRatio))
+	case !(p.LatencyRatio >= 1) || math.IsInf(p.LatencyRatio, 0) || !(p.TailRatio >= 1) || math.IsInf(p.TailRatio, 0):
+		errs = append(errs, fmt.Errorf("latency ratio %v or tail ratio %v is below 1", p.LatencyRatio, p.TailRatio))
 	case p.ErrorFloor < 0 || p.ErrorFloor >= 1 || p.LatencyFloor < 0:
 		errs = append(errs, errors.New("error floor not in [0, 1), or negative latency floor"))
 	case !(p.LatencyWeight > 0 && p.LatencyWeight <= 100):

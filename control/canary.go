@@ -46,6 +46,7 @@ type CanaryPolicy struct {
 	ErrorRatio      float64   `json:"error_ratio,omitempty"`
 	ErrorFloor      float64   `json:"error_floor,omitempty"`
 	LatencyRatio    float64   `json:"latency_ratio,omitempty"`
+	TailRatio       float64   `json:"tail_ratio,omitempty"`
 	LatencyFloorNS  int64     `json:"latency_floor_ns,omitempty"`
 	LatencyWeight   float64   `json:"latency_weight,omitempty"`
 	FailureLimit    int       `json:"failure_limit,omitempty"`
@@ -54,7 +55,7 @@ type CanaryPolicy struct {
 func (p CanaryPolicy) policy() canary.Policy {
 	return canary.Policy{Steps: p.Steps, Interval: time.Duration(p.IntervalMS) * time.Millisecond, MinCalls: p.MinCalls,
 		MaxEmptyWindows: p.MaxEmptyWindows, FalseAbortRate: p.FalseAbortRate, ErrorRatio: p.ErrorRatio,
-		ErrorFloor: p.ErrorFloor, LatencyRatio: p.LatencyRatio, LatencyFloor: time.Duration(p.LatencyFloorNS),
+		ErrorFloor: p.ErrorFloor, LatencyRatio: p.LatencyRatio, TailRatio: p.TailRatio, LatencyFloor: time.Duration(p.LatencyFloorNS),
 		LatencyWeight: p.LatencyWeight, FailureLimit: p.FailureLimit}
 }
 
