@@ -33,8 +33,8 @@ const (
 	DefaultErrorFloor = 0.001
 	// DefaultLatencyRatio is the slowdown of the median, relative to the
 	// stable version's, that is tolerated (applied at the histogram's
-	// resolution: 2^(5/16) ≈ 1.24).
-	DefaultLatencyRatio = 1.2
+	// resolution: 2^(3/16) ≈ 1.14).
+	DefaultLatencyRatio = 1.1
 	// DefaultTailRatio is the slowdown of the 99th percentile that is
 	// tolerated: tails are noisy, and a new version's young instances have
 	// heavier ones (garbage-collection pauses while their memory grows).
@@ -87,7 +87,7 @@ type Policy struct {
 	ErrorFloor float64
 	// LatencyRatio is the slowdown of the median relative to the stable
 	// version's that is tolerated; at least 1. Defaults to
-	// DefaultLatencyRatio (1.2).
+	// DefaultLatencyRatio (1.1).
 	LatencyRatio float64
 	// TailRatio is the slowdown of the 99th percentile relative to the
 	// stable version's that is tolerated; at least 1. Defaults to

@@ -69,6 +69,16 @@ func TestCanaryOverTheSocket(t *testing.T) {
 	if st, _ := e.client.Status(ctx); st.Modules[0].Canary != nil {
 		t.Errorf("status canary after the end = %+v; want null", st.Modules[0].Canary)
 	}
+
+	// Another canary, aborted over the socket.
+	v3 := e.f.Sign(t, e.f.Trusted, "pricing-v3.wasm", guest(t, testhost.V1), artifact.Manifest{Version: "3.0.0"})
+	if _, err := e.client.CanaryFile(ctx, "pricing", v3, control.CanaryPolicy{IntervalMS: 3600e3}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	res, err = e.client.CanaryCommand(ctx, "pricing", "abort")
+	if err != nil || res.Canary.State != "aborted" || res.Canary.Version.Version != "3.0.0" || res.Serving.Version != "2.0.0" || res.Canary.LastVerdict.By == "" {
+		t.Errorf("CanaryCommand(abort) = %+v, %v; want 3.0.0 aborted by the operator, 2.0.0 serving", res.Canary, err)
+	}
 }
 
 // TestCanaryFollowedToItsAbort: following a canary streams its verdicts and
