@@ -27,6 +27,10 @@ func TestCanaryCLI(t *testing.T) {
 		!strings.Contains(out, "evidence failures") {
 		t.Errorf("canary status printed %q; want the running canary and its numbers", out)
 	}
+	if out := mustCtl(t, s.socket, "status"); !strings.Contains(out, "canary    pricing@v2 beside pricing@v1: running, step 1 of 1 at 50%") ||
+		!strings.Contains(out, "last      begin at step 1 (50%)") {
+		t.Errorf("status printed %q; want the running canary under the modules", out)
+	}
 	var res control.CanaryResult
 	if err := json.Unmarshal([]byte(mustCtl(t, s.socket, "canary", "status", "pricing", "-o", "json")), &res); err != nil || !res.OK || res.Canary.State != "running" {
 		t.Errorf("canary status -o json = %+v, %v; want ok and running", res, err)
