@@ -37,6 +37,7 @@ import (
 
 	"github.com/hotswapgo/hotswap/bench/internal/benchutil"
 	"github.com/hotswapgo/hotswap/canary"
+	"github.com/hotswapgo/hotswap/internal/guestbuild"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/module/wasm"
 )
@@ -71,7 +72,9 @@ func main() {
 	interval := flag.Duration("interval", time.Second, "window of a step")
 	rounds := flag.Int("rounds", 2000, "batches of 100 calls per variant for split_overhead_ns")
 	flag.Parse()
-	if err := run(*runs, *regressionRuns, *interval, *rounds); err != nil {
+	err := run(*runs, *regressionRuns, *interval, *rounds)
+	guestbuild.Cleanup() // the guests built for this run
+	if err != nil {
 		log.Fatal(err)
 	}
 }
