@@ -101,6 +101,9 @@ type Event struct {
 	Result Result `json:"result"`
 	// Error says why it was refused or failed. Longer than 4 KiB is cut.
 	Error string `json:"error,omitempty"`
+	// Detail holds what the action decided on, e.g. the numbers behind a
+	// canary's verdict. Longer than 4 KiB is cut.
+	Detail string `json:"detail,omitempty"`
 }
 
 // PeerActor names the process on the other end of a control connection.
@@ -210,13 +213,7 @@ func (l *Log) Record(ctx context.Context, ev Event) error {
 		ev.Time = time.Now()
 	}
 	ev.Time = ev.Time.UTC()
-	if len(ev.Error) > maxErrorLen {
-		cut := maxErrorLen
-		for cut > 0 && !utf8.RuneStart(ev.Error[cut]) {
-			cut--
-		}
-		ev.Error = ev.Error[:cut] + "…"
-	}
+	ev.Error, ev.Detail = cut(ev.Error), cut(ev.Detail)
 	line, err := json.Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("record audit event: %w", err)
@@ -240,6 +237,18 @@ func (l *Log) Record(ctx context.Context, ev Event) error {
 		return fmt.Errorf("record audit event in %s: %w", l.path, err)
 	}
 	return nil
+}
+
+// cut shortens s to maxErrorLen bytes, at a rune boundary, marking the cut.
+func cut(s string) string {
+	if len(s) <= maxErrorLen {
+		return s
+	}
+	n := maxErrorLen
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // write appends line, rotating first if needed. The caller holds mu and the

@@ -95,26 +95,46 @@ func (c *Client) Load(ctx context.Context, module string, req LoadRequest, progr
 // path+".manifest" (which may be missing), to be loaded as module; see
 // Load. The service reads the payload only once the manifest passed.
 func (c *Client) LoadFile(ctx context.Context, module, path string, progress func(Progress)) (*ModuleResult, error) {
+	a, err := openArtifact(path)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", module, err)
+	}
+	defer a.f.Close()
+	return c.load(ctx, module, filepath.Base(path), a.manifest, a.f, a.size, progress)
+}
+
+// localArtifact is an artifact file opened for an upload.
+type localArtifact struct {
+	f        *os.File
+	size     int64
+	manifest []byte // nil if there is none
+}
+
+// openArtifact opens the artifact at path and reads its manifest at
+// path+".manifest" (which may be missing: the service's trust policy
+// decides).
+func openArtifact(path string) (*localArtifact, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("load %s: read artifact: %w", module, err)
+		return nil, fmt.Errorf("read artifact: %w", err)
 	}
-	defer f.Close()
 	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("load %s: read artifact: %w", module, err)
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s is not a regular file", path)
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("load %s: read artifact: %s is not a regular file", module, path)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("read artifact: %w", err)
 	}
 	manifest, err := readManifest(artifact.ManifestPath(path))
 	if errors.Is(err, os.ErrNotExist) {
-		manifest, err = nil, nil // the service's trust policy decides
+		manifest, err = nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load %s: read manifest: %w", module, err)
+		f.Close()
+		return nil, fmt.Errorf("read manifest: %w", err)
 	}
-	return c.load(ctx, module, filepath.Base(path), manifest, f, fi.Size(), progress)
+	return &localArtifact{f: f, size: fi.Size(), manifest: manifest}, nil
 }
 
 // readManifest reads a manifest file, refusing one larger than
@@ -136,14 +156,20 @@ func readManifest(path string) ([]byte, error) {
 }
 
 func (c *Client) load(ctx context.Context, module, label string, manifest []byte, payload io.Reader, size int64, progress func(Progress)) (*ModuleResult, error) {
+	res := &ModuleResult{Module: module}
+	return res, c.send(ctx, "load "+module, http.MethodPost, modulePath(pathLoad, module), uploadHeader(label, manifest), payload, size, res, progress)
+}
+
+// uploadHeader returns the headers of a request whose body is an
+// artifact's payload.
+func uploadHeader(label string, manifest []byte) http.Header {
 	h := http.Header{}
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set(LabelHeader, label)
 	if manifest != nil {
 		h.Set(ManifestHeader, base64.StdEncoding.EncodeToString(manifest))
 	}
-	res := &ModuleResult{Module: module}
-	return res, c.send(ctx, "load "+module, http.MethodPost, modulePath(pathLoad, module), h, payload, size, res, progress)
+	return h
 }
 
 // Rollback makes the previous version of module serve again.

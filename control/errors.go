@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/hotswapgo/hotswap/artifact"
+	"github.com/hotswapgo/hotswap/canary"
+	"github.com/hotswapgo/hotswap/host"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
@@ -27,6 +29,8 @@ const (
 	KindUnavailable   = "unavailable"    // the service cannot do this now (upgrades disabled, shutting down)
 	KindUnreachable   = "unreachable"    // the client could not reach the service or read its answer
 	KindInternal      = "internal"       // anything else, e.g. the audit log could not be written
+	KindAborted       = "aborted"        // the canary was aborted; the stable version serves
+	KindNoCanary      = "no_canary"      // the module runs no canary
 )
 
 // Sentinel errors, one per kind, for errors.Is on an *Error.
@@ -43,6 +47,8 @@ var (
 	ErrUnavailable   = errors.New("unavailable")
 	ErrUnreachable   = errors.New("control socket unreachable")
 	ErrInternal      = errors.New("internal error")
+	ErrAborted       = errors.New("canary aborted")
+	ErrNoCanary      = errors.New("no canary running")
 )
 
 var kindErrors = map[string]error{
@@ -58,6 +64,8 @@ var kindErrors = map[string]error{
 	KindUnavailable:   ErrUnavailable,
 	KindUnreachable:   ErrUnreachable,
 	KindInternal:      ErrInternal,
+	KindAborted:       ErrAborted,
+	KindNoCanary:      ErrNoCanary,
 }
 
 // Error is a refused or failed operation. It travels in Outcome.Error, and
@@ -90,7 +98,7 @@ func (e *Error) Error() string {
 		b.WriteString(" ")
 	}
 	switch e.Kind {
-	case KindForbidden, KindBadRequest, KindRejected, KindBusy, KindNotFound, KindNoPrevious:
+	case KindForbidden, KindBadRequest, KindRejected, KindBusy, KindNotFound, KindNoPrevious, KindNoCanary:
 		b.WriteString("refused: ")
 	case KindCanceled:
 		b.WriteString("canceled: ")
@@ -130,6 +138,12 @@ func classify(err error) *Error {
 		e.Message = fmt.Sprintf("%s@%s: %s check failed: %v", le.Module, le.Version, le.Check, le.Err)
 	case errors.Is(err, module.ErrBusy), errors.Is(err, upgrade.ErrUpgradeInProgress):
 		e.Kind = KindBusy
+	case errors.Is(err, canary.ErrAborted):
+		e.Kind = KindAborted
+	case errors.Is(err, host.ErrNoCanary):
+		e.Kind = KindNoCanary
+	case errors.Is(err, canary.ErrInvalidPolicy):
+		e.Kind = KindBadRequest
 	case errors.Is(err, module.ErrNoPrevious):
 		e.Kind = KindNoPrevious
 	case errors.Is(err, module.ErrNotFound):

@@ -18,6 +18,7 @@ import (
 
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/host"
+	"github.com/hotswapgo/hotswap/module"
 )
 
 // Limits of the server.
@@ -87,6 +88,9 @@ func New(h *host.Host, opts Options) (*Server, error) {
 	s.mux.HandleFunc("POST "+pathRollback, s.rollback)
 	s.mux.HandleFunc("GET "+pathHistory, s.history)
 	s.mux.HandleFunc("POST "+pathUpgrade, s.upgrade)
+	s.mux.HandleFunc("POST "+pathCanary, s.startCanary)
+	s.mux.HandleFunc("GET "+pathCanary, s.canaryStatusOp)
+	s.mux.HandleFunc("POST "+pathCanaryCommand, s.canaryCommand)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, r, http.StatusNotFound, &Outcome{}, fmt.Errorf("no operation %s %s", r.Method, r.URL.Path))
 	})
@@ -177,7 +181,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		State:     stateStatus(s.h.StateStatus()),
 	}
 	for _, m := range s.h.Status() {
-		st.Modules = append(st.Modules, moduleStatus(m))
+		st.Modules = append(st.Modules, s.moduleStatus(m))
 	}
 	writeJSON(w, http.StatusOK, st)
 }
@@ -212,29 +216,45 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) load(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("module")
-	label := r.Header.Get(LabelHeader)
-	if label == "" {
-		label = name
+	up, ok := s.upload(w, r, "load", &ModuleResult{Module: r.PathValue("module")})
+	if !ok {
+		return
 	}
-	var manifest []byte
+	s.change(w, r, up.st, up.module, func(ctx context.Context) error {
+		_, err := s.h.LoadReader(ctx, up.module, up.label, up.manifest, up.body)
+		return err
+	})
+}
+
+// upload is a request whose body is an artifact's payload.
+type upload struct {
+	module, label string
+	manifest      []byte
+	st            *stream
+	body          io.Reader
+}
+
+// upload reads the headers of an upload for op; a malformed one is
+// answered with res.
+func (s *Server) upload(w http.ResponseWriter, r *http.Request, op string, res answer) (upload, bool) {
+	up := upload{module: r.PathValue("module"), label: r.Header.Get(LabelHeader)}
+	if up.label == "" {
+		up.label = up.module
+	}
 	if enc := r.Header.Get(ManifestHeader); enc != "" {
 		var err error
-		if manifest, err = base64.StdEncoding.DecodeString(enc); err != nil {
-			s.badRequest(w, r, http.StatusBadRequest, &ModuleResult{Module: name}, fmt.Errorf("load %s: %s header: %v", name, ManifestHeader, err))
-			return
+		if up.manifest, err = base64.StdEncoding.DecodeString(enc); err != nil {
+			s.badRequest(w, r, http.StatusBadRequest, res, fmt.Errorf("%s %s: %s header: %v", op, up.module, ManifestHeader, err))
+			return up, false
 		}
 	}
 	// The payload is read only once the manifest passed: until then the
 	// answer is held back, since a client that sent "Expect: 100-continue"
 	// sends no body once an answer began.
-	st := newStream(w, time.Now())
-	st.hold = true
-	body := &heldBody{r: r.Body, st: st}
-	s.change(w, r, st, name, func(ctx context.Context) error {
-		_, err := s.h.LoadReader(ctx, name, label, manifest, body)
-		return err
-	})
+	up.st = newStream(w, time.Now())
+	up.st.hold = true
+	up.body = &heldBody{r: r.Body, st: up.st}
+	return up, true
 }
 
 // heldBody releases a held stream once the request body is read to its end
@@ -279,10 +299,17 @@ func (s *Server) change(w http.ResponseWriter, r *http.Request, st *stream, name
 func (s *Server) module(name string) (ModuleStatus, bool) {
 	for _, m := range s.h.Status() {
 		if m.Name == name {
-			return moduleStatus(m), true
+			return s.moduleStatus(m), true
 		}
 	}
 	return ModuleStatus{}, false
+}
+
+// moduleStatus converts m, with its running canary.
+func (s *Server) moduleStatus(m module.Status) ModuleStatus {
+	ms := moduleStatus(m)
+	ms.Canary = s.runningCanary(m.Name, versionStatus(m.Canary))
+	return ms
 }
 
 // serving names the version of module name that serves, "" if none.

@@ -130,6 +130,8 @@ type ModuleStatus struct {
 	Draining []VersionStatus `json:"draining"`
 	// StateKeys is the number of keys in the module's host-kept state.
 	StateKeys int `json:"state_keys"`
+	// Canary is the canary running beside Active; nil if none.
+	Canary *CanaryStatus `json:"canary"`
 }
 
 // VersionStatus describes one version of a module.
@@ -222,14 +224,18 @@ type UpgradeResult struct {
 // Progress reports that a step of a long operation started.
 type Progress struct {
 	// Step is one of "verify", "store", "prepare" (compile, validate,
-	// pre-warm, migrate), "activate" and "hand over" (start the new
-	// process, wait until it is ready, probation).
+	// pre-warm, migrate), "activate", "hand over" (start the new process,
+	// wait until it is ready, probation) and "canary" (a canary serves, or
+	// one of its verdicts).
 	Step string `json:"step"`
 	// Detail names what the step applies to: an artifact, a version, a
 	// binary.
 	Detail string `json:"detail,omitempty"`
 	// ElapsedMS is the time since the request arrived.
 	ElapsedMS int64 `json:"elapsed_ms"`
+	// Verdict is a canary's verdict, on lines of step "canary" while a
+	// canary is followed.
+	Verdict *CanaryVerdict `json:"verdict,omitempty"`
 }
 
 // Line is one line of a streamed answer: Progress lines, then exactly one

@@ -123,6 +123,7 @@ type Host struct {
 	maxModule int64
 	started   time.Time
 	proc      processState // generation, parent and upgrade state; see Process
+	canaries  canaries     // the modules' canaries; see canary.go
 	closed    atomic.Bool  // set by Close: changes are refused from then on
 	state     *kvState     // the modules' host-kept state and its file; see state.go
 }
@@ -355,21 +356,27 @@ func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put 
 		}
 		return st, c.fail(err)
 	}
-	cur, err := artifact.ParseDigest(p.Digest())
+	h.rememberActive(context.WithoutCancel(ctx), c.ev.Target, p.Digest(), fromDigest, rollback || p.Rollback())
+	return st, nil
+}
+
+// rememberActive records in the store that the version of digest serves
+// module name, replacing the version of fromDigest ("" if none), which
+// becomes the last-known-good one unless this was a rollback: the version
+// rolled back from is not known to be good.
+func (h *Host) rememberActive(ctx context.Context, name, digest, fromDigest string, rollback bool) {
+	cur, err := artifact.ParseDigest(digest)
 	if err != nil {
-		return st, nil // not from the store (registry used directly): nothing to remember
+		return // not from the store (registry used directly): nothing to remember
 	}
-	if err := h.store.SetCurrent(context.WithoutCancel(ctx), c.ev.Target, cur); err != nil {
-		h.log.Error("record current version", "module", c.ev.Target, "err", err)
+	if err := h.store.SetCurrent(ctx, name, cur); err != nil {
+		h.log.Error("record current version", "module", name, "err", err)
 	}
-	// The version replaced becomes the last-known-good one, unless this was
-	// a rollback: the version rolled back from is not known to be good.
-	if d, err := artifact.ParseDigest(fromDigest); hasFrom && !rollback && !p.Rollback() && err == nil && d != cur {
-		if err := h.store.SetLastKnownGood(context.WithoutCancel(ctx), c.ev.Target, d); err != nil {
-			h.log.Error("record last-known-good version", "module", c.ev.Target, "err", err)
+	if d, err := artifact.ParseDigest(fromDigest); !rollback && err == nil && d != cur {
+		if err := h.store.SetLastKnownGood(ctx, name, d); err != nil {
+			h.log.Error("record last-known-good version", "module", name, "err", err)
 		}
 	}
-	return st, nil
 }
 
 // Rollback makes the previous version of module name serve again. It is
@@ -483,10 +490,12 @@ func (h *Host) Upgrade(ctx context.Context, path string) (upgrade.Result, error)
 	return h.up.UpgradeBinary(WithActor(ctx, actor(ctx)), path)
 }
 
-// Close drains and closes every module version, commits the modules'
-// state and closes its file, then the audit log.
+// Close aborts the running canaries, drains and closes every module
+// version, commits the modules' state and closes its file, then the
+// audit log.
 func (h *Host) Close(ctx context.Context) error {
 	h.closed.Store(true)
+	h.closeCanaries(ctx)
 	err := h.reg.Close(ctx)
 	err = errors.Join(err, h.state.close())
 	if h.up != nil {

@@ -93,7 +93,10 @@ func (h *Host) prepareBinary(ctx context.Context, path string) (string, error) {
 	if err != nil {
 		return "", auditedError{err}
 	}
-	refuse := func(err error) (string, error) { return "", auditedError{c.refuse(err)} }
+	if err := h.canaries.holdUpgrade(); err != nil {
+		return "", auditedError{c.refuse(err)}
+	}
+	refuse := func(err error) (string, error) { h.canaries.releaseUpgrade(); return "", auditedError{c.refuse(err)} }
 	progress(ctx, StepVerify, path)
 	service, err := h.serviceName()
 	if err != nil {
@@ -105,6 +108,7 @@ func (h *Host) prepareBinary(ctx context.Context, path string) (string, error) {
 	}
 	c.ev.To = versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
 	if err := c.allow(); err != nil {
+		h.canaries.releaseUpgrade()
 		h.forgetBinary(entry)
 		return "", auditedError{err}
 	}
@@ -139,6 +143,7 @@ func (h *Host) upgradeResult(res upgrade.Result) {
 		}
 		return
 	}
+	h.canaries.releaseUpgrade() // prepareBinary held it
 	if res.Err != nil {
 		p.change.fail(res.Err)
 		h.forgetBinary(p.entry)

@@ -59,7 +59,7 @@ type CodeStats struct {
 	Instances     int    // live instances, busy or idle
 	IdleInstances int    // instances ready for a call
 	MemoryBytes   uint64 // guest linear memory over all instances
-	Calls         uint64 // calls completed, successfully or not
+	Calls         uint64 // calls completed, successfully or not; Module.Samples and canaries count calls here
 	Failures      uint64 // calls that returned an error
 	Discarded     uint64 // instances thrown away after a trap, timeout or memory blow-up
 	PrepareTime   time.Duration

@@ -17,7 +17,11 @@
 //     the check, never serves a call, and the active version never notices;
 //   - state that must survive swaps lives in the module's KV, owned by the
 //     registry rather than by any version, and a migrate hook runs once when
-//     a version activates.
+//     a version activates;
+//   - a prepared version may first serve a share of the calls beside the
+//     active one as a canary (Prepared.Canary), sticky per routing key
+//     (Module.CallKey), and is then promoted (activated) or aborted; package
+//     canary decides which from the per-version counters (Module.Samples).
 //
 // A change has two phases. Prepare compiles, validates and pre-warms a
 // version without touching anything a call sees; the caller then records
@@ -28,6 +32,7 @@
 // (module/wasm runs WebAssembly on wazero). For the trust path in front of
 // it — signed artifacts, the local store, the audit log — see package host.
 //
-// The call path takes no lock: an atomic load of the active version and two
-// atomic adds on its reference count, plus what the backend does.
+// The call path takes no lock: an atomic load of the canary route (nil
+// without a canary), an atomic load of the active version and two atomic
+// adds on its reference count, plus what the backend does.
 package module

@@ -113,3 +113,25 @@ func Fail(kind error, detail string) error { return &CallError{Kind: kind, Detai
 // Reject builds the error a Backend returns when a check fails during
 // Prepare. The registry fills in the module and version.
 func Reject(check string, err error) error { return &LoadError{Check: check, Err: err} }
+
+// BusyError reports a change refused because the module is being changed
+// already; Canary names the version under canary when a canary is what
+// holds the module. It matches ErrBusy.
+type BusyError struct {
+	// Op is the change refused, e.g. "load pricing@v3", "rollback pricing".
+	Op     string
+	Module string
+	// Canary is the version under canary, "" when another load or rollback
+	// holds the module.
+	Canary string
+}
+
+func (e *BusyError) Error() string {
+	if e.Canary == "" {
+		return e.Op + ": " + ErrBusy.Error()
+	}
+	return fmt.Sprintf("%s: %s@%s is under canary (promote or abort it first)", e.Op, e.Module, e.Canary)
+}
+
+// Is makes every BusyError match ErrBusy.
+func (e *BusyError) Is(target error) bool { return target == ErrBusy }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 )
@@ -17,12 +18,18 @@ type Module struct {
 	// active serves new calls. It is written only by the goroutine that
 	// holds busy (or by Registry.Close) and read lock-free by calls.
 	active atomic.Pointer[version]
-	// busy is held by the one load or rollback allowed at a time.
+	// busy is held by the one load or rollback allowed at a time, and by a
+	// canary while it runs.
 	busy atomic.Bool
+	// route, when set, splits calls between the active version and a
+	// canary and picks the calls that are timed; nil while neither applies,
+	// and then a call pays one atomic load for it.
+	route atomic.Pointer[route]
 
-	mu       sync.Mutex // protects previous, draining
+	mu       sync.Mutex // protects previous, draining, canary
 	previous *version
 	draining []*version
+	canary   *Canary // the canary running, nil if none
 }
 
 // Name returns the module's name.
@@ -38,7 +45,15 @@ func (m *Module) Call(ctx context.Context, handler string, in []byte) ([]byte, e
 
 // AppendCall is Call appending the output to dst, so a caller that reuses
 // its buffer makes no allocation per call.
+//
+// While a canary runs, a call without a routing key goes to the canary
+// with the probability of its weight, drawn per call; see AppendCallKey
+// for calls that must stick to a version.
 func (m *Module) AppendCall(ctx context.Context, dst []byte, handler string, in []byte) ([]byte, error) {
+	if r := m.route.Load(); r != nil {
+		return m.appendRouted(ctx, r, rand.Uint64(), dst, handler, in)
+	}
+	// The path of every call of a module without a canary.
 	v := m.acquire()
 	if v == nil {
 		return dst, fmt.Errorf("call %s %s: %w", m.name, handler, ErrNotFound)
@@ -46,6 +61,56 @@ func (m *Module) AppendCall(ctx context.Context, dst []byte, handler string, in 
 	out, err := v.code.AppendCall(ctx, dst, handler, in)
 	v.release()
 	if err != nil {
+		v.stats.fail(err)
+		return out, v.callError(handler, err)
+	}
+	return out, nil
+}
+
+// CallKey is Call with a routing key: a user id, a tenant, a session. While
+// a canary runs, all calls with the same key go to the same version, and a
+// key that went to the canary at one weight goes there at every higher one.
+// Without a canary the key changes nothing.
+func (m *Module) CallKey(ctx context.Context, key, handler string, in []byte) ([]byte, error) {
+	return m.AppendCallKey(ctx, nil, key, handler, in)
+}
+
+// AppendCallKey is CallKey appending the output to dst.
+func (m *Module) AppendCallKey(ctx context.Context, dst []byte, key, handler string, in []byte) ([]byte, error) {
+	r, bucket := m.route.Load(), uint64(0)
+	if r != nil {
+		bucket = keyBucket(key, r.salt)
+	} else {
+		r = &noRoute
+	}
+	return m.appendRouted(ctx, r, bucket, dst, handler, in)
+}
+
+// noRoute sends every call to the active version, untimed.
+var noRoute route
+
+// appendRouted runs a call whose bucket r routes: on the canary when r
+// sends it there and the canary still takes calls, else on the active
+// version; timed when r says so.
+func (m *Module) appendRouted(ctx context.Context, r *route, bucket uint64, dst []byte, handler string, in []byte) ([]byte, error) {
+	var v *version
+	if r.toCanary(bucket) && r.canary.tryAcquire() {
+		v = r.canary
+	} else if v = m.acquire(); v == nil {
+		return dst, fmt.Errorf("call %s %s: %w", m.name, handler, ErrNotFound)
+	}
+	var out []byte
+	var err error
+	if r.timed(bucket) {
+		start := m.reg.clock()
+		out, err = v.code.AppendCall(ctx, dst, handler, in)
+		v.stats.observe(m.reg.clock() - start)
+	} else {
+		out, err = v.code.AppendCall(ctx, dst, handler, in)
+	}
+	v.release()
+	if err != nil {
+		v.stats.fail(err)
 		return out, v.callError(handler, err)
 	}
 	return out, nil
@@ -92,6 +157,10 @@ func (m *Module) Status() Status {
 	s := Status{Name: m.name, StateKeys: m.state.Len()}
 	if v := m.active.Load(); v != nil {
 		s.Active = v.status()
+	}
+	if r := m.route.Load(); r != nil && r.canary != nil {
+		s.Canary = r.canary.status()
+		s.CanaryWeight = r.weight()
 	}
 	if prev != nil {
 		s.Previous = prev.status()

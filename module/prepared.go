@@ -20,8 +20,8 @@ import (
 // be activated: a new version, compiled, validated and warm, or the kept
 // previous version for a rollback. It holds the module's change slot, so
 // every other change of that module fails with ErrBusy until Activate or
-// Discard releases it. Call exactly one of them; after the first, both do
-// nothing and Activate returns ErrClosed.
+// Discard releases it, or Canary hands it to a canary. Call exactly one of
+// them; after the first, the others do nothing or return ErrClosed.
 //
 // A Prepared is not safe for concurrent use.
 type Prepared struct {
@@ -59,7 +59,7 @@ func (r *Registry) Prepare(ctx context.Context, name string, src Source) (*Prepa
 	}
 	m := r.Module(name)
 	if !m.busy.CompareAndSwap(false, true) {
-		return nil, fmt.Errorf("load %s@%s: %w", name, src.Version, ErrBusy)
+		return nil, m.busyError("load " + name + "@" + src.Version)
 	}
 	start := time.Now()
 	cur := m.active.Load()
@@ -92,7 +92,7 @@ func (r *Registry) PrepareRollback(ctx context.Context, name string) (*Prepared,
 		return nil, fmt.Errorf("rollback %s: %w", name, ErrNotFound)
 	}
 	if !m.busy.CompareAndSwap(false, true) {
-		return nil, fmt.Errorf("rollback %s: %w", name, ErrBusy)
+		return nil, m.busyError("rollback " + name)
 	}
 	m.mu.Lock()
 	prev, cur := m.previous, m.active.Load()

@@ -39,7 +39,7 @@ func (b *fakeBackend) Prepare(ctx context.Context, s module.Spec) (module.Code, 
 	if check, ok := cutPrefix(art, "reject:"); ok {
 		return nil, module.Reject(check, module.ErrSelfTestFailed)
 	}
-	c := &fakeCode{version: s.Version, gate: make(chan struct{}), block: art == "block", state: s.State}
+	c := &fakeCode{version: s.Version, gate: make(chan struct{}), block: art == "block", failMigrate: art == "failmigrate", state: s.State}
 	b.mu.Lock()
 	b.prepared = append(b.prepared, c)
 	b.mu.Unlock()
@@ -56,14 +56,15 @@ func cutPrefix(s, p string) (string, bool) {
 }
 
 type fakeCode struct {
-	version  string
-	block    bool
-	gate     chan struct{}
-	state    *module.KV
-	running  atomic.Int64
-	closed   atomic.Bool
-	migrated atomic.Value // string
-	calls    atomic.Uint64
+	version     string
+	block       bool
+	failMigrate bool
+	gate        chan struct{}
+	state       *module.KV
+	running     atomic.Int64
+	closed      atomic.Bool
+	migrated    atomic.Value // string
+	calls       atomic.Uint64
 }
 
 func (c *fakeCode) AppendCall(ctx context.Context, dst []byte, handler string, in []byte) ([]byte, error) {
@@ -83,10 +84,16 @@ func (c *fakeCode) AppendCall(ctx context.Context, dst []byte, handler string, i
 	if c.closed.Load() {
 		return dst, module.Fail(module.ErrDrained, "")
 	}
+	if string(in) == "fail" {
+		return dst, module.Fail(module.ErrGuest, "asked to fail")
+	}
 	return append(dst, c.version...), nil
 }
 
 func (c *fakeCode) Migrate(_ context.Context, from string) error {
+	if c.failMigrate {
+		return module.Reject("migrate", module.ErrMigrateFailed)
+	}
 	c.migrated.Store(from)
 	return nil
 }

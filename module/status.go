@@ -13,6 +13,11 @@ type Status struct {
 	Draining []VersionStatus `json:"draining"`
 	// StateKeys is the number of keys in the module's host-kept state.
 	StateKeys int `json:"state_keys"`
+	// Canary is a prepared version serving CanaryWeight of the calls beside
+	// Active while a canary runs; nil otherwise.
+	Canary *VersionStatus `json:"canary"`
+	// CanaryWeight is the share of calls (0 to 1) the canary serves.
+	CanaryWeight float64 `json:"canary_weight"`
 }
 
 // VersionStatus describes one version of a module.
@@ -35,10 +40,10 @@ type VersionStatus struct {
 }
 
 // Versions returns every live version of the module: the active one, the
-// previous one and those draining, in that order.
+// canary, the previous one and those draining, in that order.
 func (s Status) Versions() []VersionStatus {
 	var vs []VersionStatus
-	for _, v := range []*VersionStatus{s.Active, s.Previous} {
+	for _, v := range []*VersionStatus{s.Active, s.Canary, s.Previous} {
 		if v != nil {
 			vs = append(vs, *v)
 		}

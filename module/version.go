@@ -29,6 +29,8 @@ type version struct {
 	peak      atomic.Int64
 	drained   chan struct{}
 	drainOnce sync.Once
+
+	stats counters // failures by kind and timed latencies
 }
 
 func newVersion(m *Module, name, digest string, code Code) *version {

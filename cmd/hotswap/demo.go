@@ -232,10 +232,12 @@ state:          %[9]s
   refused:   hotswap load pricing %[5]s        (traps in init: refused, the serving version stays)
   tampered:  hotswap load pricing %[6]s        (digest mismatch)
   rollback:  hotswap rollback pricing
+  canary:    hotswap canary pricing %[3]s --interval 10s   (1%%, 5%%, 25%%, 50%% of the calls, then promoted)
+  aborted:   hotswap canary pricing %[10]s   (fails 10%% of quotes: aborted)
   history:   hotswap history pricing
   upgrade:   hotswap upgrade                   (or: kill -HUP %[2]d; listeners and module state carry over)
 
-`, addr, pid, arts["v2"], dropDir, arts["broken-trapinit"], arts["tampered"], serving, socket, state)
+`, addr, pid, arts["v2"], dropDir, arts["broken-trapinit"], arts["tampered"], serving, socket, state, arts["broken-flaky"])
 }
 
 // moduleOf names the module an artifact is for: its manifest's name, else

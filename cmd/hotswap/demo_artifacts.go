@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/examples/pricing"
@@ -15,7 +16,7 @@ import (
 )
 
 // demoGuests maps artifact names in demo/artifacts to the guest packages
-// they are built from.
+// they are built from, with their link flags after a space.
 var demoGuests = map[string]string{
 	"v1":              "./examples/pricing/guests/v1",
 	"v2":              "./examples/pricing/guests/v2",
@@ -26,6 +27,9 @@ var demoGuests = map[string]string{
 	"broken-abi2":     "./examples/pricing/guests/broken/abi2",
 	"broken-trapcall": "./examples/pricing/guests/broken/trapcall",
 	"broken-loopcall": "./examples/pricing/guests/broken/loopcall",
+	// Passes every check and answers, but fails 10% of quotes: for a
+	// canary to catch.
+	"broken-flaky": "./examples/pricing/guests/canary -X main.label=broken-flaky -X main.failPerMille=100",
 }
 
 // demoArtifacts builds the example modules (cached by their sources) and
@@ -37,8 +41,9 @@ func demoArtifacts(ctx context.Context, demoDir string, signer *artifact.Signer,
 		return nil, err
 	}
 	paths := make(map[string]string)
-	for name, pkg := range demoGuests {
-		built, err := guestbuild.Build(ctx, filepath.Join(demoDir, "build"), pkg, "")
+	for name, guest := range demoGuests {
+		pkg, ldflags, _ := strings.Cut(guest, " ")
+		built, err := guestbuild.Build(ctx, filepath.Join(demoDir, "build"), pkg, ldflags)
 		if err != nil {
 			return nil, fmt.Errorf("build the example modules (run the demo from the hotswap source tree): %w", err)
 		}

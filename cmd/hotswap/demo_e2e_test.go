@@ -189,12 +189,13 @@ func prebuildDemoGuests(t *testing.T, ctx context.Context, dst string) {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, pkg := range demoGuests {
+	for _, guest := range demoGuests {
 		dir, err := guestbuild.Dir()
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := guestbuild.Build(ctx, dir, pkg, "")
+		pkg, ldflags, _ := strings.Cut(guest, " ")
+		p, err := guestbuild.Build(ctx, dir, pkg, ldflags)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -73,8 +74,8 @@ upgrades, "control" for refused connections).`,
 				case ev.Artifact != "":
 					change = filepath.Base(ev.Artifact)
 				}
-				if ev.Error != "" {
-					change = strings.TrimPrefix(change+": ", ": ") + firstLine(ev.Error)
+				if note := cmp.Or(ev.Error, ev.Detail); note != "" {
+					change = strings.TrimPrefix(change+": ", ": ") + firstLine(note)
 				}
 				actor := ev.Actor
 				if actor == "" {

@@ -52,6 +52,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newRollbackCmd(),
 		newHistoryCmd(),
 		newUpgradeCmd(),
+		newCanaryCmd(),
 	)
 	return root
 }

@@ -137,6 +137,12 @@ func printStatus(w io.Writer, st *control.Status) {
 			a.InFlight, a.Instances, a.IdleInstances, bytesString(a.MemoryBytes), a.Calls, a.Failures, prev, draining)
 	}
 	tw.Flush()
+	for _, m := range st.Modules {
+		if m.Canary != nil {
+			fmt.Fprintln(w)
+			printCanary(w, m.Name, m.Canary)
+		}
+	}
 }
 
 func shortDigest(hex string) string {

@@ -26,8 +26,11 @@ const DefaultCallTimeout = 2 * time.Second
 
 // Handler serves:
 //
-//	GET /quote?item=NAME&qty=N   the module's answer, as JSON
-//	GET /healthz                 200 when a version of the module serves
+//	GET /quote?item=NAME&qty=N[&user=ID]   the module's answer, as JSON
+//	GET /healthz                           200 when a version of the module serves
+//
+// user, when given, is the call's routing key: while a canary of the module
+// runs, a user's quotes all come from the same version.
 func Handler(m *module.Module) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /quote", func(w http.ResponseWriter, r *http.Request) {
@@ -42,7 +45,12 @@ func Handler(m *module.Module) http.Handler {
 		}{r.URL.Query().Get("item"), qty})
 		ctx, cancel := context.WithTimeout(r.Context(), DefaultCallTimeout)
 		defer cancel()
-		out, err := m.Call(ctx, "quote", req)
+		var out []byte
+		if user := r.URL.Query().Get("user"); user != "" {
+			out, err = m.CallKey(ctx, user, "quote", req)
+		} else {
+			out, err = m.Call(ctx, "quote", req)
+		}
 		switch {
 		case errors.Is(err, module.ErrGuest):
 			httpError(w, http.StatusBadRequest, err.Error())
