@@ -196,6 +196,12 @@ func (hc *hostCanary) watch() {
 		stable, stableDigest := hc.mc.Stable()
 		h.rememberActive(context.Background(), name, hc.mc.Digest(), stableDigest, false)
 		h.log.Info("canary promoted", "module", name, "version", hc.mc.Version(), "from", stable)
+	} else if d, err := artifact.ParseDigest(hc.mc.Digest()); err == nil {
+		// Aborted: like a refused load, it takes no place in the store
+		// (Remove keeps it if it is the current or last-known-good one).
+		if err := h.store.Remove(context.Background(), name, d); err != nil {
+			h.log.Error("remove an aborted canary from the store", "module", name, "err", err)
+		}
 	}
 	h.canaries.end(name, hc, true)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -265,6 +266,23 @@ func TestCanaryAbortedUnderLoad(t *testing.T) {
 	if last.Result != audit.ResultFailed || last.Actor != "canary" || !strings.HasPrefix(last.Error, "aborted: failure rate") || !strings.Contains(last.Detail, "failed") {
 		t.Errorf("last record %+v; want failed by the canary analysis, with its numbers", last)
 	}
+	// An aborted canary leaves the store, like a refused load.
+	store, err := artifact.OpenStore(filepath.Join(f.state, "store"), artifact.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the aborted canary to leave the store", func() bool {
+		entries, err := store.Entries("pricing")
+		if err != nil {
+			return false
+		}
+		for _, e := range entries {
+			if e.Manifest.Digest.Hex() == st.Digest {
+				return false
+			}
+		}
+		return len(entries) == 1
+	})
 	// The module is free again.
 	mustLoad(t, h, "deploy", f.signed(t, f.trusted, "pricing-v2.wasm", guest(t, "v2"), artifact.Manifest{Version: "2.0.0"}))
 }
