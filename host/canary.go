@@ -59,6 +59,9 @@ type hostCanary struct {
 	// Set under canaries.mu, then read-only.
 	mc *module.Canary  // set once prepared
 	ro *canary.Rollout // set once started
+	// ended is closed once watch recorded the canary's end (store, and
+	// the module free for the next change).
+	ended chan struct{}
 }
 
 // CanaryFile verifies the artifact at path as LoadFile does, keeps it in
@@ -97,7 +100,7 @@ func (h *Host) startCanary(ctx context.Context, name, label string, p canary.Pol
 	if err := p.Validate(); err != nil {
 		return CanaryStatus{}, c.refuse(err)
 	}
-	hc := &hostCanary{h: h, change: c, label: label}
+	hc := &hostCanary{h: h, change: c, label: label, ended: make(chan struct{})}
 	if err := h.canaries.reserve(name, hc); err != nil {
 		return CanaryStatus{}, c.refuse(err)
 	}
@@ -204,6 +207,7 @@ func (hc *hostCanary) watch() {
 		}
 	}
 	h.canaries.end(name, hc, true)
+	close(hc.ended)
 }
 
 func (hc *hostCanary) status() CanaryStatus {
@@ -298,8 +302,9 @@ func (h *Host) Canary(name string) (st CanaryStatus, ok bool) {
 // CanaryCommand applies an operator's decision (canary.Pause, Resume,
 // Freeze, Promote or Abort) to the canary running for module name, naming
 // the actor of ctx (see WithActor) in the audit log. It fails with
-// ErrNoCanary when none runs. Promote returns once the canary is the
-// active version, or its promotion failed and it was aborted.
+// ErrNoCanary when none runs. Promote and Abort return once the canary
+// ended and its outcome is in the store, so the module takes the next
+// change at once; a promotion that fails aborts the canary.
 func (h *Host) CanaryCommand(ctx context.Context, name string, d canary.Decision) (CanaryStatus, error) {
 	hc, running := h.canaries.lookup(name)
 	if !running {
@@ -320,6 +325,15 @@ func (h *Host) CanaryCommand(ctx context.Context, name string, d canary.Decision
 	err := cmd(ctx, by)
 	if errors.Is(err, canary.ErrEnded) {
 		err = fmt.Errorf("%s %s: %w (it ended)", d, name, ErrNoCanary)
+	}
+	if err == nil && (d == canary.Promote || d == canary.Abort) {
+		// Return once the canary is gone: the store says what serves and
+		// the module takes the next change.
+		select {
+		case <-hc.ended:
+		case <-ctx.Done():
+			return hc.status(), fmt.Errorf("%s %s: waiting for the canary to end: %w", d, name, ctx.Err())
+		}
 	}
 	return hc.status(), err
 }
