@@ -9,6 +9,8 @@
 //	Bad     a build the kernel verifier refuses (no packet bounds check)
 //	U32     counts into 32-bit values: port_packets has another value size
 //	Socket  count_tcx is a socket filter: the wrong program type for tcx
+//	XDPOnly has no count_tcx program
+//	Renamed counts into packets_by_port: it lacks the map port_packets
 //
 // csrc/gen.sh builds them from csrc/count.c with clang; the objects are committed, so building and
 // testing need no compiler.
@@ -40,4 +42,8 @@ var (
 	U32 []byte
 	//go:embed count_socket.o
 	Socket []byte
+	//go:embed count_xdponly.o
+	XDPOnly []byte
+	//go:embed count_renamed.o
+	Renamed []byte
 )

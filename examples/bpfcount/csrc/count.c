@@ -23,13 +23,16 @@
 #ifndef COUNT_T
 #define COUNT_T __u64
 #endif
+#ifndef PORT_MAP
+#define PORT_MAP port_packets
+#endif
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
 	__type(key, __u16); // UDP destination port, host byte order
 	__type(value, COUNT_T);
-} port_packets SEC(".maps");
+} PORT_MAP SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -67,22 +70,24 @@ static __always_inline int count(void *data, void *data_end)
 			__sync_fetch_and_add(d, 1);
 		return 1;
 	}
-	COUNT_T *n = bpf_map_lookup_elem(&port_packets, &port);
+	COUNT_T *n = bpf_map_lookup_elem(&PORT_MAP, &port);
 	if (n) {
 		__sync_fetch_and_add(n, 1);
 		return 0;
 	}
 	COUNT_T one = 1;
-	if (bpf_map_update_elem(&port_packets, &port, &one, BPF_NOEXIST) != 0) {
+	if (bpf_map_update_elem(&PORT_MAP, &port, &one, BPF_NOEXIST) != 0) {
 		// Another CPU inserted the port first.
-		n = bpf_map_lookup_elem(&port_packets, &port);
+		n = bpf_map_lookup_elem(&PORT_MAP, &port);
 		if (n)
 			__sync_fetch_and_add(n, 1);
 	}
 	return 0;
 }
 
-#ifdef WRONG_TYPE
+#if defined(XDP_ONLY)
+// No tcx program in this build.
+#elif defined(WRONG_TYPE)
 // A socket filter under the tcx program's name: the wrong program type.
 SEC("socket")
 int count_tcx(struct __sk_buff *skb)

@@ -11,3 +11,5 @@ build count_v3.o -DVERSION=3
 build count_bad.o -DVERSION=4 -DBAD
 build count_u32.o -DVERSION=5 -DCOUNT_T=__u32
 build count_socket.o -DVERSION=6 -DWRONG_TYPE
+build count_xdponly.o -DVERSION=7 -DXDP_ONLY
+build count_renamed.o -DVERSION=8 -DPORT_MAP=packets_by_port
