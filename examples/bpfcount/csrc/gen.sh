@@ -4,7 +4,7 @@
 # them. The objects are committed, so go build and go test need neither.
 set -eu
 cd "$(dirname "$0")/.."
-build() { out=$1; shift; clang -O2 -g -Wall -Werror -target bpf -I/usr/include/$(uname -m)-linux-gnu -c csrc/count.c -o "$out" "$@"; }
+build() { out=$1; shift; clang -O2 -g -Wall -Werror -target bpf -I/usr/include/$(uname -m)-linux-gnu -c csrc/count.c -o "$out" "$@"; llvm-strip -g "$out"; }
 build count_v1.o -DVERSION=1
 build count_v2.o -DVERSION=2 -DDROP_PORT=9999
 build count_v3.o -DVERSION=3

@@ -1,0 +1,230 @@
+package kernel_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/hotswapgo/hotswap/artifact"
+	"github.com/hotswapgo/hotswap/audit"
+	"github.com/hotswapgo/hotswap/examples/bpfcount"
+	"github.com/hotswapgo/hotswap/internal/vethpair"
+	"github.com/hotswapgo/hotswap/kernel"
+)
+
+const (
+	slotName  = "udpcount"
+	countPort = 5000
+)
+
+// env is a veth pair in namespaces of its own, a signing key the verifier
+// trusts, an audit log, and a slot on the receiving end.
+type env struct {
+	t         *testing.T
+	pair      *vethpair.Pair
+	signer    *artifact.Signer
+	auditPath string
+	slot      *kernel.Slot
+}
+
+// requireBPF skips when the machine cannot load eBPF programs or make
+// network namespaces: not root, no CAP_BPF, no ip(8).
+func requireBPF(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for eBPF and network namespaces")
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Skipf("cannot lift the memlock limit for eBPF: %v", err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Skipf("cannot create an eBPF map (no CAP_BPF?): %v", err)
+	}
+	m.Close()
+}
+
+// newEnv makes an env whose slot runs the tcx or XDP program, with opts'
+// Health and HealthTimeout.
+func newEnv(t *testing.T, attach kernel.Attach, opts kernel.Options) *env {
+	t.Helper()
+	requireBPF(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pair, err := vethpair.New(ctx, "hsk")
+	if err != nil {
+		t.Fatalf("vethpair.New() = %v", err)
+	}
+	t.Cleanup(func() {
+		if err := pair.Close(); err != nil {
+			t.Errorf("remove namespaces: %v", err)
+		}
+	})
+	priv, err := artifact.GenerateKey(bytes.NewReader(bytes.Repeat([]byte{7}, ed25519.SeedSize)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := artifact.NewSigner(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust, err := artifact.NewTrustStore(signer.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifier, err := artifact.NewVerifier(trust, artifact.VerifierOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auditPath := filepath.Join(t.TempDir(), "audit.log")
+	al, err := audit.Open(auditPath, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { al.Close() })
+	opts.Name, opts.Attach, opts.Verifier, opts.Audit = slotName, attach, verifier, al
+	opts.Interface, opts.Netns = vethpair.ReceiverIf, pair.ReceiverPath()
+	opts.Program = bpfcount.ProgramTCX
+	if attach == kernel.AttachXDP {
+		opts.Program = bpfcount.ProgramXDP
+	}
+	slot, err := kernel.New(opts)
+	if err != nil {
+		t.Fatalf("kernel.New() = %v", err)
+	}
+	t.Cleanup(func() {
+		if err := slot.Close(); err != nil {
+			t.Errorf("Close() = %v", err)
+		}
+	})
+	return &env{t: t, pair: pair, signer: signer, auditPath: auditPath, slot: slot}
+}
+
+// signed returns object's manifest, signed, naming it version of the slot.
+func (e *env) signed(object []byte, version string) []byte {
+	e.t.Helper()
+	sm, err := e.signer.Sign(artifact.Manifest{Name: slotName, Version: version, Kind: artifact.KindBPF,
+		Digest: artifact.DigestOf(object), Size: int64(len(object)), Created: time.Now().UTC().Truncate(time.Second)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	raw, err := sm.Marshal()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return raw
+}
+
+// load loads object, signed, as version.
+func (e *env) load(object []byte, version string) (kernel.VersionStatus, error) {
+	return e.slot.LoadBytes(context.Background(), version+".o", object, e.signed(object, version))
+}
+
+// mustLoad loads object as version and fails the test if it is refused.
+func (e *env) mustLoad(object []byte, version string) kernel.VersionStatus {
+	e.t.Helper()
+	st, err := e.load(object, version)
+	if err != nil {
+		e.t.Fatalf("LoadBytes(%s) = %v", version, err)
+	}
+	return st
+}
+
+// send sends n datagrams to port across the pair and returns how many the
+// receiving socket got, waiting at most a second for the last.
+func (e *env) send(port uint16, n int) int {
+	e.t.Helper()
+	got, err := roundTrip(e.pair, port, n)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return got
+}
+
+func roundTrip(p *vethpair.Pair, port uint16, n int) (int, error) {
+	rx, err := p.Listen(port)
+	if err != nil {
+		return 0, err
+	}
+	defer rx.Close()
+	tx, err := p.Dial(port)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Close()
+	msg := []byte("hotswap")
+	for range n {
+		if _, err := tx.Write(msg); err != nil {
+			return 0, err
+		}
+	}
+	buf := make([]byte, 64)
+	got := 0
+	for got < n {
+		rx.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := rx.Read(buf); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return got, nil
+			}
+			return got, err
+		}
+		got++
+	}
+	return got, nil
+}
+
+// count reads the active version's counter for port.
+func (e *env) count(port uint16) uint64 {
+	e.t.Helper()
+	return readCount(e.t, e.slot, bpfcount.PortMap, port)
+}
+
+// dropped reads the active version's drop counter.
+func (e *env) dropped() uint64 {
+	e.t.Helper()
+	return readCount(e.t, e.slot, bpfcount.DroppedMap, uint32(0))
+}
+
+func readCount[K uint16 | uint32](t *testing.T, s *kernel.Slot, name string, key K) uint64 {
+	t.Helper()
+	m, err := s.Map(name)
+	if err != nil {
+		t.Fatalf("Map(%s) = %v", name, err)
+	}
+	defer m.Close()
+	var n uint64
+	if err := m.Lookup(key, &n); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("lookup %v in %s: %v", key, name, err)
+	}
+	return n
+}
+
+// events reads the audit log.
+func (e *env) events() []audit.Event {
+	e.t.Helper()
+	f, err := os.Open(e.auditPath)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer f.Close()
+	var evs []audit.Event
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var ev audit.Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			e.t.Fatalf("audit line %q: %v", sc.Text(), err)
+		}
+		evs = append(evs, ev)
+	}
+	return evs
+}
