@@ -22,11 +22,11 @@ import _ "embed"
 
 // Names in the objects.
 const (
-	ProgramTCX  = "count_tcx"    // the tcx ingress program
-	ProgramXDP  = "count_xdp"    // the XDP program
-	PortMap     = "port_packets" // UDP destination port (uint16) → datagrams (uint64)
-	DroppedMap  = "dropped"      // key 0 (uint32) → datagrams dropped (uint64)
-	DropPort    = 9999           // the port V2 drops
+	ProgramTCX = "count_tcx"    // the tcx ingress program
+	ProgramXDP = "count_xdp"    // the XDP program
+	PortMap    = "port_packets" // UDP destination port (uint16) → datagrams (uint64)
+	DroppedMap = "dropped"      // key 0 (uint32) → datagrams dropped (uint64)
+	DropPort   = 9999           // the port V2 drops
 )
 
 var (
