@@ -268,9 +268,11 @@ func (s *Slot) activate(v, old *Version) error {
 		s.mu.Unlock()
 		return nil
 	}
+	start := time.Now()
 	if err := s.replace(v, old); err != nil {
 		return err
 	}
+	v.switched = time.Since(start)
 	s.mu.Lock()
 	s.cur = v
 	s.mu.Unlock()
@@ -464,4 +466,7 @@ type VersionStatus struct {
 	Signed    bool      `json:"signed"`
 	ProgramID uint32    `json:"program_id"` // the kernel's id, for bpftool prog show id N
 	LoadedAt  time.Time `json:"loaded_at"`
+	// Switch is how long the link update that made this version serve
+	// took (BPF_LINK_UPDATE); 0 for the first version, which was attached.
+	Switch time.Duration `json:"switch_ns"`
 }

@@ -23,6 +23,7 @@ type Version struct {
 	prog     *ebpf.Program
 	id       ebpf.ProgramID
 	loadedAt time.Time
+	switched time.Duration // how long the link update to this version took
 }
 
 // Manifest returns the verified manifest the version was loaded from.
@@ -34,7 +35,7 @@ func (v *Version) Map(name string) *ebpf.Map { return v.coll.Maps[name] }
 
 func (v *Version) status() VersionStatus {
 	return VersionStatus{Version: v.manifest.Version, Digest: v.manifest.Digest.String(), Signed: v.signed,
-		ProgramID: uint32(v.id), LoadedAt: v.loadedAt}
+		ProgramID: uint32(v.id), LoadedAt: v.loadedAt, Switch: v.switched}
 }
 
 func (v *Version) close() { v.coll.Close() }
