@@ -10,6 +10,7 @@ import (
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/canary"
 	"github.com/hotswapgo/hotswap/host"
+	"github.com/hotswapgo/hotswap/kernel"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
@@ -24,7 +25,7 @@ const (
 	KindNotFound      = "not_found"      // the module is not loaded
 	KindNoPrevious    = "no_previous"    // there is no version to roll back to
 	KindUpgradeFailed = "upgrade_failed" // the new process failed before it was ready; this one serves
-	KindRolledBack    = "rolled_back"    // the new process died during probation; this one serves again
+	KindRolledBack    = "rolled_back"    // the new process died during probation, or a new eBPF program failed its health check; the old one serves again
 	KindCanceled      = "canceled"       // the request was canceled before the change took effect
 	KindUnavailable   = "unavailable"    // the service cannot do this now (upgrades disabled, shutting down)
 	KindUnreachable   = "unreachable"    // the client could not reach the service or read its answer
@@ -127,6 +128,7 @@ func classify(err error) *Error {
 	var (
 		ve *artifact.VerifyError
 		le *module.LoadError
+		ke *kernel.LoadError
 		ce *upgrade.ChildError
 	)
 	switch {
@@ -136,6 +138,10 @@ func classify(err error) *Error {
 	case errors.As(err, &le):
 		e.Kind, e.Check = KindRejected, le.Check
 		e.Message = fmt.Sprintf("%s@%s: %s check failed: %v", le.Module, le.Version, le.Check, le.Err)
+	case errors.As(err, &ke):
+		e.Kind, e.Check = KindRejected, string(ke.Check)
+	case errors.Is(err, kernel.ErrUnhealthy):
+		e.Kind = KindRolledBack
 	case errors.Is(err, module.ErrBusy), errors.Is(err, upgrade.ErrUpgradeInProgress):
 		e.Kind = KindBusy
 	case errors.Is(err, canary.ErrAborted):

@@ -91,6 +91,9 @@ func New(h *host.Host, opts Options) (*Server, error) {
 	s.mux.HandleFunc("POST "+pathCanary, s.startCanary)
 	s.mux.HandleFunc("GET "+pathCanary, s.canaryStatusOp)
 	s.mux.HandleFunc("POST "+pathCanaryCommand, s.canaryCommand)
+	s.mux.HandleFunc("GET "+pathBPF, s.bpfStatus)
+	s.mux.HandleFunc("POST "+pathBPFLoad, s.bpfLoad)
+	s.mux.HandleFunc("POST "+pathBPFRollback, s.bpfRollback)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, r, http.StatusNotFound, &Outcome{}, fmt.Errorf("no operation %s %s", r.Method, r.URL.Path))
 	})

@@ -28,12 +28,14 @@ import (
 	"log/slog"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/internal/statedir"
+	"github.com/hotswapgo/hotswap/kernel"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
@@ -122,10 +124,12 @@ type Host struct {
 	service   string // Options.Service
 	maxModule int64
 	started   time.Time
-	proc      processState // generation, parent and upgrade state; see Process
-	canaries  canaries     // the modules' canaries; see canary.go
-	closed    atomic.Bool  // set by Close: changes are refused from then on
-	state     *kvState     // the modules' host-kept state and its file; see state.go
+	proc      processState   // generation, parent and upgrade state; see Process
+	canaries  canaries       // the modules' canaries; see canary.go
+	closed    atomic.Bool    // set by Close: changes are refused from then on
+	state     *kvState       // the modules' host-kept state and its file; see state.go
+	slotsMu   sync.Mutex     // protects slots
+	slots     []*kernel.Slot // the kernel-level slots; see kernel.go
 }
 
 // New opens the state directory and returns a Host. Call RestoreModules to
@@ -496,7 +500,7 @@ func (h *Host) Upgrade(ctx context.Context, path string) (upgrade.Result, error)
 func (h *Host) Close(ctx context.Context) error {
 	h.closed.Store(true)
 	h.closeCanaries(ctx)
-	err := h.reg.Close(ctx)
+	err := errors.Join(h.closeSlots(), h.reg.Close(ctx))
 	err = errors.Join(err, h.state.close())
 	if h.up != nil {
 		err = errors.Join(err, h.up.Close())

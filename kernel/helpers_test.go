@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
@@ -37,28 +36,11 @@ type env struct {
 	slot      *kernel.Slot
 }
 
-// requireBPF skips when the machine cannot load eBPF programs or make
-// network namespaces: not root, no CAP_BPF, no ip(8).
-func requireBPF(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for eBPF and network namespaces")
-	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Skipf("cannot lift the memlock limit for eBPF: %v", err)
-	}
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
-	if err != nil {
-		t.Skipf("cannot create an eBPF map (no CAP_BPF?): %v", err)
-	}
-	m.Close()
-}
-
 // newEnv makes an env whose slot runs the tcx or XDP program, with opts'
 // Health and HealthTimeout.
 func newEnv(t *testing.T, attach kernel.Attach, opts kernel.Options) *env {
 	t.Helper()
-	requireBPF(t)
+	vethpair.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	pair, err := vethpair.New(ctx, "hsk")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -210,6 +211,16 @@ func (s *Slot) Load(ctx context.Context, path string) (VersionStatus, error) {
 func (s *Slot) LoadBytes(ctx context.Context, label string, object, manifest []byte) (VersionStatus, error) {
 	return s.load(ctx, label, func(ctx context.Context) (*artifact.Verified, error) {
 		return s.opts.Verifier.VerifyBytes(ctx, label, manifest, object, s.expect())
+	})
+}
+
+// LoadReader is LoadBytes for an object that arrives as a stream (an
+// upload): every check that needs only the manifest runs before the first
+// byte of the object is read, and no more than the manifest states (or,
+// unsigned in development mode, Options.MaxObjectSize) is read.
+func (s *Slot) LoadReader(ctx context.Context, label string, manifest []byte, object io.Reader) (VersionStatus, error) {
+	return s.load(ctx, label, func(ctx context.Context) (*artifact.Verified, error) {
+		return s.opts.Verifier.VerifyReader(ctx, label, manifest, object, s.expect())
 	})
 }
 
@@ -462,7 +473,7 @@ type Status struct {
 // VersionStatus describes one version of a slot.
 type VersionStatus struct {
 	Version   string    `json:"version"`
-	Digest    string    `json:"digest"`
+	Digest    string    `json:"digest"` // hex SHA-256 of the object
 	Signed    bool      `json:"signed"`
 	ProgramID uint32    `json:"program_id"` // the kernel's id, for bpftool prog show id N
 	LoadedAt  time.Time `json:"loaded_at"`

@@ -34,7 +34,7 @@ func (v *Version) Manifest() artifact.Manifest { return v.manifest }
 func (v *Version) Map(name string) *ebpf.Map { return v.coll.Maps[name] }
 
 func (v *Version) status() VersionStatus {
-	return VersionStatus{Version: v.manifest.Version, Digest: v.manifest.Digest.String(), Signed: v.signed,
+	return VersionStatus{Version: v.manifest.Version, Digest: v.manifest.Digest.Hex(), Signed: v.signed,
 		ProgramID: uint32(v.id), LoadedAt: v.loadedAt, Switch: v.switched}
 }
 
