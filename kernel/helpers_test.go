@@ -126,43 +126,11 @@ func (e *env) mustLoad(object []byte, version string) kernel.VersionStatus {
 // receiving socket got, waiting at most a second for the last.
 func (e *env) send(port uint16, n int) int {
 	e.t.Helper()
-	got, err := roundTrip(e.pair, port, n)
+	got, err := e.pair.RoundTrip(port, n)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	return got
-}
-
-func roundTrip(p *vethpair.Pair, port uint16, n int) (int, error) {
-	rx, err := p.Listen(port)
-	if err != nil {
-		return 0, err
-	}
-	defer rx.Close()
-	tx, err := p.Dial(port)
-	if err != nil {
-		return 0, err
-	}
-	defer tx.Close()
-	msg := []byte("hotswap")
-	for range n {
-		if _, err := tx.Write(msg); err != nil {
-			return 0, err
-		}
-	}
-	buf := make([]byte, 64)
-	got := 0
-	for got < n {
-		rx.SetReadDeadline(time.Now().Add(time.Second))
-		if _, err := rx.Read(buf); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return got, nil
-			}
-			return got, err
-		}
-		got++
-	}
-	return got, nil
 }
 
 // count reads the active version's counter for port.

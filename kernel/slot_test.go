@@ -163,7 +163,7 @@ func TestHealthGate(t *testing.T) {
 	health := func(ctx context.Context, v *kernel.Version) error {
 		before, dropsBefore := e.count(countPort), e.dropped()
 		for _, port := range []uint16{countPort, bpfcount.DropPort} {
-			if _, err := roundTrip(e.pair, port, 20); err != nil {
+			if _, err := e.pair.RoundTrip(port, 20); err != nil {
 				return err
 			}
 		}

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -100,19 +98,7 @@ kernel program ids and trust mode.
 				return usageError{fmt.Errorf("bpf status: -o %q: want table or json", output)}
 			}
 			st, err := controlClient(cmd).BPFStatus(cmd.Context())
-			if output == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if eerr := enc.Encode(st); eerr != nil {
-					return errors.Join(err, eerr)
-				}
-				return err
-			}
-			if err != nil {
-				return err
-			}
-			printBPFStatus(cmd.OutOrStdout(), st)
-			return nil
+			return writeAnswer(cmd.OutOrStdout(), output, st, err, func(w io.Writer) { printBPFStatus(w, st) })
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")

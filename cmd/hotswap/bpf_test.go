@@ -70,8 +70,8 @@ func TestBPFLoadStatusRollback(t *testing.T) {
 	}
 
 	// v3 serves and counts.
-	if got := roundTrip(t, pair, 5000, 10); got != 10 {
-		t.Fatalf("%d of 10 datagrams arrived", got)
+	if got, err := pair.RoundTrip(5000, 10); got != 10 {
+		t.Fatalf("RoundTrip() = %d, %v; want all 10 datagrams", got, err)
 	}
 	if n := counter(t, slot, 5000); n != 10 {
 		t.Fatalf("counter = %d; want 10", n)
@@ -114,34 +114,6 @@ func TestBPFLoadStatusRollback(t *testing.T) {
 	if refused != 3 { // bad, unsigned, second rollback
 		t.Errorf("%d refusals audited; want 3", refused)
 	}
-}
-
-func roundTrip(t *testing.T, p *vethpair.Pair, port uint16, n int) int {
-	t.Helper()
-	rx, err := p.Listen(port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rx.Close()
-	tx, err := p.Dial(port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Close()
-	for range n {
-		if _, err := tx.Write([]byte("x")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	buf, got := make([]byte, 16), 0
-	for got < n {
-		rx.SetReadDeadline(time.Now().Add(time.Second))
-		if _, err := rx.Read(buf); err != nil {
-			break
-		}
-		got++
-	}
-	return got
 }
 
 func counter(t *testing.T, s *kernel.Slot, port uint16) uint64 {

@@ -43,23 +43,29 @@ stable. On failure it prints {"ok": false, "error": {...}} and exits non-zero.`,
 				return usageError{fmt.Errorf("status: -o %q: want table or json", output)}
 			}
 			st, err := controlClient(cmd).Status(cmd.Context())
-			if output == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if eerr := enc.Encode(st); eerr != nil {
-					return errors.Join(err, eerr)
-				}
-				return err
-			}
-			if err != nil {
-				return err
-			}
-			printStatus(cmd.OutOrStdout(), st)
-			return nil
+			return writeAnswer(cmd.OutOrStdout(), output, st, err, func(w io.Writer) { printStatus(w, st) })
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
 	return cmd
+}
+
+// writeAnswer prints an answer as indented JSON (output "json", also when
+// err says it failed), or else with table when err is nil; it returns err.
+func writeAnswer(w io.Writer, output string, answer any, err error, table func(io.Writer)) error {
+	if output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if eerr := enc.Encode(answer); eerr != nil {
+			return errors.Join(err, eerr)
+		}
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	table(w)
+	return nil
 }
 
 // stateLine describes where the modules' state is kept, e.g. "window 20ms,

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -115,4 +116,39 @@ func ip(ctx context.Context, args ...string) error {
 		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// RoundTrip sends n datagrams to ReceiverAddr:port from the sender's
+// namespace and returns how many a socket on that port received, waiting at
+// most a second for each.
+func (p *Pair) RoundTrip(port uint16, n int) (int, error) {
+	rx, err := p.Listen(port)
+	if err != nil {
+		return 0, err
+	}
+	defer rx.Close()
+	tx, err := p.Dial(port)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Close()
+	msg := []byte("hotswap")
+	for range n {
+		if _, err := tx.Write(msg); err != nil {
+			return 0, err
+		}
+	}
+	buf := make([]byte, 64)
+	got := 0
+	for got < n {
+		rx.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := rx.Read(buf); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return got, nil
+			}
+			return got, err
+		}
+		got++
+	}
+	return got, nil
 }
