@@ -1,6 +1,7 @@
 package kernel_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
@@ -347,4 +349,40 @@ func countPins(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+func TestSwapRefusedWhenLinkChangedBehindTheSlot(t *testing.T) {
+	e := newEnv(t, kernel.AttachTCXIngress, kernel.Options{})
+	e.mustLoad(bpfcount.V1, "1.0.0")
+	// Someone else puts their own program into the slot's link.
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(bpfcount.V3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Programs = map[string]*ebpf.ProgramSpec{bpfcount.ProgramTCX: spec.Programs[bpfcount.ProgramTCX]}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	if err := kernel.LinkOf(e.slot).Update(coll.Programs[bpfcount.ProgramTCX]); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.load(bpfcount.V2, "2.0.0")
+	var le *kernel.LoadError
+	if !errors.As(err, &le) || le.Check != kernel.CheckAttach || !errors.Is(err, unix.EPERM) {
+		t.Fatalf("LoadBytes after a foreign update = %v; want a refused link update (EPERM)", err)
+	}
+	// The foreign program still runs: it counts into its own map.
+	if got := e.send(countPort, 5); got != 5 {
+		t.Fatalf("%d of 5 datagrams arrived", got)
+	}
+	var n uint64
+	if err := coll.Maps[bpfcount.PortMap].Lookup(uint16(countPort), &n); err != nil || n != 5 {
+		t.Fatalf("the foreign program counted %d (%v); want 5: the slot must not have overwritten it", n, err)
+	}
+	evs := e.events()
+	if last := evs[len(evs)-1]; last.Result != audit.ResultFailed {
+		t.Fatalf("last audit record = %+v; want the swap recorded as failed", last)
+	}
 }
