@@ -104,7 +104,8 @@ type Options struct {
 	// Audit records every load and rollback, done or refused. Required.
 	Audit *audit.Log
 	// Health, if set, judges each new version after it began to serve; a
-	// failed check rolls back automatically. Defaults to nil: no check.
+	// failed check rolls back automatically. The first version, which
+	// replaces nothing, is not judged. Defaults to nil: no check.
 	Health HealthCheck
 	// HealthTimeout bounds Health. Defaults to DefaultHealthTimeout (10s).
 	HealthTimeout time.Duration
@@ -206,8 +207,8 @@ func (s *Slot) Load(ctx context.Context, path string) (VersionStatus, error) {
 // A refusal is audited and returned as an *artifact.VerifyError or a
 // *LoadError naming the artifact and the failed check; the active version
 // keeps serving. label is what messages call the artifact. Cancelling ctx
-// aborts verification, and during the health check counts as a failed
-// check.
+// aborts the change until the switch (audited as canceled), and during the
+// health check counts as a failed check.
 func (s *Slot) LoadBytes(ctx context.Context, label string, object, manifest []byte) (VersionStatus, error) {
 	return s.load(ctx, label, func(ctx context.Context) (*artifact.Verified, error) {
 		return s.opts.Verifier.VerifyBytes(ctx, label, manifest, object, s.expect())
@@ -242,6 +243,10 @@ func (s *Slot) load(ctx context.Context, label string, verify func(context.Conte
 	v, err := s.prepare(label, vd)
 	if err != nil {
 		return VersionStatus{}, c.refuse(err)
+	}
+	if err := ctx.Err(); err != nil {
+		v.close()
+		return VersionStatus{}, c.refuse(fmt.Errorf("load %s into %s: %w", label, s.opts.Name, err))
 	}
 	if err := c.allow(); err != nil {
 		v.close()
