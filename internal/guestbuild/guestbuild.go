@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -148,21 +149,26 @@ func sourceKey(root, pkg, ldflags string) (string, error) {
 	h := sha256.New()
 	fmt.Fprintln(h, runtime.Version(), pkg, ldflags)
 	for _, dir := range []string{filepath.Join(root, pkg), filepath.Join(root, "guest")} {
-		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") {
-				return err
-			}
-			data, err := os.ReadFile(path)
-			rel, _ := filepath.Rel(root, path) // a clone elsewhere shares the cache
-			fmt.Fprintln(h, rel, len(data))
-			h.Write(data)
-			return err
-		})
-		if err != nil {
+		if err := digestDir(h, root, dir, ".go"); err != nil {
 			return "", err
 		}
 	}
 	mod, err := os.ReadFile(filepath.Join(root, "go.mod"))
 	h.Write(mod)
 	return hex.EncodeToString(h.Sum(nil)), err
+}
+
+// digestDir writes the relative path, size and contents of every file under
+// dir whose name ends in suffix to h.
+func digestDir(h io.Writer, root, dir, suffix string) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, suffix) {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		rel, _ := filepath.Rel(root, path) // a clone elsewhere shares the cache
+		fmt.Fprintln(h, rel, len(data))
+		h.Write(data)
+		return err
+	})
 }
