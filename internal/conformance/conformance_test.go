@@ -82,22 +82,31 @@ var cacheDir = sync.OnceValues(func() (string, error) {
 	return dir, os.MkdirAll(dir, 0o700)
 })
 
+// callTimeout is the deadline of the calls that run away; others get
+// 10s, ample on a loaded machine for what they do (filling 64 MiB of
+// memory takes 30 to 300ms here).
 const callTimeout = 300 * time.Millisecond
 
 // config is the module configuration of every test: the key/value
-// capability, limits small enough to reach in milliseconds.
-var config = wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}, MemoryLimit: 64 << 20,
-	CallTimeout: callTimeout, MinInstances: 1}
+// capability, a memory limit small enough to reach in milliseconds.
+func config(timeout time.Duration) wasm.ModuleConfig {
+	return wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}, MemoryLimit: 64 << 20,
+		CallTimeout: timeout, MinInstances: 1}
+}
 
 // newRegistry returns a registry over a wasm backend logging to logs (if
 // not nil), closed when the test ends.
 func newRegistry(t testing.TB, logs *syncBuffer) *module.Registry {
+	return newRegistryTimeout(t, logs, 10*time.Second)
+}
+
+func newRegistryTimeout(t testing.TB, logs *syncBuffer, timeout time.Duration) *module.Registry {
 	t.Helper()
 	dir, err := cacheDir()
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := wasm.Options{CacheDir: dir, Default: config}
+	opts := wasm.Options{CacheDir: dir, Default: config(timeout)}
 	if logs != nil {
 		opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	}
@@ -181,7 +190,11 @@ func TestCalls(t *testing.T) {
 			art := guest(t, lang, false)
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
-					r := newRegistry(t, nil)
+					timeout := 10 * time.Second
+					if tt.slow {
+						timeout = callTimeout
+					}
+					r := newRegistryTimeout(t, nil, timeout)
 					mustLoad(t, r, "v1", art)
 					start := time.Now()
 					out, err := call(r, tt.handler, tt.in)
