@@ -24,44 +24,25 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// A language builds the conformance guest; failing builds its variant
-// whose self-test fails. Builds are cached for the test process (see
-// guestbuild.Dir), so each variant is built once.
+// A language builds the conformance guest. Builds are cached for the test
+// process (see guestbuild.Dir), so each is built once.
 type language struct {
 	name  string
-	build func(failing bool) ([]byte, error)
+	build func() ([]byte, error)
 }
 
 var languages = []language{
-	{"go", func(failing bool) ([]byte, error) {
-		ldflags := ""
-		if failing {
-			ldflags = "-X main.selfTest=fail"
-		}
-		return guestbuild.Bytes("./internal/conformance/guests/go", ldflags)
-	}},
-	{"c", func(failing bool) ([]byte, error) {
-		var flags []string
-		if failing {
-			flags = append(flags, "-DSELFTEST_FAIL")
-		}
-		return guestbuild.CBytes("internal/conformance/guests/c/guest.c", flags...)
-	}},
-	{"rust", func(failing bool) ([]byte, error) {
-		var flags []string
-		if failing {
-			flags = append(flags, "--cfg", "selftest_fail")
-		}
-		return guestbuild.RustBytes("internal/conformance/guests/rust/lib.rs", flags...)
-	}},
+	{"go", func() ([]byte, error) { return guestbuild.Bytes("./internal/conformance/guests/go", "") }},
+	{"c", func() ([]byte, error) { return guestbuild.CBytes("internal/conformance/guests/c/guest.c") }},
+	{"rust", func() ([]byte, error) { return guestbuild.RustBytes("internal/conformance/guests/rust/lib.rs") }},
 }
 
 // guest returns lang's conformance guest, skipping the test when the
 // language's toolchain is missing (failing instead when
 // HOTSWAP_REQUIRE_GUEST_TOOLCHAINS is set).
-func guest(t testing.TB, lang language, failing bool) []byte {
+func guest(t testing.TB, lang language) []byte {
 	t.Helper()
-	b, err := lang.build(failing)
+	b, err := lang.build()
 	switch {
 	case errors.Is(err, guestbuild.ErrNoToolchain) && os.Getenv("HOTSWAP_REQUIRE_GUEST_TOOLCHAINS") == "":
 		t.Skipf("no %s guest: %v", lang.name, err)
@@ -82,13 +63,15 @@ var cacheDir = sync.OnceValues(func() (string, error) {
 	return dir, os.MkdirAll(dir, 0o700)
 })
 
-// callTimeout is the deadline of the calls that run away; others get
-// 10s, ample on a loaded machine for what they do (filling 64 MiB of
-// memory takes 30 to 300ms here).
-const callTimeout = 300 * time.Millisecond
+// The modules the suite loads: runaway has a short call deadline for the
+// calls that never end; the others have a deadline ample on a loaded
+// machine for what they do (filling 64 MiB of guest memory takes 30 to
+// 300ms here).
+const (
+	callTimeout = 300 * time.Millisecond
+	runaway     = "runaway"
+)
 
-// config is the module configuration of every test: the key/value
-// capability, a memory limit small enough to reach in milliseconds.
 func config(timeout time.Duration) wasm.ModuleConfig {
 	return wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}, MemoryLimit: 64 << 20,
 		CallTimeout: timeout, MinInstances: 1}
@@ -97,16 +80,13 @@ func config(timeout time.Duration) wasm.ModuleConfig {
 // newRegistry returns a registry over a wasm backend logging to logs (if
 // not nil), closed when the test ends.
 func newRegistry(t testing.TB, logs *syncBuffer) *module.Registry {
-	return newRegistryTimeout(t, logs, 10*time.Second)
-}
-
-func newRegistryTimeout(t testing.TB, logs *syncBuffer, timeout time.Duration) *module.Registry {
 	t.Helper()
 	dir, err := cacheDir()
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := wasm.Options{CacheDir: dir, Default: config(timeout)}
+	opts := wasm.Options{CacheDir: dir, Default: config(10 * time.Second),
+		Modules: map[string]wasm.ModuleConfig{runaway: config(callTimeout)}}
 	if logs != nil {
 		opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	}
@@ -128,76 +108,83 @@ func newRegistryTimeout(t testing.TB, logs *syncBuffer, timeout time.Duration) *
 	return r
 }
 
-func load(r *module.Registry, version string, art []byte) error {
+func load(r *module.Registry, name, version string, art []byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	_, err := r.Load(ctx, "m", module.Source{Version: version, Artifact: art})
+	_, err := r.Load(ctx, name, module.Source{Version: version, Artifact: art})
 	return err
 }
 
-func mustLoad(t testing.TB, r *module.Registry, version string, art []byte) {
+func mustLoad(t testing.TB, r *module.Registry, name, version string, art []byte) {
 	t.Helper()
-	if err := load(r, version, art); err != nil {
-		t.Fatalf("Load(m@%s) = %v", version, err)
+	if err := load(r, name, version, art); err != nil {
+		t.Fatalf("Load(%s@%s) = %v", name, version, err)
 	}
 }
 
-func call(r *module.Registry, handler, in string) (string, error) {
+func call(r *module.Registry, name, handler, in string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out, err := r.Call(ctx, "m", handler, []byte(in))
+	out, err := r.Call(ctx, name, handler, []byte(in))
 	return string(out), err
 }
 
 func mustCall(t testing.TB, r *module.Registry, handler, in string) string {
 	t.Helper()
-	out, err := call(r, handler, in)
+	out, err := call(r, "m", handler, in)
 	if err != nil {
 		t.Fatalf("Call(%s, %.20q) = %v", handler, in, err)
 	}
 	return out
 }
 
-// TestCalls runs each call case against each guest on a fresh module:
-// the answer or the failure, its classification, whether the instance was
-// discarded, and that the version serves on.
-func TestCalls(t *testing.T) {
-	big := strings.Repeat("0123456789abcdef", 100<<10/16) // more than the initial exchange buffer
-	tests := []struct {
-		name      string
-		handler   string
-		in        string
-		want      string // the output when wantErr is nil
-		wantErr   error
-		detail    string // in the CallError's Detail
-		discarded bool
-		slow      bool // stopped by the call deadline
-	}{
-		{name: "echo", handler: "echo", in: "hello", want: "hello"},
-		{name: "echo empty", handler: "echo", in: "", want: ""},
-		{name: "echo past the exchange buffer", handler: "echo", in: big, want: big},
-		{name: "recursion within the stack bound", handler: "recurse", in: "1000", want: "1000"},
-		{name: "handler error", handler: "fail", in: "no stock", wantErr: module.ErrGuest, detail: "refused: no stock"},
-		{name: "unknown handler", handler: "nope", wantErr: module.ErrNoHandler, detail: `"nope"`},
-		{name: "trap", handler: "trap", in: "boom", wantErr: module.ErrTrapped, detail: "trapped: boom", discarded: true},
-		{name: "runaway loop", handler: "loop", wantErr: module.ErrTimeout, discarded: true, slow: true},
-		{name: "loop-free recursion", handler: "spin", wantErr: module.ErrTimeout, discarded: true, slow: true},
-		{name: "stack overflow", handler: "recurse", in: "100000000", wantErr: module.ErrStackOverflow, discarded: true},
-		{name: "memory limit", handler: "grow", wantErr: module.ErrMemoryLimit, discarded: true},
-	}
+// callCases are the calls every guest must answer alike: the answer or the
+// failure, its classification, and whether the instance was discarded.
+var callCases = []struct {
+	name      string
+	handler   string
+	in        string
+	want      string // the output when wantErr is nil
+	wantErr   error
+	detail    string // in the CallError's Detail
+	discarded bool
+	runaway   bool // never ends: stopped by the call deadline
+}{
+	{name: "echo", handler: "echo", in: "hello", want: "hello"},
+	{name: "echo empty", handler: "echo", in: "", want: ""},
+	{name: "echo past the exchange buffer", handler: "echo", in: strings.Repeat("0123456789abcdef", 100<<10/16),
+		want: strings.Repeat("0123456789abcdef", 100<<10/16)},
+	{name: "recursion within the stack bound", handler: "recurse", in: "1000", want: "1000"},
+	{name: "handler error", handler: "fail", in: "no stock", wantErr: module.ErrGuest, detail: "refused: no stock"},
+	{name: "unknown handler", handler: "nope", wantErr: module.ErrNoHandler, detail: `"nope"`},
+	{name: "trap", handler: "trap", in: "boom", wantErr: module.ErrTrapped, detail: "trapped: boom", discarded: true},
+	{name: "runaway loop", handler: "loop", wantErr: module.ErrTimeout, discarded: true, runaway: true},
+	{name: "loop-free recursion", handler: "spin", wantErr: module.ErrTimeout, discarded: true, runaway: true},
+	{name: "stack overflow", handler: "recurse", in: "100000000", wantErr: module.ErrStackOverflow, discarded: true},
+	{name: "memory limit", handler: "grow", wantErr: module.ErrMemoryLimit, discarded: true},
+}
+
+// TestConformance runs the suite against each language's guest. The
+// subtests of a language share its registry and run in order: module m
+// serves the calls, then the state, log, migrate and self-test cases.
+func TestConformance(t *testing.T) {
 	for _, lang := range languages {
 		t.Run(lang.name, func(t *testing.T) {
-			art := guest(t, lang, false)
-			for _, tt := range tests {
-				t.Run(tt.name, func(t *testing.T) {
-					timeout := 10 * time.Second
-					if tt.slow {
-						timeout = callTimeout
+			art := guest(t, lang)
+			var logs syncBuffer
+			r := newRegistry(t, &logs)
+			mustLoad(t, r, "m", "v1", art)
+			mustLoad(t, r, runaway, "v1", art)
+
+			for _, tt := range callCases {
+				t.Run("call/"+tt.name, func(t *testing.T) {
+					name := "m"
+					if tt.runaway {
+						name = runaway
 					}
-					r := newRegistryTimeout(t, nil, timeout)
-					mustLoad(t, r, "v1", art)
+					before := r.Module(name).Status().Active
 					start := time.Now()
-					out, err := call(r, tt.handler, tt.in)
+					out, err := call(r, name, tt.handler, tt.in)
 					elapsed := time.Since(start)
 					if tt.wantErr == nil {
 						if err != nil || out != tt.want {
@@ -206,133 +193,102 @@ func TestCalls(t *testing.T) {
 					} else {
 						var ce *module.CallError
 						if !errors.Is(err, tt.wantErr) || !errors.As(err, &ce) || ce.Version != "v1" || ce.Handler != tt.handler {
-							t.Fatalf("Call(%s) = %v; want a CallError from m@v1 %s matching %v", tt.handler, err, tt.handler, tt.wantErr)
+							t.Fatalf("Call(%s) = %v; want a CallError from %s@v1 %s matching %v", tt.handler, err, name, tt.handler, tt.wantErr)
 						}
 						if !strings.Contains(ce.Detail, tt.detail) {
 							t.Errorf("Detail = %q; want it to contain %q", ce.Detail, tt.detail)
 						}
 					}
-					if tt.slow && (elapsed < callTimeout || elapsed > 3*time.Second) {
-						t.Errorf("runaway call stopped after %v; want between the %v timeout and 3s", elapsed, callTimeout)
+					if tt.runaway && (elapsed < callTimeout || elapsed > 3*time.Second) {
+						t.Errorf("runaway call stopped after %v; want between the %v deadline and 3s", elapsed, callTimeout)
 					}
 					for i := range 3 {
-						if got := mustCall(t, r, "echo", "still here"); got != "still here" {
-							t.Fatalf("call %d after %s = %q", i, tt.name, got)
+						if got, err := call(r, name, "echo", "still here"); err != nil || got != "still here" {
+							t.Fatalf("call %d after %s = %q, %v", i, tt.name, got, err)
 						}
 					}
-					st := r.Module("m").Status().Active
-					if got := st.Discarded > 0; got != tt.discarded {
+					after := r.Module(name).Status().Active
+					if got := after.Discarded > before.Discarded; got != tt.discarded {
 						t.Errorf("instance discarded = %v; want %v", got, tt.discarded)
 					}
 					wantFailures := uint64(0)
 					if tt.wantErr != nil {
 						wantFailures = 1
 					}
-					if st.Failures != wantFailures {
-						t.Errorf("Status() failures = %d; want %d", st.Failures, wantFailures)
+					if got := after.Failures - before.Failures; got != wantFailures {
+						t.Errorf("Status() failures grew by %d; want %d", got, wantFailures)
 					}
 				})
 			}
-		})
-	}
-}
 
-// TestKV: the key/value host functions, values larger than a guest's
-// first buffer included, and state that outlives a version.
-func TestKV(t *testing.T) {
-	large := strings.Repeat("v", 20<<10)
-	for _, lang := range languages {
-		t.Run(lang.name, func(t *testing.T) {
-			art := guest(t, lang, false)
-			r := newRegistry(t, nil)
-			mustLoad(t, r, "v1", art)
-			for i, want := range []string{"1", "2"} {
-				if got := mustCall(t, r, "count", ""); got != want {
-					t.Fatalf("count call %d = %q; want %q", i, got, want)
+			t.Run("kv", func(t *testing.T) {
+				for i, want := range []string{"1", "2"} {
+					if got := mustCall(t, r, "count", ""); got != want {
+						t.Fatalf("count call %d = %q; want %q", i, got, want)
+					}
 				}
-			}
-			mustCall(t, r, "put", "colour=blue")
-			if got := mustCall(t, r, "get", "colour"); got != "blue" {
-				t.Fatalf("get(colour) = %q; want blue", got)
-			}
-			mustCall(t, r, "put", "large="+large)
-			if got := mustCall(t, r, "get", "large"); got != large {
-				t.Fatalf("get(large) = %d bytes; want %d", len(got), len(large))
-			}
-			mustCall(t, r, "del", "colour")
-			if _, err := call(r, "get", "colour"); !errors.Is(err, module.ErrGuest) || !strings.Contains(err.Error(), "missing: colour") {
-				t.Fatalf("get(colour) after del = %v; want ErrGuest missing: colour", err)
-			}
-			if _, err := call(r, "put", "nokey"); !errors.Is(err, module.ErrGuest) {
-				t.Fatalf("put(nokey) = %v; want ErrGuest", err)
-			}
-			mustLoad(t, r, "v2", art)
-			if got := mustCall(t, r, "count", ""); got != "3" {
-				t.Fatalf("count after a swap = %q; want 3", got)
-			}
-		})
-	}
-}
+				mustCall(t, r, "put", "colour=blue")
+				if got := mustCall(t, r, "get", "colour"); got != "blue" {
+					t.Fatalf("get(colour) = %q; want blue", got)
+				}
+				if got, ok := r.Module("m").State().Get("colour"); !ok || string(got) != "blue" {
+					t.Fatalf("host state colour = %q, %v; want blue", got, ok)
+				}
+				large := strings.Repeat("v", 20<<10) // more than a guest's first buffer
+				mustCall(t, r, "put", "large="+large)
+				if got := mustCall(t, r, "get", "large"); got != large {
+					t.Fatalf("get(large) = %d bytes; want %d", len(got), len(large))
+				}
+				mustCall(t, r, "del", "colour")
+				if _, err := call(r, "m", "get", "colour"); !errors.Is(err, module.ErrGuest) || !strings.Contains(err.Error(), "missing: colour") {
+					t.Fatalf("get(colour) after del = %v; want ErrGuest missing: colour", err)
+				}
+			})
 
-// TestLog: a guest's log line reaches the host's logger, tagged with the
-// module.
-func TestLog(t *testing.T) {
-	for _, lang := range languages {
-		t.Run(lang.name, func(t *testing.T) {
-			art := guest(t, lang, false)
-			var logs syncBuffer
-			r := newRegistry(t, &logs)
-			mustLoad(t, r, "v1", art)
-			mustCall(t, r, "log", "hello from "+lang.name)
-			got := logs.String()
-			if !strings.Contains(got, `msg="hello from `+lang.name+`"`) || !strings.Contains(got, "module=m") {
-				t.Fatalf("host log = %q; want the guest's line tagged module=m", got)
-			}
-		})
-	}
-}
+			t.Run("log", func(t *testing.T) {
+				mustCall(t, r, "log", "hello from "+lang.name)
+				got := logs.String()
+				if !strings.Contains(got, `msg="hello from `+lang.name+`"`) || !strings.Contains(got, "module=m") {
+					t.Fatalf("host log = %q; want the guest's line tagged module=m", got)
+				}
+			})
 
-// TestSelfTestRefused: a version whose self-test fails is refused with the
-// guest's reason, and the version serving keeps serving.
-func TestSelfTestRefused(t *testing.T) {
-	for _, lang := range languages {
-		t.Run(lang.name, func(t *testing.T) {
-			good, bad := guest(t, lang, false), guest(t, lang, true)
-			r := newRegistry(t, nil)
-			mustLoad(t, r, "v1", good)
-			err := load(r, "v2", bad)
-			var le *module.LoadError
-			if !errors.Is(err, module.ErrSelfTestFailed) || !errors.As(err, &le) || le.Check != "selftest" {
-				t.Fatalf("Load(failing self-test) = %v; want a LoadError from check selftest matching ErrSelfTestFailed", err)
-			}
-			if !strings.Contains(err.Error(), "self-test: answers are wrong") {
-				t.Errorf("Load() = %v; want the guest's reason", err)
-			}
-			if v := r.Module("m").Status().Active.Version; v != "v1" {
-				t.Errorf("active version after the refusal = %s; want v1", v)
-			}
-			if got := mustCall(t, r, "echo", "v1 serves"); got != "v1 serves" {
-				t.Errorf("echo after the refusal = %q", got)
-			}
-		})
-	}
-}
+			// The migrate hook runs once per activation with the version
+			// it replaces, "" for the first; host-kept state carries over.
+			t.Run("migrate", func(t *testing.T) {
+				if got := mustCall(t, r, "get", "migrated"); got != "" {
+					t.Fatalf("migrated after the first load = %q; want empty", got)
+				}
+				mustLoad(t, r, "m", "v2", art)
+				if got := mustCall(t, r, "get", "migrated"); got != "v1" {
+					t.Fatalf("migrated after loading v2 = %q; want v1", got)
+				}
+				if got := mustCall(t, r, "count", ""); got != "3" {
+					t.Fatalf("count after the swap = %q; want 3", got)
+				}
+			})
 
-// TestMigrate: the migrate hook runs once per activation with the version
-// it replaces, "" for the first.
-func TestMigrate(t *testing.T) {
-	for _, lang := range languages {
-		t.Run(lang.name, func(t *testing.T) {
-			art := guest(t, lang, false)
-			r := newRegistry(t, nil)
-			mustLoad(t, r, "v1", art)
-			if got := mustCall(t, r, "get", "migrated"); got != "" {
-				t.Fatalf("migrated after the first load = %q; want empty", got)
-			}
-			mustLoad(t, r, "v2", art)
-			if got := mustCall(t, r, "get", "migrated"); got != "v1" {
-				t.Fatalf("migrated after loading v2 = %q; want v1", got)
-			}
+			// A version whose self-test fails is refused with the guest's
+			// reason, and the version serving keeps serving.
+			t.Run("self-test refused", func(t *testing.T) {
+				state := r.Module("m").State()
+				state.Set("selftest", []byte("fail"))
+				defer state.Delete("selftest")
+				err := load(r, "m", "v3", art)
+				var le *module.LoadError
+				if !errors.Is(err, module.ErrSelfTestFailed) || !errors.As(err, &le) || le.Check != "selftest" {
+					t.Fatalf("Load(failing self-test) = %v; want a LoadError from check selftest matching ErrSelfTestFailed", err)
+				}
+				if !strings.Contains(err.Error(), "self-test: answers are wrong") {
+					t.Errorf("Load() = %v; want the guest's reason", err)
+				}
+				if v := r.Module("m").Status().Active.Version; v != "v2" {
+					t.Errorf("active version after the refusal = %s; want v2", v)
+				}
+				if got := mustCall(t, r, "echo", "v2 serves"); got != "v2 serves" {
+					t.Errorf("echo after the refusal = %q", got)
+				}
+			})
 		})
 	}
 }
@@ -341,14 +297,14 @@ func TestMigrate(t *testing.T) {
 // languages replace each other, sharing the host-kept state and migrating
 // from each other.
 func TestSwapAcrossLanguages(t *testing.T) {
-	r := newRegistry(t, nil)
 	var arts [][]byte
 	for _, lang := range languages {
-		arts = append(arts, guest(t, lang, false))
+		arts = append(arts, guest(t, lang))
 	}
+	r := newRegistry(t, nil)
 	for i, art := range append(arts, arts[0]) {
 		version := fmt.Sprintf("v%d-%s", i+1, languages[i%len(languages)].name)
-		mustLoad(t, r, version, art)
+		mustLoad(t, r, "m", version, art)
 		if got, want := mustCall(t, r, "count", ""), fmt.Sprint(i+1); got != want {
 			t.Fatalf("count on %s = %q; want %q", version, got, want)
 		}

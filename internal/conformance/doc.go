@@ -17,8 +17,9 @@
 //	log      logs the input at level info
 //
 // Each guest's migrate hook stores the version it replaces under
-// "migrated"; a build variant's self-test fails with "self-test: answers
-// are wrong".
+// "migrated", and its self-test fails with "self-test: answers are wrong"
+// while the key "selftest" holds "fail": one build per language serves
+// every case, so each compiles once per test process.
 //
 // The suite needs clang and lld for the C guest and Debian's rustc with
 // libstd-rust-dev-wasm32 for the Rust one; without them those languages
