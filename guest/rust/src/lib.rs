@@ -17,7 +17,7 @@
 //!
 //! Build it with `panic=abort` (see guest/rust/Cargo.toml, or with rustc
 //! alone: `rustc --edition=2021 --target=wasm32-unknown-unknown -C
-//! opt-level=2 -C panic=abort --crate-type=cdylib --extern
+//! opt-level=2 -C panic=abort -C strip=debuginfo --crate-type=cdylib --extern
 //! hotswap_guest=libhotswap_guest.rlib lib.rs`).
 //!
 //! The ABI this implements is specified in docs/abi.md. In short: the host
