@@ -37,6 +37,15 @@ impl Value {
         }
     }
 
+    /// The last member of an object whose name equals `key` ignoring ASCII
+    /// case, as Go's encoding/json matches members to struct fields.
+    pub fn get_ignore_case(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Object(members) => members.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
     /// The string, if this is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
@@ -287,7 +296,8 @@ impl<'a> Parser<'a> {
     }
 }
 
-/// Appends `s` to `out` as a JSON string literal.
+/// Appends `s` to `out` as a JSON string literal, escaped exactly as Go's
+/// encoding/json escapes it.
 pub fn quote_into(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -297,6 +307,8 @@ pub fn quote_into(out: &mut String, s: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
             // <, > and & are escaped as Go's encoding/json does, so output
             // is safe to embed in HTML.
             c if (c as u32) < 0x20 || c == '<' || c == '>' || c == '&' || c == '\u{2028}' || c == '\u{2029}' => {
@@ -382,6 +394,8 @@ mod tests {
         let v = parse(br#" {"item":"ap\u00e9ple\n","qty":12,"x":[1.5e3,true,null,{}],"qty":-7} "#).unwrap();
         assert_eq!(v.get("item").and_then(Value::as_str), Some("ap\u{e9}ple\n"));
         assert_eq!(v.get("qty").and_then(Value::as_i64), Some(-7));
+        assert_eq!(parse(br#"{"Qty":1,"qty":2,"QTY":3}"#).unwrap().get_ignore_case("qty").and_then(Value::as_i64), Some(3));
+        assert_eq!(parse(br#"{"Qty":1}"#).unwrap().get("qty"), None);
         assert_eq!(v.get("x"), Some(&Value::Array(vec![
             Value::Number("1.5e3".into()), Value::Bool(true), Value::Null, Value::Object(vec![])])));
         assert_eq!(parse(br#""\ud83d\ude00 \ud800x""#).unwrap(), Value::String("\u{1f600} \u{fffd}x".into()));
@@ -410,8 +424,8 @@ mod tests {
 
     #[test]
     fn writes_objects() {
-        let doc = Object::new().str("item", "a\"<\u{1}").int("qty", -3).bool("ok", true).raw("x", "[]").finish();
-        assert_eq!(doc, r#"{"item":"a\"\u003c\u0001","qty":-3,"ok":true,"x":[]}"#);
-        assert_eq!(parse(doc.as_bytes()).unwrap().get("item").and_then(Value::as_str), Some("a\"<\u{1}"));
+        let doc = Object::new().str("item", "a\"<\u{1}\u{8}\u{2028}").int("qty", -3).bool("ok", true).raw("x", "[]").finish();
+        assert_eq!(doc, r#"{"item":"a\"\u003c\u0001\b\u2028","qty":-3,"ok":true,"x":[]}"#);
+        assert_eq!(parse(doc.as_bytes()).unwrap().get("item").and_then(Value::as_str), Some("a\"<\u{1}\u{8}\u{2028}"));
     }
 }
