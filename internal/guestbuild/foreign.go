@@ -30,7 +30,7 @@ var CFlags = []string{"--target=wasm32", "-O2", "-nostdlib", "-ffreestanding", "
 
 // RustFlags are the flags of a Rust guest and of the SDK crate.
 var RustFlags = []string{"--edition=2021", "--target=wasm32-unknown-unknown", "-C", "opt-level=2",
-	"-C", "panic=abort", "-C", "debuginfo=0", "-C", "strip=debuginfo"}
+	"-C", "panic=abort", "-C", "debuginfo=0", "-C", "strip=debuginfo", "-C", "target-feature=+bulk-memory"}
 
 // BuildC compiles the C guest src (a file relative to the repository root)
 // with the SDK header guest/c/hotswap.h and the extra flags (e.g.

@@ -7,7 +7,8 @@
 //! use hotswap_guest::Module;
 //!
 //! fn init(m: &mut Module) {
-//!     m.handle("echo", |input| Ok(input.to_vec()));
+//!     m.handle("upper", |input| Ok(input.to_ascii_uppercase()));
+//!     m.handle_into("echo", |input, out| Ok(out.extend_from_slice(input)));
 //!     m.self_test(|| Ok(()));
 //!     m.migrate(|from| { hotswap_guest::kv_set("schema", b"3"); Ok(()) });
 //! }
@@ -15,10 +16,13 @@
 //! hotswap_guest::export!(init);
 //! ```
 //!
-//! Build it with `panic=abort` (see guest/rust/Cargo.toml, or with rustc
-//! alone: `rustc --edition=2021 --target=wasm32-unknown-unknown -C
-//! opt-level=2 -C panic=abort -C strip=debuginfo --crate-type=cdylib --extern
-//! hotswap_guest=libhotswap_guest.rlib lib.rs`).
+//! Build it with `panic=abort` and bulk memory (one `memory.copy` instead
+//! of a byte loop per copy; see guest/rust/Cargo.toml), or with rustc alone
+//! (`internal/guestbuild.RustFlags`): `rustc --edition=2021
+//! --target=wasm32-unknown-unknown -C opt-level=2 -C panic=abort -C
+//! strip=debuginfo -C target-feature=+bulk-memory --crate-type=cdylib
+//! --extern hotswap_guest=libhotswap_guest.rlib lib.rs`, the SDK built the
+//! same way with `--crate-type=rlib --crate-name=hotswap_guest`.
 //!
 //! The ABI this implements is specified in docs/abi.md. In short: the host
 //! copies a call's input into an exchange buffer this SDK owns and makes one
@@ -53,7 +57,10 @@ pub const ABI_VERSION: u32 = 1 << 16;
 /// What a handler answers: its output, or an error text for the caller.
 pub type Result<T> = std::result::Result<T, String>;
 
-type Handler = Box<dyn Fn(&[u8]) -> Result<Vec<u8>>>;
+enum Handler {
+    Owned(Box<dyn Fn(&[u8]) -> Result<Vec<u8>>>),
+    Into(Box<dyn Fn(&[u8], &mut Vec<u8>) -> Result<()>>),
+}
 
 /// The registrations of a module, handed to its init function.
 pub struct Module {
@@ -71,6 +78,21 @@ impl Module {
     where
         F: Fn(&[u8]) -> Result<Vec<u8>> + 'static,
     {
+        self.register(name, Handler::Owned(Box::new(handler)));
+    }
+
+    /// Registers `handler` under `name`, like [`Module::handle`], for hot
+    /// paths: the handler appends its output to a buffer the SDK keeps
+    /// between calls (empty at each call), so a call allocates nothing once
+    /// the buffer has grown to the outputs' size.
+    pub fn handle_into<F>(&mut self, name: &str, handler: F)
+    where
+        F: Fn(&[u8], &mut Vec<u8>) -> Result<()> + 'static,
+    {
+        self.register(name, Handler::Into(Box::new(handler)));
+    }
+
+    fn register(&mut self, name: &str, handler: Handler) {
         if name.is_empty() || name.contains('\n') {
             panic!("hotswap_guest: invalid handler name {:?}", name);
         }
@@ -78,7 +100,7 @@ impl Module {
             panic!("hotswap_guest: handler {:?} registered twice", name);
         }
         self.names.push(name.to_string());
-        self.handlers.push(Box::new(handler));
+        self.handlers.push(handler);
     }
 
     /// Registers a check the host runs once on a fresh instance before the
@@ -273,12 +295,15 @@ pub mod abi {
             // The state stays borrowed during the handler: handlers reach
             // only the host functions, never the state.
             let st = &mut *s.borrow_mut();
+            let mut out = std::mem::take(&mut st.out);
+            out.clear();
             let r = match (st.module.as_ref(), st.exchange.get(..n as usize)) {
                 (None, _) => Err("module not initialized".to_string()),
                 (_, None) => Err("input length exceeds the exchange buffer".to_string()),
                 (Some(m), Some(input)) => match m.handlers.get(id as usize) {
                     None => Err(format!("unknown handler id {}", id)),
-                    Some(h) => h(input),
+                    Some(Handler::Owned(h)) => h(input),
+                    Some(Handler::Into(h)) => h(input, &mut out).map(|()| out),
                 },
             };
             answer(st, r)
