@@ -102,26 +102,13 @@ func buildForeign(ctx context.Context, cacheDir, root, src string, sdkDirs []str
 			return "", fmt.Errorf("build guest %s: %w", src, err)
 		}
 	}
-	key := hex.EncodeToString(h.Sum(nil))
 	name := strings.Trim(strings.ReplaceAll(strings.TrimSuffix(src, filepath.Ext(src)), "/", "_"), "._")
-	out := filepath.Join(cacheDir, name+"-"+key[:16]+".wasm")
-	if _, err := os.Stat(out); err == nil {
-		return out, nil
-	}
-	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		return "", err
-	}
-	f, err := os.CreateTemp(cacheDir, name+"-*.tmp")
-	if err != nil {
-		return "", err
-	}
-	tmp := f.Name()
-	f.Close()
-	defer os.Remove(tmp)
-	if err := build(ctx, tmp); err != nil {
-		return "", fmt.Errorf("build guest %s: %w", src, err)
-	}
-	return out, os.Rename(tmp, out)
+	return cached(cacheDir, name, hex.EncodeToString(h.Sum(nil)), func(tmp string) error {
+		if err := build(ctx, tmp); err != nil {
+			return fmt.Errorf("build guest %s: %w", src, err)
+		}
+		return nil
+	})
 }
 
 func run(ctx context.Context, dir, tool string, args ...string) error {

@@ -81,6 +81,19 @@ func Build(ctx context.Context, cacheDir, pkg, ldflags string) (string, error) {
 		return "", err
 	}
 	name := strings.Trim(strings.ReplaceAll(pkg, "/", "_"), "._")
+	return cached(cacheDir, name, key, func(tmp string) error {
+		cmd := Command(ctx, root, pkg, tmp, ldflags)
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build guest %s: %v\n%s", pkg, err, msg)
+		}
+		return nil
+	})
+}
+
+// cached returns the module named name and keyed by key in cacheDir,
+// building it with build (into the temporary path it is given) if it is
+// not there yet.
+func cached(cacheDir, name, key string, build func(tmp string) error) (string, error) {
 	out := filepath.Join(cacheDir, name+"-"+key[:16]+".wasm")
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
@@ -97,9 +110,8 @@ func Build(ctx context.Context, cacheDir, pkg, ldflags string) (string, error) {
 	tmp := f.Name()
 	f.Close()
 	defer os.Remove(tmp)
-	cmd := Command(ctx, root, pkg, tmp, ldflags)
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build guest %s: %v\n%s", pkg, err, msg)
+	if err := build(tmp); err != nil {
+		return "", err
 	}
 	return out, os.Rename(tmp, out)
 }
