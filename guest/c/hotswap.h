@@ -9,7 +9,9 @@
  *   clang --target=wasm32 -O2 -nostdlib -ffreestanding \
  *       -Wl,--no-entry -Wl,--stack-first -o echo.wasm echo.c
  *
- * --stack-first puts the C stack at the bottom of memory, so a C stack
+ * Add -mbulk-memory to use __builtin_memcpy/__builtin_memset: without a C
+ * library they must become memory.copy/memory.fill, or the link fails on an
+ * undefined memcpy. --stack-first puts the C stack at the bottom of memory, so a C stack
  * overflow traps (an access below address 0) instead of overwriting data:
  * the host bounds the WebAssembly call depth, not the C stack in linear
  * memory.
