@@ -10,11 +10,11 @@
  *       -Wl,--no-entry -Wl,--stack-first -o echo.wasm echo.c
  *
  * Add -mbulk-memory to use __builtin_memcpy/__builtin_memset: without a C
- * library they must become memory.copy/memory.fill, or the link fails on an
- * undefined memcpy. --stack-first puts the C stack at the bottom of memory, so a C stack
- * overflow traps (an access below address 0) instead of overwriting data:
- * the host bounds the WebAssembly call depth, not the C stack in linear
- * memory.
+ * library they must become memory.copy/memory.fill, or the link fails on
+ * an undefined memcpy. --stack-first puts the C stack at the bottom of
+ * memory, so a C stack overflow traps (an access below address 0) instead
+ * of overwriting data: the host bounds the WebAssembly call depth, not the
+ * C stack in linear memory.
  *
  * This header holds declarations and a few inline helpers only; it needs
  * nothing but the compiler's freestanding <stdint.h>.
