@@ -26,6 +26,9 @@
 // hostile_case_load_call_stall_ms gives each case's load and call times and
 // the longest stall meanwhile. The hostile modules run with a
 // 250 ms call deadline and a 500 ms InitTimeout.
+//
+// The language phase (languages.go) compares the same module in Go, Rust
+// and C: call p50, module size, Load to serving.
 package main
 
 import (
@@ -33,6 +36,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"maps"
 	"os"
 	"sync"
 	"time"
@@ -210,6 +214,11 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 		res["hostile_seconds"] = round2(h.took.Seconds())
 		res["hostile_case_load_call_stall_ms"] = h.caseMS
 	}
+	langs, err := languagePhase(ctx, rounds) // see languages.go
+	if err != nil {
+		return fmt.Errorf("languages: %w", err)
+	}
+	maps.Copy(res, langs)
 	benchutil.Result(res)
 	return nil
 }

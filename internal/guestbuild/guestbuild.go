@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -80,6 +81,19 @@ func Build(ctx context.Context, cacheDir, pkg, ldflags string) (string, error) {
 		return "", err
 	}
 	name := strings.Trim(strings.ReplaceAll(pkg, "/", "_"), "._")
+	return cached(cacheDir, name, key, func(tmp string) error {
+		cmd := Command(ctx, root, pkg, tmp, ldflags)
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build guest %s: %v\n%s", pkg, err, msg)
+		}
+		return nil
+	})
+}
+
+// cached returns the module named name and keyed by key in cacheDir,
+// building it with build (into the temporary path it is given) if it is
+// not there yet.
+func cached(cacheDir, name, key string, build func(tmp string) error) (string, error) {
 	out := filepath.Join(cacheDir, name+"-"+key[:16]+".wasm")
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
@@ -96,9 +110,8 @@ func Build(ctx context.Context, cacheDir, pkg, ldflags string) (string, error) {
 	tmp := f.Name()
 	f.Close()
 	defer os.Remove(tmp)
-	cmd := Command(ctx, root, pkg, tmp, ldflags)
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build guest %s: %v\n%s", pkg, err, msg)
+	if err := build(tmp); err != nil {
+		return "", err
 	}
 	return out, os.Rename(tmp, out)
 }
@@ -148,21 +161,26 @@ func sourceKey(root, pkg, ldflags string) (string, error) {
 	h := sha256.New()
 	fmt.Fprintln(h, runtime.Version(), pkg, ldflags)
 	for _, dir := range []string{filepath.Join(root, pkg), filepath.Join(root, "guest")} {
-		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") {
-				return err
-			}
-			data, err := os.ReadFile(path)
-			rel, _ := filepath.Rel(root, path) // a clone elsewhere shares the cache
-			fmt.Fprintln(h, rel, len(data))
-			h.Write(data)
-			return err
-		})
-		if err != nil {
+		if err := digestDir(h, root, dir, ".go"); err != nil {
 			return "", err
 		}
 	}
 	mod, err := os.ReadFile(filepath.Join(root, "go.mod"))
 	h.Write(mod)
 	return hex.EncodeToString(h.Sum(nil)), err
+}
+
+// digestDir writes the relative path, size and contents of every file under
+// dir whose name ends in suffix to h.
+func digestDir(h io.Writer, root, dir, suffix string) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, suffix) {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		rel, _ := filepath.Rel(root, path) // a clone elsewhere shares the cache
+		fmt.Fprintln(h, rel, len(data))
+		h.Write(data)
+		return err
+	})
 }
