@@ -1,0 +1,416 @@
+package goplugin
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"plugin"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hotswapgo/hotswap/module"
+)
+
+// PluginABI is the version of the protocol between this package and the
+// code `hotswap build --plugin` adds to a plugin. A plugin that speaks
+// another is refused.
+const PluginABI = 1
+
+// Backend runs Go plugins built by Build (`hotswap build --plugin`). It is
+// safe for concurrent use.
+//
+// Before it opens a plugin it compares the plugin's build (Go version,
+// build settings, module versions and sums, package fingerprints) with the
+// running host's and refuses the first difference, because a failed
+// plugin.Open cannot be retried in the same process. It opens each plugin
+// from a unique copy, and never twice: a version loaded again from the same
+// bytes reuses the plugin already open. Plugins are never unloaded; see
+// Retained and Options.MaxRetained.
+type Backend struct {
+	opts Options
+	log  *slog.Logger
+	host *identity
+	run  string // this process's directory of plugin copies, under opts.Dir
+
+	// openMu serializes opens, from the retained-count check to the
+	// record of the opened plugin, so the cap holds.
+	openMu sync.Mutex
+
+	mu     sync.Mutex          // protects libs, paths, hashes, seq, closed
+	libs   map[string]*library // every plugin opened, by artifact digest
+	paths  map[string]string   // plugin path (main package) -> digest
+	hashes map[string]string   // package -> fingerprint, of packages the plugins brought in
+	seq    int                 // numbers the copies
+	closed bool
+}
+
+var _ module.Backend = (*Backend)(nil)
+
+// library is one opened plugin. Its code and data stay mapped until the
+// process exits.
+type library struct {
+	module, version, digest string // the first version loaded from it
+	path                    string // the copy opened
+	pluginPath              string
+	mapped                  uint64 // bytes of the file mapped into the process
+	openedAt                time.Time
+	state                   *module.KV
+	// err is why the plugin cannot serve (its open or binding failed); a
+	// later load of the same bytes fails the same way without a new open.
+	err      *module.LoadError
+	names    []string
+	fns      []func([]byte) ([]byte, error)
+	selfTest func() error
+	migrate  func(string) error
+	live     atomic.Int32 // versions (Code) prepared from it and not closed
+}
+
+// New returns a Backend. It reads the running binary's build identity and
+// prepares Options.Dir now.
+func New(opts Options) (*Backend, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("goplugin: %w", err)
+	}
+	host, err := hostIdentity()
+	if err != nil {
+		return nil, fmt.Errorf("goplugin: %w", err)
+	}
+	run, err := runDir(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("goplugin: plugin directory %s: %w", opts.Dir, err)
+	}
+	return &Backend{
+		opts: opts, log: opts.Logger, host: host, run: run,
+		libs: make(map[string]*library), paths: make(map[string]string), hashes: make(map[string]string),
+	}, nil
+}
+
+// Prepare checks spec.Artifact without loading it, opens it (or reuses the
+// plugin already open from the same bytes) and validates it:
+//
+//   - it is an ELF shared object built with -buildmode=plugin ("validate");
+//   - it was built like the host: same Go version, build settings, module
+//     versions and sums and package fingerprints, and a plugin path no
+//     other plugin in the process has ("compat"); the error names the first
+//     difference;
+//   - the process holds fewer than MaxRetained plugins ("retained");
+//   - its initialization does not panic, and it was built by Build with
+//     the SDK protocol PluginABI ("init", "abi");
+//   - it registers every RequiredHandlers entry ("exports");
+//   - its self-test passes within InitTimeout ("selftest").
+//
+// Cancelling ctx aborts the preparation before the plugin is opened;
+// opening cannot be interrupted.
+func (b *Backend) Prepare(ctx context.Context, spec module.Spec) (module.Code, error) {
+	start := time.Now()
+	digest := spec.Digest
+	if digest == "" {
+		sum := sha256.Sum256(spec.Artifact)
+		digest = hex.EncodeToString(sum[:])
+	}
+	lib, err := b.library(ctx, spec, digest)
+	if err != nil {
+		return nil, err
+	}
+	handlers := make(map[string]func([]byte) ([]byte, error), len(lib.names))
+	for i, name := range lib.names {
+		handlers[name] = lib.fns[i]
+	}
+	for _, name := range b.opts.RequiredHandlers {
+		if handlers[name] == nil {
+			return nil, module.Reject("exports", fmt.Errorf("%w: handler %q is required but the plugin registers only [%s]",
+				module.ErrMissingExport, name, strings.Join(lib.names, ", ")))
+		}
+	}
+	if err := b.runHook(ctx, "self-test", lib.selfTest); err != nil {
+		return nil, module.Reject("selftest", fmt.Errorf("%w: %w", module.ErrSelfTestFailed, err))
+	}
+	c := &code{lib: lib, migrate: lib.migrate, b: b, prepared: time.Since(start)}
+	c.handlers.Store(&handlers)
+	lib.live.Add(1)
+	return c, nil
+}
+
+// library returns the opened plugin of spec's artifact, opening it if this
+// is the first load of those bytes.
+func (b *Backend) library(ctx context.Context, spec module.Spec, digest string) (*library, error) {
+	b.openMu.Lock()
+	defer b.openMu.Unlock()
+	b.mu.Lock()
+	lib, closed, retained := b.libs[digest], b.closed, len(b.libs)
+	loaded := b.hashes
+	b.mu.Unlock()
+	if closed {
+		return nil, module.ErrClosed
+	}
+	if lib != nil {
+		if lib.state != spec.State {
+			return nil, module.Reject("compat", fmt.Errorf("%w: this plugin is already open as module %s and a plugin serves one module",
+				module.ErrInvalidModule, lib.module))
+		}
+		if le := lib.err; le != nil {
+			return nil, module.Reject(le.Check, le.Err) // a fresh error: the registry fills it in
+		}
+		return lib, nil
+	}
+
+	id, err := pluginIdentity(spec.Artifact)
+	if err != nil {
+		return nil, module.Reject("validate", err)
+	}
+	// loaded is only written under openMu, which this goroutine holds.
+	if err := compatible(b.host, id, loaded); err != nil {
+		return nil, module.Reject("compat", err)
+	}
+	b.mu.Lock()
+	other, clash := b.paths[id.info.Path]
+	b.mu.Unlock()
+	if clash {
+		return nil, module.Reject("compat", &IncompatibleError{What: "plugin path " + id.info.Path,
+			Host: "a plugin already open with it (" + b.describe(other) + ")",
+			Plugin: "the same path; rebuild with `hotswap build --plugin`, which gives every build fresh import paths"})
+	}
+	if retained >= b.opts.MaxRetained {
+		return nil, module.Reject("retained", &RetainedError{Retained: retained, Max: b.opts.MaxRetained})
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	path, err := b.copyOf(spec, digest)
+	if err != nil {
+		return nil, fmt.Errorf("copy the plugin: %w", err)
+	}
+	lib = &library{module: spec.Module, version: spec.Version, digest: digest, path: path,
+		pluginPath: id.info.Path, state: spec.State, openedAt: time.Now()}
+	p, err := open(path)
+	lib.mapped = mappedBytes(path)
+	if err == nil {
+		err = b.bind(lib, p)
+	}
+	if err != nil {
+		lib.err = asLoadError(err)
+	}
+	b.mu.Lock()
+	b.libs[digest] = lib
+	b.paths[id.info.Path] = digest
+	next := make(map[string]string, len(b.hashes)+len(id.hashes))
+	for k, v := range b.hashes {
+		next[k] = v
+	}
+	for k, v := range id.hashes {
+		if _, ok := b.host.hashes[k]; !ok {
+			next[k] = v
+		}
+	}
+	b.hashes = next
+	b.mu.Unlock()
+	b.log.Info("plugin opened", "module", spec.Module, "version", spec.Version, "digest", digest,
+		"path", path, "mapped_bytes", lib.mapped, "err", err)
+	return lib, err
+}
+
+// open runs plugin.Open, turning a panic in the plugin's initialization into
+// an error.
+func open(path string) (p *plugin.Plugin, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = module.Reject("init", fmt.Errorf("%w: panic: %v", module.ErrInitFailed, r))
+		}
+	}()
+	p, err = plugin.Open(path)
+	if err != nil {
+		return nil, module.Reject("init", fmt.Errorf("%w: %v", module.ErrInitFailed, err))
+	}
+	return p, nil
+}
+
+// bind looks up the SDK's symbols, binds the host functions and reads the
+// handler table.
+func (b *Backend) bind(lib *library, p *plugin.Plugin) error {
+	missing := func(name string) error {
+		return module.Reject("abi", notPlugin("symbol %s is missing or mistyped; build the plugin with `hotswap build --plugin`", name))
+	}
+	abiSym, err := p.Lookup("HotswapPluginABI")
+	abi, ok := abiSym.(func() uint32)
+	if err != nil || !ok {
+		return missing("HotswapPluginABI")
+	}
+	if v := abi(); v != PluginABI {
+		return module.Reject("abi", fmt.Errorf("%w: the plugin speaks plugin ABI %d; this host speaks %d", module.ErrABIMismatch, v, PluginABI))
+	}
+	bindSym, _ := p.Lookup("HotswapPluginBind")
+	bind, ok := bindSym.(func(func(int32, string), func(string) ([]byte, bool), func(string, []byte), func(string), func(string, int64) int64))
+	if !ok {
+		return missing("HotswapPluginBind")
+	}
+	handlersSym, _ := p.Lookup("HotswapPluginHandlers")
+	handlers, ok := handlersSym.(func() ([]string, []func([]byte) ([]byte, error)))
+	if !ok {
+		return missing("HotswapPluginHandlers")
+	}
+	selfTestSym, _ := p.Lookup("HotswapPluginSelfTest")
+	if lib.selfTest, ok = selfTestSym.(func() error); !ok {
+		return missing("HotswapPluginSelfTest")
+	}
+	migrateSym, _ := p.Lookup("HotswapPluginMigrate")
+	if lib.migrate, ok = migrateSym.(func(string) error); !ok {
+		return missing("HotswapPluginMigrate")
+	}
+	kv, log := lib.state, b.log.With("module", lib.module, "plugin", lib.digest[:12])
+	bind(func(level int32, msg string) { log.Log(context.Background(), slog.Level(level), msg) },
+		func(key string) ([]byte, bool) {
+			v, ok := kv.Get(key)
+			return slices.Clone(v), ok
+		},
+		kv.Set, kv.Delete, kv.Add)
+	lib.names, lib.fns = handlers()
+	if len(lib.names) != len(lib.fns) {
+		return module.Reject("abi", notPlugin("handler table has %d names and %d functions", len(lib.names), len(lib.fns)))
+	}
+	return nil
+}
+
+// runHook runs a self-test or migrate hook, bounded by InitTimeout and ctx.
+// A panic fails the hook. Native code cannot be stopped: a hook past its
+// deadline keeps running on its goroutine.
+func (b *Backend) runHook(ctx context.Context, what string, hook func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				done <- fmt.Errorf("%w: %s panicked: %v", module.ErrTrapped, what, r)
+			}
+		}()
+		done <- hook()
+	}()
+	t := time.NewTimer(b.opts.InitTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("%w: %s still running after %v (it cannot be stopped and keeps running)", module.ErrTimeout, what, b.opts.InitTimeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// copyOf writes the artifact to a path no plugin was opened from.
+func (b *Backend) copyOf(spec module.Spec, digest string) (string, error) {
+	b.mu.Lock()
+	b.seq++
+	n := b.seq
+	b.mu.Unlock()
+	path := filepath.Join(b.run, fmt.Sprintf("%s-%s-%d.so", safeName(spec.Module), digest[:16], n))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o500)
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.Write(spec.Artifact); err != nil {
+		f.Close()
+		os.Remove(path)
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(path)
+		return "", err
+	}
+	return path, nil
+}
+
+func (b *Backend) describe(digest string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if lib := b.libs[digest]; lib != nil {
+		return lib.module + "@" + lib.version
+	}
+	return digest
+}
+
+// safeName keeps a file name to letters, digits, '-' and '_'.
+func safeName(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '_'
+	}, s)
+}
+
+// Close stops taking loads and removes this process's plugin copies. The
+// plugins stay mapped: Go cannot unload them.
+func (b *Backend) Close(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	if err := os.RemoveAll(b.run); err != nil {
+		return fmt.Errorf("goplugin: remove plugin copies: %w", err)
+	}
+	return nil
+}
+
+// RetainedVersion describes one plugin the process holds.
+type RetainedVersion struct {
+	Module  string `json:"module"`
+	Version string `json:"version"` // the first version loaded from it
+	Digest  string `json:"digest"`
+	// MappedBytes is the size of the plugin's file mappings; its heap and
+	// bss are not counted.
+	MappedBytes uint64 `json:"mapped_bytes"`
+	// InUse reports whether a loaded version (active, previous, canary or
+	// draining) still runs it; a retained plugin not in use takes no calls.
+	InUse    bool      `json:"in_use"`
+	OpenedAt time.Time `json:"opened_at"`
+	// Failed is why the plugin opened but cannot serve; empty if it can.
+	Failed string `json:"failed,omitempty"`
+}
+
+// Retained describes the plugins the process holds.
+type Retained struct {
+	Versions    []RetainedVersion `json:"versions"`
+	Max         int               `json:"max"`
+	MappedBytes uint64            `json:"mapped_bytes"`
+}
+
+// Retained lists every plugin this backend opened, in the order opened.
+func (b *Backend) Retained() Retained {
+	b.mu.Lock()
+	libs := make([]*library, 0, len(b.libs))
+	for _, l := range b.libs {
+		libs = append(libs, l)
+	}
+	b.mu.Unlock()
+	slices.SortFunc(libs, func(x, y *library) int { return x.openedAt.Compare(y.openedAt) })
+	r := Retained{Max: b.opts.MaxRetained, Versions: make([]RetainedVersion, 0, len(libs))}
+	for _, l := range libs {
+		v := RetainedVersion{Module: l.module, Version: l.version, Digest: l.digest, MappedBytes: l.mapped,
+			InUse: l.live.Load() > 0, OpenedAt: l.openedAt}
+		if l.err != nil {
+			v.Failed = l.err.Error()
+		}
+		r.Versions = append(r.Versions, v)
+		r.MappedBytes += l.mapped
+	}
+	return r
+}
+
+// asLoadError returns err as the *module.LoadError it is or wraps.
+func asLoadError(err error) *module.LoadError {
+	var le *module.LoadError
+	if errors.As(err, &le) {
+		return le
+	}
+	return &module.LoadError{Check: "init", Err: err}
+}
