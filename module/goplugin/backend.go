@@ -40,19 +40,24 @@ type Backend struct {
 	host *identity
 	run  string // this process's directory of plugin copies, under opts.Dir
 
-	// openMu serializes opens, from the retained-count check to the
-	// record of the opened plugin, so the cap holds.
-	openMu sync.Mutex
-
-	mu     sync.Mutex          // protects libs, paths, hashes, seq, closed
-	libs   map[string]*library // every plugin opened, by artifact digest
-	paths  map[string]string   // plugin path (main package) -> digest
-	hashes map[string]string   // package -> fingerprint, of packages the plugins brought in
-	seq    int                 // numbers the copies
+	mu     sync.Mutex          // protects mine, closed
+	mine   map[string]*library // the plugins this backend loaded, by digest
 	closed bool
 }
 
 var _ module.Backend = (*Backend)(nil)
+
+// opened mirrors the runtime's own table of plugins, which is one per
+// process: a plugin opened by any Backend can be opened by no other, and
+// the packages it brought in bind every later plugin. It is the one
+// package-level variable here because the state it mirrors is global.
+var opened = struct {
+	mu     sync.Mutex          // protects libs, paths, hashes, seq; held across an open so the checks and the open agree
+	libs   map[string]*library // by artifact digest
+	paths  map[string]string   // plugin path (main package) -> digest
+	hashes map[string]string   // package -> fingerprint, of packages plugins brought in
+	seq    int                 // numbers the copies
+}{libs: map[string]*library{}, paths: map[string]string{}, hashes: map[string]string{}}
 
 // library is one opened plugin. Its code and data stay mapped until the
 // process exits.
@@ -62,7 +67,6 @@ type library struct {
 	pluginPath              string
 	mapped                  uint64 // bytes of the file mapped into the process
 	openedAt                time.Time
-	state                   *module.KV
 	// err is why the plugin cannot serve (its open or binding failed); a
 	// later load of the same bytes fails the same way without a new open.
 	err      *module.LoadError
@@ -70,7 +74,18 @@ type library struct {
 	fns      []func([]byte) ([]byte, error)
 	selfTest func() error
 	migrate  func(string) error
-	live     atomic.Int32 // versions (Code) prepared from it and not closed
+
+	// host is what the plugin's host functions reach: the state and logger
+	// of the module it serves. It changes only when no version of the
+	// plugin is live.
+	host atomic.Pointer[pluginHost]
+	live atomic.Int32 // versions (Code) prepared from it and not closed
+}
+
+// pluginHost is the module a plugin serves.
+type pluginHost struct {
+	state *module.KV
+	log   *slog.Logger
 }
 
 // New returns a Backend. It reads the running binary's build identity and
@@ -88,10 +103,7 @@ func New(opts Options) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("goplugin: plugin directory %s: %w", opts.Dir, err)
 	}
-	return &Backend{
-		opts: opts, log: opts.Logger, host: host, run: run,
-		libs: make(map[string]*library), paths: make(map[string]string), hashes: make(map[string]string),
-	}, nil
+	return &Backend{opts: opts, log: opts.Logger, host: host, run: run, mine: make(map[string]*library)}, nil
 }
 
 // Prepare checks spec.Artifact without loading it, opens it (or reuses the
@@ -102,7 +114,7 @@ func New(opts Options) (*Backend, error) {
 //     versions and sums and package fingerprints, and a plugin path no
 //     other plugin in the process has ("compat"); the error names the first
 //     difference;
-//   - the process holds fewer than MaxRetained plugins ("retained");
+//   - the backend holds fewer than MaxRetained plugins ("retained");
 //   - its initialization does not panic, and it was built by Build with
 //     the SDK protocol PluginABI ("init", "abi");
 //   - it registers every RequiredHandlers entry ("exports");
@@ -131,35 +143,42 @@ func (b *Backend) Prepare(ctx context.Context, spec module.Spec) (module.Code, e
 				module.ErrMissingExport, name, strings.Join(lib.names, ", ")))
 		}
 	}
+	lib.live.Add(1) // before the self-test: the plugin now serves spec.Module
 	if err := b.runHook(ctx, "self-test", lib.selfTest); err != nil {
+		lib.live.Add(-1)
 		return nil, module.Reject("selftest", fmt.Errorf("%w: %w", module.ErrSelfTestFailed, err))
 	}
 	c := &code{lib: lib, migrate: lib.migrate, b: b, prepared: time.Since(start)}
 	c.handlers.Store(&handlers)
-	lib.live.Add(1)
 	return c, nil
 }
 
 // library returns the opened plugin of spec's artifact, opening it if this
-// is the first load of those bytes.
+// is the first load of those bytes in the process, and points its host
+// functions at spec's module.
 func (b *Backend) library(ctx context.Context, spec module.Spec, digest string) (*library, error) {
-	b.openMu.Lock()
-	defer b.openMu.Unlock()
+	opened.mu.Lock()
+	defer opened.mu.Unlock()
 	b.mu.Lock()
-	lib, closed, retained := b.libs[digest], b.closed, len(b.libs)
-	loaded := b.hashes
+	closed, retained, mine := b.closed, len(b.mine), b.mine[digest] != nil
 	b.mu.Unlock()
 	if closed {
 		return nil, module.ErrClosed
 	}
-	if lib != nil {
-		if lib.state != spec.State {
-			return nil, module.Reject("compat", fmt.Errorf("%w: this plugin is already open as module %s and a plugin serves one module",
-				module.ErrInvalidModule, lib.module))
-		}
+	if !mine && retained >= b.opts.MaxRetained {
+		return nil, module.Reject("retained", &RetainedError{Retained: retained, Max: b.opts.MaxRetained})
+	}
+	host := &pluginHost{state: spec.State, log: b.log.With("module", spec.Module, "plugin", digest[:min(12, len(digest))])}
+	if lib := opened.libs[digest]; lib != nil {
 		if le := lib.err; le != nil {
 			return nil, module.Reject(le.Check, le.Err) // a fresh error: the registry fills it in
 		}
+		if cur := lib.host.Load(); cur.state != spec.State && lib.live.Load() > 0 {
+			return nil, module.Reject("compat", fmt.Errorf("%w: this plugin serves module %s (with its own state) and a plugin serves one module at a time",
+				module.ErrInvalidModule, lib.module))
+		}
+		lib.host.Store(host)
+		b.keep(lib)
 		return lib, nil
 	}
 
@@ -167,55 +186,52 @@ func (b *Backend) library(ctx context.Context, spec module.Spec, digest string) 
 	if err != nil {
 		return nil, module.Reject("validate", err)
 	}
-	// loaded is only written under openMu, which this goroutine holds.
-	if err := compatible(b.host, id, loaded); err != nil {
+	if err := compatible(b.host, id, opened.hashes); err != nil {
 		return nil, module.Reject("compat", err)
 	}
-	b.mu.Lock()
-	other, clash := b.paths[id.info.Path]
-	b.mu.Unlock()
-	if clash {
+	if other, clash := opened.paths[id.info.Path]; clash {
+		o := opened.libs[other]
 		return nil, module.Reject("compat", &IncompatibleError{What: "plugin path " + id.info.Path,
-			Host: "a plugin already open with it (" + b.describe(other) + ")",
-			Plugin: "the same path; rebuild with `hotswap build --plugin`, which gives every build fresh import paths"})
-	}
-	if retained >= b.opts.MaxRetained {
-		return nil, module.Reject("retained", &RetainedError{Retained: retained, Max: b.opts.MaxRetained})
+			Host:   fmt.Sprintf("it open already as %s@%s", o.module, o.version),
+			Plugin: "it too; build every version with `hotswap build --plugin`, which gives each build fresh import paths"})
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	path, err := b.copyOf(spec, digest)
+	opened.seq++
+	path, err := b.copyOf(spec, digest, opened.seq)
 	if err != nil {
 		return nil, fmt.Errorf("copy the plugin: %w", err)
 	}
-	lib = &library{module: spec.Module, version: spec.Version, digest: digest, path: path,
-		pluginPath: id.info.Path, state: spec.State, openedAt: time.Now()}
+	lib := &library{module: spec.Module, version: spec.Version, digest: digest, path: path,
+		pluginPath: id.info.Path, openedAt: time.Now()}
+	lib.host.Store(host)
 	p, err := open(path)
 	lib.mapped = mappedBytes(path)
 	if err == nil {
-		err = b.bind(lib, p)
+		err = bind(lib, p)
 	}
 	if err != nil {
 		lib.err = asLoadError(err)
 	}
-	b.mu.Lock()
-	b.libs[digest] = lib
-	b.paths[id.info.Path] = digest
-	next := make(map[string]string, len(b.hashes)+len(id.hashes))
-	for k, v := range b.hashes {
-		next[k] = v
-	}
+	opened.libs[digest] = lib
+	opened.paths[id.info.Path] = digest
 	for k, v := range id.hashes {
 		if _, ok := b.host.hashes[k]; !ok {
-			next[k] = v
+			opened.hashes[k] = v
 		}
 	}
-	b.hashes = next
-	b.mu.Unlock()
+	b.keep(lib)
 	b.log.Info("plugin opened", "module", spec.Module, "version", spec.Version, "digest", digest,
 		"path", path, "mapped_bytes", lib.mapped, "err", err)
 	return lib, err
+}
+
+// keep counts lib as one of the backend's plugins.
+func (b *Backend) keep(lib *library) {
+	b.mu.Lock()
+	b.mine[lib.digest] = lib
+	b.mu.Unlock()
 }
 
 // open runs plugin.Open, turning a panic in the plugin's initialization into
@@ -235,7 +251,7 @@ func open(path string) (p *plugin.Plugin, err error) {
 
 // bind looks up the SDK's symbols, binds the host functions and reads the
 // handler table.
-func (b *Backend) bind(lib *library, p *plugin.Plugin) error {
+func bind(lib *library, p *plugin.Plugin) error {
 	missing := func(name string) error {
 		return module.Reject("abi", notPlugin("symbol %s is missing or mistyped; build the plugin with `hotswap build --plugin`", name))
 	}
@@ -265,13 +281,15 @@ func (b *Backend) bind(lib *library, p *plugin.Plugin) error {
 	if lib.migrate, ok = migrateSym.(func(string) error); !ok {
 		return missing("HotswapPluginMigrate")
 	}
-	kv, log := lib.state, b.log.With("module", lib.module, "plugin", lib.digest[:12])
-	bind(func(level int32, msg string) { log.Log(context.Background(), slog.Level(level), msg) },
+	h := &lib.host
+	bind(func(level int32, msg string) { h.Load().log.Log(context.Background(), slog.Level(level), msg) },
 		func(key string) ([]byte, bool) {
-			v, ok := kv.Get(key)
+			v, ok := h.Load().state.Get(key)
 			return slices.Clone(v), ok
 		},
-		kv.Set, kv.Delete, kv.Add)
+		func(key string, v []byte) { h.Load().state.Set(key, v) },
+		func(key string) { h.Load().state.Delete(key) },
+		func(key string, delta int64) int64 { return h.Load().state.Add(key, delta) })
 	lib.names, lib.fns = handlers()
 	if len(lib.names) != len(lib.fns) {
 		return module.Reject("abi", notPlugin("handler table has %d names and %d functions", len(lib.names), len(lib.fns)))
@@ -305,11 +323,7 @@ func (b *Backend) runHook(ctx context.Context, what string, hook func() error) e
 }
 
 // copyOf writes the artifact to a path no plugin was opened from.
-func (b *Backend) copyOf(spec module.Spec, digest string) (string, error) {
-	b.mu.Lock()
-	b.seq++
-	n := b.seq
-	b.mu.Unlock()
+func (b *Backend) copyOf(spec module.Spec, digest string, n int) (string, error) {
 	path := filepath.Join(b.run, fmt.Sprintf("%s-%s-%d.so", safeName(spec.Module), digest[:16], n))
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o500)
 	if err != nil {
@@ -325,15 +339,6 @@ func (b *Backend) copyOf(spec module.Spec, digest string) (string, error) {
 		return "", err
 	}
 	return path, nil
-}
-
-func (b *Backend) describe(digest string) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if lib := b.libs[digest]; lib != nil {
-		return lib.module + "@" + lib.version
-	}
-	return digest
 }
 
 // safeName keeps a file name to letters, digits, '-' and '_'.
@@ -384,11 +389,11 @@ type Retained struct {
 	MappedBytes uint64            `json:"mapped_bytes"`
 }
 
-// Retained lists every plugin this backend opened, in the order opened.
+// Retained lists every plugin this backend loaded, in the order opened.
 func (b *Backend) Retained() Retained {
 	b.mu.Lock()
-	libs := make([]*library, 0, len(b.libs))
-	for _, l := range b.libs {
+	libs := make([]*library, 0, len(b.mine))
+	for _, l := range b.mine {
 		libs = append(libs, l)
 	}
 	b.mu.Unlock()

@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"go/ast"
 	"go/format"
 	"go/parser"
 	"go/token"
@@ -344,9 +343,6 @@ func rewriteImports(p string, rename map[string]string) (string, error) {
 		}
 		for from, to := range rename {
 			if old == from || strings.HasPrefix(old, from+"/") {
-				if imp.Name == nil && old == guestImport {
-					imp.Name = ast.NewIdent("guest") // keep the name the code uses
-				}
 				imp.Path.Value = strconv.Quote(to + old[len(from):])
 				break
 			}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // runDir checks dir (creating it if missing) and makes this process's
@@ -55,8 +57,8 @@ func runPID(name string) (int, bool) {
 }
 
 func alive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	err := unix.Kill(pid, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
 }
 
 // mappedBytes sums the sizes of this process's mappings of the file at path.
