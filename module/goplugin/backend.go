@@ -45,7 +45,10 @@ type Backend struct {
 	closed bool
 }
 
-var _ module.Backend = (*Backend)(nil)
+var (
+	_ module.Backend  = (*Backend)(nil)
+	_ module.Retainer = (*Backend)(nil)
+)
 
 // opened mirrors the runtime's own table of plugins, which is one per
 // process: a plugin opened by any Backend can be opened by no other, and
@@ -366,31 +369,8 @@ func (b *Backend) Close(ctx context.Context) error {
 	return nil
 }
 
-// RetainedVersion describes one plugin the process holds.
-type RetainedVersion struct {
-	Module  string `json:"module"`
-	Version string `json:"version"` // the first version loaded from it
-	Digest  string `json:"digest"`
-	// MappedBytes is the size of the plugin's file mappings; its heap and
-	// bss are not counted.
-	MappedBytes uint64 `json:"mapped_bytes"`
-	// InUse reports whether a loaded version (active, previous, canary or
-	// draining) still runs it; a retained plugin not in use takes no calls.
-	InUse    bool      `json:"in_use"`
-	OpenedAt time.Time `json:"opened_at"`
-	// Failed is why the plugin opened but cannot serve; empty if it can.
-	Failed string `json:"failed,omitempty"`
-}
-
-// Retained describes the plugins the process holds.
-type Retained struct {
-	Versions    []RetainedVersion `json:"versions"`
-	Max         int               `json:"max"`
-	MappedBytes uint64            `json:"mapped_bytes"`
-}
-
 // Retained lists every plugin this backend loaded, in the order opened.
-func (b *Backend) Retained() Retained {
+func (b *Backend) Retained() module.Retained {
 	b.mu.Lock()
 	libs := make([]*library, 0, len(b.mine))
 	for _, l := range b.mine {
@@ -398,10 +378,10 @@ func (b *Backend) Retained() Retained {
 	}
 	b.mu.Unlock()
 	slices.SortFunc(libs, func(x, y *library) int { return x.openedAt.Compare(y.openedAt) })
-	r := Retained{Max: b.opts.MaxRetained, Versions: make([]RetainedVersion, 0, len(libs))}
+	r := module.Retained{Max: b.opts.MaxRetained, Versions: make([]module.RetainedVersion, 0, len(libs))}
 	for _, l := range libs {
-		v := RetainedVersion{Module: l.module, Version: l.version, Digest: l.digest, MappedBytes: l.mapped,
-			InUse: l.live.Load() > 0, OpenedAt: l.openedAt}
+		v := module.RetainedVersion{Module: l.module, Version: l.version, Digest: l.digest, MappedBytes: l.mapped,
+			InUse: l.live.Load() > 0, LoadedAt: l.openedAt}
 		if l.err != nil {
 			v.Failed = l.err.Error()
 		}
