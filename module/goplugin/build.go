@@ -16,11 +16,13 @@ import (
 	"go/parser"
 	"go/token"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -60,6 +62,11 @@ type BuildOptions struct {
 	// GoCmd is the go command. Its version must be the host's. Defaults to
 	// DefaultGoCmd ("go").
 	GoCmd string
+	// Vars sets string variables of the main package at link time, as
+	// -ldflags "-X main.name=value" does for a binary (the plugin's main
+	// package has another import path, which Build fills in). A -ldflags
+	// in Flags replaces this. Defaults to none.
+	Vars map[string]string
 	// Flags are extra go build flags, after the mirrored ones. Defaults to
 	// none.
 	Flags []string
@@ -196,6 +203,13 @@ func Build(ctx context.Context, opts BuildOptions) (*Built, error) {
 	}
 
 	args := append([]string{"build", "-buildmode=plugin", "-overlay", ovFile, "-o", out}, flags...)
+	if len(opts.Vars) > 0 {
+		var x []string
+		for _, k := range slices.Sorted(maps.Keys(opts.Vars)) {
+			x = append(x, "-X", strconv.Quote(freshImport+"/main."+k+"="+opts.Vars[k]))
+		}
+		args = append(args, "-ldflags="+strings.Join(x, " "))
+	}
 	args = append(append(args, opts.Flags...), freshImport+"/main")
 	if _, err := g.run(ctx, modRoot, args...); err != nil {
 		return nil, fmt.Errorf("build plugin %s: %w", opts.Dir, err)
