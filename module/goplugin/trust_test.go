@@ -112,4 +112,3 @@ func pluginHost(t *testing.T, f *testhost.Fixture, dev bool) *host.Host {
 	return f.Host(t, testhost.HostOptions{Dev: dev, Module: &wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}},
 		Options: func(o *host.Options) { o.Plugins = pb }})
 }
-
