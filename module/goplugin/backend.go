@@ -327,7 +327,7 @@ func (b *Backend) runHook(ctx context.Context, what string, hook func() error) e
 
 // copyOf writes the artifact to a path no plugin was opened from.
 func (b *Backend) copyOf(spec module.Spec, digest string, n int) (string, error) {
-	path := filepath.Join(b.run, fmt.Sprintf("%s-%s-%d.so", safeName(spec.Module), digest[:16], n))
+	path := filepath.Join(b.run, fmt.Sprintf("%s-%s-%d.so", safeName(spec.Module), safeName(digest[:min(16, len(digest))]), n))
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o500)
 	if err != nil {
 		return "", err

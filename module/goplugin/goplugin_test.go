@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"strconv"
 	"strings"
@@ -259,5 +260,37 @@ func TestNotAPlugin(t *testing.T) {
 		if !errors.As(err, &le) || le.Check != "validate" || !errors.Is(err, goplugin.ErrNotPlugin) || !errors.Is(err, module.ErrInvalidModule) {
 			t.Errorf("Load(%s) = %v; want a validate LoadError matching ErrNotPlugin and ErrInvalidModule", name, err)
 		}
+	}
+}
+
+// TestPricingExample loads the example's v2, the source `hotswap demo`
+// builds to WebAssembly, as a Go plugin and asks for a quote: the same
+// handlers, self-test, migrate hook and host-kept counter.
+func TestPricingExample(t *testing.T) {
+	p := plugins(t)
+	r, _, _ := newRegistry(t, goplugin.Options{RequiredHandlers: []string{"quote"}})
+	load(t, r, "pricing", "v2", p.pricing)
+	m := r.Module("pricing")
+	for want := 1; want <= 2; want++ {
+		out, err := m.Call(context.Background(), "quote", []byte(`{"item":"apple","qty":10}`))
+		if err != nil {
+			t.Fatalf("Call(quote) = %v", err)
+		}
+		var price struct {
+			UnitCents, DiscountCents, TotalCents, Quotes int64
+			Version                                      string
+		}
+		if err := json.Unmarshal(out, &price); err != nil {
+			t.Fatalf("Call(quote) = %s: %v", out, err)
+		}
+		if price.Version != "v2" || price.DiscountCents != price.UnitCents || price.TotalCents != 9*price.UnitCents || price.Quotes != int64(want) {
+			t.Errorf("Call(quote) = %s; want v2's 10%% discount on 10 apples, quote number %d", out, want)
+		}
+	}
+	if v, ok := m.State().Get("schema"); !ok || string(v) != "2" {
+		t.Errorf("State().Get(schema) = %q, %v; want 2, set by v2's migrate hook", v, ok)
+	}
+	if _, err := m.Call(context.Background(), "quote", []byte(`{"qty":1}`)); !errors.Is(err, module.ErrGuest) {
+		t.Errorf("Call(quote) without an item = %v; want ErrGuest", err)
 	}
 }

@@ -30,6 +30,7 @@ type testPlugins struct {
 	tagged       []byte // echo built with an extra build tag
 	depvar       []byte // built against another golang.org/x/sys
 	goVersion    []byte // echoA with another Go version in its build info
+	pricing      []byte // examples/pricing/guests/v2, the WebAssembly example's source
 	err          error
 }
 
@@ -54,7 +55,10 @@ func buildPlugins(dir string) testPlugins {
 	defer cancel()
 	var p testPlugins
 	build := func(src, name string, opts goplugin.BuildOptions) ([]byte, error) {
-		opts.Dir, opts.Out, opts.WorkDir = filepath.Join("testdata", src), filepath.Join(dir, name+".so"), dir
+		if opts.Dir == "" {
+			opts.Dir = filepath.Join("testdata", src)
+		}
+		opts.Out, opts.WorkDir = filepath.Join(dir, name+".so"), dir
 		if _, err := goplugin.Build(ctx, opts); err != nil {
 			return nil, err
 		}
@@ -75,7 +79,7 @@ func buildPlugins(dir string) testPlugins {
 		return p
 	}
 	var wg sync.WaitGroup
-	errs := make([]error, 3)
+	errs := make([]error, 4)
 	wg.Go(func() { p.echoB, errs[0] = build("echo", "b", goplugin.BuildOptions{}) })
 	wg.Go(func() {
 		p.tagged, errs[1] = build("echo", "tagged", goplugin.BuildOptions{Flags: []string{"-tags=hotswap_other"}})
@@ -85,6 +89,9 @@ func buildPlugins(dir string) testPlugins {
 			Flags: []string{"-modfile=" + modfile},
 			Env:   []string{"GOFLAGS=-mod=mod -buildvcs=false", "GOSUMDB=off"},
 		})
+	})
+	wg.Go(func() {
+		p.pricing, errs[3] = build("", "pricing", goplugin.BuildOptions{Dir: filepath.Join(root, "examples", "pricing", "guests", "v2")})
 	})
 	wg.Wait()
 	for _, err := range errs {
