@@ -24,7 +24,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
@@ -32,8 +31,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -169,19 +166,8 @@ func buildAll(dir string, n, jobs int) ([][]byte, error) {
 // the process's resident set in bytes.
 func settledRSS() (int64, error) {
 	debug.FreeOSMemory()
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS in /proc/self/status")
+	rss, err := benchutil.VmRSS()
+	return int64(rss), err
 }
 
 func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
