@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -292,5 +294,45 @@ func TestPricingExample(t *testing.T) {
 	}
 	if _, err := m.Call(context.Background(), "quote", []byte(`{"qty":1}`)); !errors.Is(err, module.ErrGuest) {
 		t.Errorf("Call(quote) without an item = %v; want ErrGuest", err)
+	}
+}
+
+// TestNoLeaks loads, calls, refuses and closes, and wants the goroutines
+// and file descriptors it started with back.
+func TestNoLeaks(t *testing.T) {
+	p := plugins(t)
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	goroutines, files := runtime.NumGoroutine(), fds()
+	func() {
+		b, _ := newBackend(t, goplugin.Options{})
+		r, err := module.New(module.Options{Backend: b, DrainTimeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, so := range [][]byte{p.echoA, p.echoB, p.echoA, p.tagged} {
+			r.Load(context.Background(), "echo", module.Source{Version: strconv.Itoa(i), Artifact: so})
+			r.Call(context.Background(), "echo", "echo", []byte("x"))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := r.Close(ctx); err != nil {
+			t.Fatalf("Close() = %v", err)
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > goroutines {
+		t.Errorf("%d goroutines after Close; want at most the %d before", n, goroutines)
+	}
+	if n := fds(); n > files {
+		t.Errorf("%d open files after Close; want at most the %d before", n, files)
 	}
 }
