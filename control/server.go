@@ -183,6 +183,9 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		Modules:   []ModuleStatus{},
 		State:     stateStatus(s.h.StateStatus()),
 	}
+	if r, ok := s.h.Retained(); ok {
+		st.Plugins = &r
+	}
 	for _, m := range s.h.Status() {
 		st.Modules = append(st.Modules, s.moduleStatus(m))
 	}

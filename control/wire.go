@@ -49,6 +49,9 @@ type Status struct {
 	Modules []ModuleStatus `json:"modules"`
 	// State describes where the modules' host-kept state is kept.
 	State StateStatus `json:"state"`
+	// Plugins lists the Go plugins the process holds (they never unload;
+	// see docs/goplugin.md); nil when the service runs no plugins.
+	Plugins *module.Retained `json:"plugins,omitempty"`
 }
 
 // StateStatus describes the modules' host-kept state file (see

@@ -121,7 +121,7 @@ func (h *Host) startCanary(ctx context.Context, name, label string, p canary.Pol
 		return CanaryStatus{}, c.refuse(err)
 	}
 	progress(ctx, StepPrepare, c.ev.To)
-	prep, err := h.reg.Prepare(ctx, name, module.Source{Version: m.Version, Artifact: vd.Payload, Digest: m.Digest.Hex()})
+	prep, err := h.prepareModule(ctx, name, vd)
 	if err != nil {
 		return CanaryStatus{}, c.refuse(err)
 	}

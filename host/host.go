@@ -61,6 +61,10 @@ type Options struct {
 	// Backend prepares module versions, e.g. a *wasm.Backend. Required; the
 	// host owns it from now on.
 	Backend module.Backend
+	// Plugins prepares the versions whose artifact kind is goplugin, e.g.
+	// a *goplugin.Backend (see docs/goplugin.md); the host owns it from now
+	// on. Defaults to nil: Go plugin artifacts are refused.
+	Plugins module.Backend
 	// StateDir holds trust/ (trusted public keys), store/ (verified
 	// artifacts), audit.log and state.db (the modules' host-kept state).
 	// It is created mode 0700 if missing, and the host refuses to start
@@ -130,6 +134,7 @@ type Host struct {
 	state     *kvState       // the modules' host-kept state and its file; see state.go
 	slotsMu   sync.Mutex     // protects slots
 	slots     []*kernel.Slot // the kernel-level slots; see kernel.go
+	backends  *backends      // Options.Backend and Options.Plugins
 }
 
 // New opens the state directory and returns a Host. Call RestoreModules to
@@ -180,12 +185,13 @@ func New(opts Options) (*Host, error) {
 		return nil, fmt.Errorf("host: open audit log: %w", err)
 	}
 	h := &Host{verifier: verifier, store: store, audit: al, log: log, dev: opts.Development, service: opts.Service,
-		maxModule: cmpOr(opts.MaxModuleSize, DefaultMaxModuleSize), started: time.Now()}
+		maxModule: cmpOr(opts.MaxModuleSize, DefaultMaxModuleSize), started: time.Now(),
+		backends: &backends{wasm: opts.Backend, plugins: opts.Plugins}}
 	if h.state, err = newKVState(opts, log); err != nil {
 		al.Close()
 		return nil, err
 	}
-	h.reg, err = module.New(module.Options{Backend: opts.Backend, Logger: log, DrainTimeout: opts.DrainTimeout, State: h.state.newKV})
+	h.reg, err = module.New(module.Options{Backend: h.backends, Logger: log, DrainTimeout: opts.DrainTimeout, State: h.state.newKV})
 	if err != nil {
 		al.Close()
 		return nil, fmt.Errorf("host: %w", err)
@@ -293,7 +299,7 @@ func (h *Host) LoadReader(ctx context.Context, name, label string, manifest []by
 }
 
 func (h *Host) expectModule(name string) artifact.Expect {
-	return artifact.Expect{Name: name, Kind: artifact.KindWasm, MaxSize: h.maxModule}
+	return artifact.Expect{Name: name, Kind: h.backends.kind(), MaxSize: h.maxModule}
 }
 
 // load runs a module load: audit its start, verify, check the version label,
@@ -321,7 +327,7 @@ func (h *Host) prepare(ctx context.Context, c *change, vd *artifact.Verified, ro
 		return module.VersionStatus{}, c.refuse(err)
 	}
 	progress(ctx, StepPrepare, c.ev.To)
-	p, err := h.reg.Prepare(ctx, c.ev.Target, module.Source{Version: m.Version, Artifact: vd.Payload, Digest: m.Digest.Hex()})
+	p, err := h.prepareModule(ctx, c.ev.Target, vd)
 	if err != nil {
 		return module.VersionStatus{}, c.refuse(err)
 	}
@@ -436,7 +442,7 @@ func (h *Host) RestoreModules(ctx context.Context) error {
 			if err != nil || slices.Contains(tried, entry.Manifest.Digest) {
 				continue
 			}
-			if entry.Manifest.Kind != artifact.KindWasm {
+			if k := entry.Manifest.Kind; k != artifact.KindWasm && (k != artifact.KindGoPlugin || h.backends.plugins == nil) {
 				break
 			}
 			tried = append(tried, entry.Manifest.Digest)
@@ -462,7 +468,7 @@ func (h *Host) restore(ctx context.Context, name string, entry artifact.Entry) e
 		return c.refuse(err)
 	}
 	progress(ctx, StepPrepare, to)
-	p, err := h.reg.Prepare(ctx, name, module.Source{Version: vd.Manifest.Version, Artifact: vd.Payload, Digest: vd.Manifest.Digest.Hex()})
+	p, err := h.prepareModule(ctx, name, vd)
 	if err != nil {
 		return c.refuse(err)
 	}

@@ -69,3 +69,36 @@ type CodeStats struct {
 	// DroppedLogLines counts guest log lines dropped by a rate limit.
 	DroppedLogLines uint64
 }
+
+// A Retainer is a Backend whose code outlives its versions: Go plugins
+// stay mapped until the process exits (golang/go#20461). It reports what it
+// holds, so a host can show it without depending on the backend's package.
+type Retainer interface {
+	Retained() Retained
+}
+
+// Retained describes the code a Retainer holds.
+type Retained struct {
+	// Versions lists the code held, in the order it was loaded.
+	Versions []RetainedVersion `json:"versions"`
+	// Max is how many the backend may hold before it refuses loads.
+	Max int `json:"max"`
+	// MappedBytes is the sum over Versions.
+	MappedBytes uint64 `json:"mapped_bytes"`
+}
+
+// RetainedVersion is one piece of code a Retainer holds.
+type RetainedVersion struct {
+	Module string `json:"module"`
+	// Version is the first version loaded from this code.
+	Version string `json:"version"`
+	Digest  string `json:"digest"`
+	// MappedBytes is the size of the code's file mappings.
+	MappedBytes uint64 `json:"mapped_bytes"`
+	// InUse reports whether a loaded version (active, previous, canary or
+	// draining) still runs this code; code not in use takes no calls.
+	InUse    bool      `json:"in_use"`
+	LoadedAt time.Time `json:"loaded_at"`
+	// Failed is why the code was loaded but cannot serve; empty if it can.
+	Failed string `json:"failed,omitempty"`
+}

@@ -18,6 +18,11 @@
 // 60 ns calls would measure the clock); the variants' batches are
 // interleaved so machine noise hits them alike.
 //
+// "plugin" (with -plugin, the default) is the same echo guest built as a Go
+// plugin (module/goplugin) and called through the registry:
+// plugin_p50_ns, and plugin_vs_wasm_ratio against untrusted_p50_ns, the
+// WASM call through the registry measured in the same run.
+//
 // The hostile phase loads each hostile module into a registry that also
 // serves a healthy Go module called every millisecond, while a goroutine
 // measures by how much its 1 ms ticks come late (hostile_max_stall_ms). The
@@ -38,6 +43,7 @@ import (
 	"log"
 	"maps"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -46,8 +52,10 @@ import (
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
 	"github.com/hotswapgo/hotswap/bench/internal/benchutil"
+	"github.com/hotswapgo/hotswap/bench/internal/pluginguest"
 	"github.com/hotswapgo/hotswap/internal/hostile"
 	"github.com/hotswapgo/hotswap/module"
+	"github.com/hotswapgo/hotswap/module/goplugin"
 	"github.com/hotswapgo/hotswap/module/wasm"
 )
 
@@ -58,19 +66,20 @@ func main() {
 	allocCalls := flag.Int("alloc-calls", 100000, "calls of the allocating handler")
 	maintainEvery := flag.Int("maintain-every", 0, "calls between GC yields (0: the default)")
 	hostileRuns := flag.Int("hostile", 1, "passes over the hostile modules (0: none)")
+	withPlugin := flag.Bool("plugin", true, "also call the echo guest built as a Go plugin")
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "modcall-")
 	if err != nil {
 		log.Fatal(err)
 	}
-	err = run(dir, *rounds, *allocCalls, *maintainEvery, *hostileRuns)
+	err = run(dir, *rounds, *allocCalls, *maintainEvery, *hostileRuns, *withPlugin)
 	os.RemoveAll(dir)
 	if err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error {
+func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int, withPlugin bool) error {
 	ctx := context.Background()
 	code, err := benchutil.Guest("./internal/testguests/echo", "")
 	if err != nil {
@@ -135,6 +144,18 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 		{name: "untrusted", call: viaRegistry(deadline)},
 		{name: "no deadline", call: viaRegistry(noDeadline)},
 		{name: "raw guarded", call: func() error { return rawGuarded.echo(ctx, in, &dst) }},
+	}
+	if withPlugin {
+		pm, pr, err := pluginModule(ctx, cache)
+		if err != nil {
+			return err
+		}
+		defer pr.Close(ctx)
+		variants = append(variants, struct {
+			name string
+			call func() error
+			ns   []float64
+		}{name: "plugin", call: viaRegistry(pm)})
 	}
 	for i := range variants { // warm up
 		for range 20 * batch {
@@ -219,8 +240,37 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 		return fmt.Errorf("languages: %w", err)
 	}
 	maps.Copy(res, langs)
+
+	if withPlugin {
+		pluginP50 := benchutil.Percentile(variants[4].ns, 50)
+		fmt.Printf("plugin p50 %.1f ns (%.2fx the WASM call through the registry)\n", pluginP50, pluginP50/untrustedP50)
+		res["plugin_p50_ns"] = round1(pluginP50)
+		res["plugin_vs_wasm_ratio"] = round2(pluginP50 / untrustedP50)
+	}
 	benchutil.Result(res)
 	return nil
+}
+
+// pluginModule builds the echo guest as a Go plugin and loads it into a
+// registry of its own.
+func pluginModule(ctx context.Context, dir string) (*module.Module, *module.Registry, error) {
+	so, err := pluginguest.Build("./internal/testguests/echo", nil, dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := goplugin.New(goplugin.Options{Dir: filepath.Join(dir, "plugins")})
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := module.New(module.Options{Backend: b})
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := r.Load(ctx, "echo", module.Source{Version: "v1", Artifact: so}); err != nil {
+		r.Close(ctx)
+		return nil, nil, err
+	}
+	return r.Module("echo"), r, nil
 }
 
 type hostileResult struct {

@@ -2,7 +2,7 @@
 // goroutines call the echo guest without pause while the module is swapped
 // between two builds of it (v1 and v2) every 100 ms, 1,000 times.
 //
-//	go run ./bench/swapload [-goroutines 4] [-swaps 1000] [-interval 100ms] [-steady 10s] [-untrusted]
+//	go run ./bench/swapload [-goroutines 4] [-swaps 1000] [-interval 100ms] [-steady 10s] [-untrusted] [-plugin]
 //
 // Phase 1 (steady) calls for -steady without a swap; phase 2 (swapping)
 // calls while the swaps run. Each goroutine calls handler "echo" through one
@@ -48,6 +48,13 @@
 // with them for the CPU: load_to_serving is the time under that load, not
 // on an idle machine.
 //
+// -plugin builds the echo guest as two Go plugins (module/goplugin), v1 and
+// v2, and swaps between them instead: the same source, built for the
+// native backend. Plugins never unload, so the swaps alternate between the
+// two builds; each load is a new version (prepared, self-tested,
+// activated, drained) that reuses the plugin already open. There is no
+// compilation cache, so the file-cache loads are skipped.
+//
 // -maintain-every sets the backend's MaintainEvery (calls between guest GC
 // yields) to compare with the default; -cpuprofile profiles the swapping
 // phase.
@@ -67,6 +74,7 @@ import (
 	"log"
 	"math/bits"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"slices"
 	"sync"
@@ -74,7 +82,9 @@ import (
 	"time"
 
 	"github.com/hotswapgo/hotswap/bench/internal/benchutil"
+	"github.com/hotswapgo/hotswap/bench/internal/pluginguest"
 	"github.com/hotswapgo/hotswap/module"
+	"github.com/hotswapgo/hotswap/module/goplugin"
 	"github.com/hotswapgo/hotswap/module/wasm"
 )
 
@@ -91,6 +101,7 @@ type config struct {
 	steady         time.Duration
 	warmup         time.Duration
 	untrusted      bool
+	plugin         bool
 	inputSize      int
 	timeout        time.Duration
 	fileCacheLoads int
@@ -107,6 +118,7 @@ func main() {
 	flag.DurationVar(&c.steady, "steady", 10*time.Second, "length of the steady phase (no swaps)")
 	flag.DurationVar(&c.warmup, "warmup", time.Second, "calls before the steady phase, not measured")
 	flag.BoolVar(&c.untrusted, "untrusted", false, "run the module untrusted (runaway protection on)")
+	flag.BoolVar(&c.plugin, "plugin", false, "swap between two Go plugin builds instead of WebAssembly")
 	flag.IntVar(&c.inputSize, "input", 64, "echo input size in bytes (at least 16)")
 	flag.DurationVar(&c.timeout, "timeout", 10*time.Minute, "stop the swapping phase after this long even if swaps remain")
 	flag.IntVar(&c.fileCacheLoads, "filecache-loads", 5, "extra loads on fresh backends to time the file-cache path")
@@ -150,40 +162,24 @@ const (
 func run(c config) error {
 	ctx := context.Background()
 	versions := []string{"v1", "v2"}
-	artifacts := map[string][]byte{}
-	for _, v := range versions {
-		b, err := benchutil.Guest(guestPkg, "-X main.version="+v)
+	var (
+		artifacts   map[string][]byte
+		newRegistry func() (*module.Registry, error)
+		err         error
+	)
+	if c.plugin {
+		dir, err := os.MkdirTemp("", "swapload-plugin-")
 		if err != nil {
 			return err
 		}
-		artifacts[v] = b
-	}
-	mcfg := wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}, MaintainEvery: c.maintainEvery}
-	if !c.untrusted { // every module is stoppable now; "trusted" only drops the deadline
-		mcfg.CallTimeout = wasm.NoCallTimeout
-	}
-	newRegistry := func() (*module.Registry, error) {
-		b, err := wasm.New(wasm.Options{CacheDir: c.cacheDir, Default: mcfg})
-		if err != nil {
-			return nil, err
-		}
-		return module.New(module.Options{Backend: b})
-	}
-
-	// Warm wazero's file cache with both versions on a throwaway backend.
-	{
-		r, err := newRegistry()
+		defer os.RemoveAll(dir)
+		artifacts, newRegistry, err = pluginSetup(versions, dir)
 		if err != nil {
 			return err
 		}
-		for _, v := range versions {
-			if _, err := r.Load(ctx, "echo", module.Source{Version: v, Artifact: artifacts[v]}); err != nil {
-				return fmt.Errorf("warm-up load: %w", err)
-			}
-		}
-		if err := r.Close(ctx); err != nil {
-			return err
-		}
+		c.fileCacheLoads = 0
+	} else if artifacts, newRegistry, err = wasmSetup(ctx, c, versions); err != nil {
+		return err
 	}
 
 	reg, err := newRegistry()
@@ -317,6 +313,9 @@ func run(c config) error {
 	if c.untrusted {
 		mode = "untrusted"
 	}
+	if c.plugin {
+		mode = "plugin"
+	}
 	res := map[string]any{
 		"mode":                 mode,
 		"calls":                calls,
@@ -361,6 +360,63 @@ func run(c config) error {
 		return fmt.Errorf("close: %w", err)
 	}
 	return nil
+}
+
+// wasmSetup builds v1 and v2 of the echo guest and warms wazero's file
+// cache with both on a throwaway backend.
+func wasmSetup(ctx context.Context, c config, versions []string) (map[string][]byte, func() (*module.Registry, error), error) {
+	artifacts := map[string][]byte{}
+	for _, v := range versions {
+		b, err := benchutil.Guest(guestPkg, "-X main.version="+v)
+		if err != nil {
+			return nil, nil, err
+		}
+		artifacts[v] = b
+	}
+	mcfg := wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV}, MaintainEvery: c.maintainEvery}
+	if !c.untrusted { // every module is stoppable now; "trusted" only drops the deadline
+		mcfg.CallTimeout = wasm.NoCallTimeout
+	}
+	newRegistry := func() (*module.Registry, error) {
+		b, err := wasm.New(wasm.Options{CacheDir: c.cacheDir, Default: mcfg})
+		if err != nil {
+			return nil, err
+		}
+		return module.New(module.Options{Backend: b})
+	}
+	r, err := newRegistry()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, v := range versions {
+		if _, err := r.Load(ctx, "echo", module.Source{Version: v, Artifact: artifacts[v]}); err != nil {
+			return nil, nil, fmt.Errorf("warm-up load: %w", err)
+		}
+	}
+	if err := r.Close(ctx); err != nil {
+		return nil, nil, err
+	}
+	return artifacts, newRegistry, nil
+}
+
+// pluginSetup builds v1 and v2 of the echo guest as Go plugins in dir.
+func pluginSetup(versions []string, dir string) (map[string][]byte, func() (*module.Registry, error), error) {
+	artifacts := map[string][]byte{}
+	for _, v := range versions {
+		b, err := pluginguest.Build(guestPkg, map[string]string{"version": v}, dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		artifacts[v] = b
+	}
+	newRegistry := func() (*module.Registry, error) {
+		b, err := goplugin.New(goplugin.Options{Dir: filepath.Join(dir, "plugins")})
+		if err != nil {
+			return nil, err
+		}
+		return module.New(module.Options{Backend: b})
+	}
+	return artifacts, newRegistry, nil
 }
 
 // instances is the number of live instances over every version of st.

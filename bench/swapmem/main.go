@@ -37,10 +37,8 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -49,8 +47,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/hotswapgo/hotswap/bench/internal/benchutil"
@@ -294,19 +290,7 @@ func rss() (uint64, error) {
 		debug.FreeOSMemory()
 		time.Sleep(100 * time.Millisecond) // let finalizers (wazero's munmap) run
 	}
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, errors.New("no VmRSS in /proc/self/status")
+	return benchutil.VmRSS()
 }
 
 // liveHeap returns the bytes of live Go heap objects; rss has just collected.

@@ -20,6 +20,7 @@ import (
 	"github.com/hotswapgo/hotswap/host"
 	"github.com/hotswapgo/hotswap/internal/dropdir"
 	"github.com/hotswapgo/hotswap/internal/statedir"
+	"github.com/hotswapgo/hotswap/module/goplugin"
 	"github.com/hotswapgo/hotswap/module/wasm"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
@@ -74,7 +75,8 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	demoDir := filepath.Join(state, "demo")
 	dropDir := filepath.Join(demoDir, "drop")
 	cacheDir := filepath.Join(state, "cache", "wasm")
-	for _, dir := range []string{state, dropDir, cacheDir} {
+	pluginDir := filepath.Join(state, "cache", "goplugin")
+	for _, dir := range []string{state, dropDir, cacheDir, pluginDir} {
 		// Compiled code and artifacts decide what runs: only this user may
 		// write where they live.
 		if err := statedir.Ensure(dir); err != nil {
@@ -103,6 +105,12 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	// Go plugins of the pricing module (hotswap build --plugin) load too.
+	plugins, err := goplugin.New(goplugin.Options{Dir: pluginDir, Logger: log, RequiredHandlers: []string{"quote"},
+		InitTimeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
 	// Upgrades execute the binary the user started (verified and copied into
 	// the store), not the store copy a previous upgrade runs from.
 	binary := os.Getenv(demoBinaryEnv)
@@ -114,6 +122,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	}
 	h, err := host.New(host.Options{
 		Backend:     backend,
+		Plugins:     plugins,
 		StateDir:    state,
 		Development: o.dev,
 		Service:     demoService,

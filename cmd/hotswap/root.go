@@ -54,6 +54,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newUpgradeCmd(),
 		newCanaryCmd(),
 		newBPFCmd(),
+
+		newBuildCmd(),
 	)
 	return root
 }

@@ -115,7 +115,19 @@ func printStatus(w io.Writer, st *control.Status) {
 		trust += " (unsigned artifacts are accepted)"
 	}
 	fmt.Fprintf(w, "trust    %s\n", trust)
-	fmt.Fprintf(w, "state    %s\n\n", stateLine(st.State))
+	fmt.Fprintf(w, "state    %s\n", stateLine(st.State))
+	if p := st.Plugins; p != nil {
+		fmt.Fprintf(w, "plugins  %d of at most %d retained, %.1f MiB mapped (never unloaded; an upgrade sheds them)\n",
+			len(p.Versions), p.Max, float64(p.MappedBytes)/(1<<20))
+		for _, v := range p.Versions {
+			use := "retired"
+			if v.InUse {
+				use = "in use"
+			}
+			fmt.Fprintf(w, "         %s@%s %s %.1f MiB %s\n", v.Module, v.Version, shortDigest(v.Digest), float64(v.MappedBytes)/(1<<20), use)
+		}
+	}
+	fmt.Fprintln(w)
 	if len(st.Modules) == 0 {
 		fmt.Fprintln(w, "no modules loaded")
 		return

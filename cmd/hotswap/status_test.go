@@ -19,7 +19,10 @@ import (
 // may change or go.
 var statusSchema = map[string][]string{
 	"Status": {"ok bool", "error Error", "process ProcessStatus", "trust_mode string", "modules []ModuleStatus",
-		"state StateStatus"},
+		"state StateStatus", "plugins Retained"},
+	"Retained": {"versions []RetainedVersion", "max int", "mapped_bytes int"},
+	"RetainedVersion": {"module string", "version string", "digest string", "mapped_bytes int", "in_use bool",
+		"loaded_at time", "failed string"},
 	"StateStatus": {"durability string", "commit_window_ms int", "path string", "taking_over bool", "commits int",
 		"failures int", "last_error string"},
 	"Error": {"kind string", "check string", "message string", "stderr string", "serving string"},

@@ -3,9 +3,14 @@
 package benchutil
 
 import (
+	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hotswapgo/hotswap/internal/guestbuild"
@@ -33,4 +38,22 @@ func Result(v any) {
 		panic(err)
 	}
 	fmt.Printf("RESULT %s\n", b)
+}
+
+// VmRSS reads the process's resident set size, in bytes, from
+// /proc/self/status.
+func VmRSS() (uint64, error) {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc/self/status")
 }
