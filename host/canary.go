@@ -181,6 +181,7 @@ func (hc *hostCanary) record(v canary.Verdict) error {
 	if v.Decision != canary.Begin { // a beginning has no numbers yet
 		ev.Detail += "; " + v.Window.String()
 	}
+	c.h.stats.countVerdict(ev.Target, string(v.Decision))
 	if err := c.h.audit.Record(c.ctx, ev); err != nil {
 		err = fmt.Errorf("canary %s refused: audit log: %w", ev.Target, err)
 		c.h.log.Error("canary verdict not recorded", "module", ev.Target, "decision", v.Decision, "err", err)
@@ -197,6 +198,7 @@ func (hc *hostCanary) watch() {
 	promoted := hc.ro.Status().State == canary.Promoted
 	if promoted {
 		stable, stableDigest := hc.mc.Stable()
+		h.stats.countSwap(name, 0, 0)
 		h.rememberActive(context.Background(), name, hc.mc.Digest(), stableDigest, false)
 		h.log.Info("canary promoted", "module", name, "version", hc.mc.Version(), "from", stable)
 	} else if d, err := artifact.ParseDigest(hc.mc.Digest()); err == nil {

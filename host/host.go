@@ -98,6 +98,10 @@ type Options struct {
 	// DrainTimeout is the registry's drain bound. Defaults to
 	// module.DefaultDrainTimeout.
 	DrainTimeout time.Duration
+	// TimeCalls is the share of calls timed into their version's latency
+	// histogram (module.Options.TimeCalls), e.g. for a metrics collector.
+	// Defaults to 0: only a canary's calls are timed.
+	TimeCalls float64
 
 	// Durability says when changes to the modules' host-kept state reach
 	// StateDir/state.db (see state.go and docs/state.md). Defaults to
@@ -126,6 +130,7 @@ type Host struct {
 	canaries  canaries     // the modules' canaries; see canary.go
 	closed    atomic.Bool  // set by Close: changes are refused from then on
 	state     *kvState     // the modules' host-kept state and its file; see state.go
+	stats     stats        // change counters; see ChangeStats
 }
 
 // New opens the state directory and returns a Host. Call RestoreModules to
@@ -181,7 +186,8 @@ func New(opts Options) (*Host, error) {
 		al.Close()
 		return nil, err
 	}
-	h.reg, err = module.New(module.Options{Backend: opts.Backend, Logger: log, DrainTimeout: opts.DrainTimeout, State: h.state.newKV})
+	h.reg, err = module.New(module.Options{Backend: opts.Backend, Logger: log, DrainTimeout: opts.DrainTimeout, State: h.state.newKV,
+		TimeCalls: opts.TimeCalls})
 	if err != nil {
 		al.Close()
 		return nil, fmt.Errorf("host: %w", err)
@@ -344,6 +350,7 @@ func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put 
 		return module.VersionStatus{}, err
 	}
 	progress(ctx, StepActivate, c.ev.To)
+	switchStart := time.Now()
 	st, err := p.Activate(ctx)
 	if err != nil {
 		if put != nil {
@@ -356,6 +363,8 @@ func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put 
 		}
 		return st, c.fail(err)
 	}
+	h.stats.countSwap(c.ev.Target, time.Since(switchStart), time.Since(c.start))
+	c.count(audit.ResultOK, nil)
 	h.rememberActive(context.WithoutCancel(ctx), c.ev.Target, p.Digest(), fromDigest, rollback || p.Rollback())
 	return st, nil
 }
@@ -508,9 +517,10 @@ func (h *Host) Close(ctx context.Context) error {
 // it applies to, and are written with a context that outlives the request,
 // so a change whose caller gave up is still recorded.
 type change struct {
-	h   *Host
-	ctx context.Context
-	ev  audit.Event
+	h     *Host
+	ctx   context.Context
+	ev    audit.Event
+	start time.Time // when the change was asked for
 }
 
 // begin records that a change starts, before any of its work. If the record
@@ -521,7 +531,7 @@ func (h *Host) begin(ctx context.Context, action audit.Action, target, artifact 
 	}
 	var id [8]byte
 	rand.Read(id[:])
-	c := &change{h: h, ctx: context.WithoutCancel(ctx), ev: audit.Event{
+	c := &change{h: h, ctx: context.WithoutCancel(ctx), start: time.Now(), ev: audit.Event{
 		ID: hex.EncodeToString(id[:]), Actor: actor(ctx), Action: action, Target: target, Artifact: artifact,
 	}}
 	if action != audit.ActionUpgrade {
@@ -547,6 +557,7 @@ func (c *change) refuse(err error) error {
 	if aerr := c.record(result, err); aerr != nil {
 		c.h.log.Error("audit a refusal", "err", aerr)
 	}
+	c.count(result, err)
 	c.h.log.Warn("change "+string(result), "action", c.ev.Action, "target", c.ev.Target, "to", c.ev.To, "err", err)
 	return err
 }
@@ -567,8 +578,17 @@ func (c *change) fail(err error) error {
 	if aerr := c.record(audit.ResultFailed, err); aerr != nil {
 		c.h.log.Error("audit a failure", "err", aerr)
 	}
+	c.count(audit.ResultFailed, err)
 	c.h.log.Warn("change failed", "action", c.ev.Action, "target", c.ev.Target, "to", c.ev.To, "err", err)
 	return err
+}
+
+// count counts the end of a module change in the host's ChangeStats;
+// binary upgrades are counted from their result (see upgradeResult).
+func (c *change) count(result audit.Result, err error) {
+	if c.ev.Action != audit.ActionUpgrade {
+		c.h.stats.countChange(c.ev.Action, c.ev.Target, result, err)
+	}
 }
 
 func (c *change) record(result audit.Result, err error) error {

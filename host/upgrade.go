@@ -134,6 +134,7 @@ func (h *Host) upgradeResult(res upgrade.Result) {
 	p := h.proc.pending
 	h.proc.pending = nil
 	h.proc.mu.Unlock()
+	h.stats.countUpgrade(res, p == nil)
 	if p == nil {
 		if res.Err != nil && !errors.As(res.Err, new(auditedError)) {
 			// Failed before prepareBinary allowed it (e.g. another upgrade
