@@ -110,7 +110,7 @@ func (h *Host) startCanary(ctx context.Context, name, label string, p canary.Pol
 			h.canaries.end(name, hc, false)
 		}
 	}()
-	progress(ctx, StepVerify, label)
+	c.step(ctx, StepVerify, label)
 	vd, err := verify(ctx)
 	if err != nil {
 		return CanaryStatus{}, c.refuse(err)
@@ -120,7 +120,7 @@ func (h *Host) startCanary(ctx context.Context, name, label string, p canary.Pol
 	if err := h.store.CheckVersion(m); err != nil {
 		return CanaryStatus{}, c.refuse(err)
 	}
-	progress(ctx, StepPrepare, c.ev.To)
+	c.step(ctx, StepPrepare, c.ev.To)
 	prep, err := h.reg.Prepare(ctx, name, module.Source{Version: m.Version, Artifact: vd.Payload, Digest: m.Digest.Hex()})
 	if err != nil {
 		return CanaryStatus{}, c.refuse(err)
@@ -128,7 +128,7 @@ func (h *Host) startCanary(ctx context.Context, name, label string, p canary.Pol
 	if from, fromDigest, ok := prep.From(); ok {
 		c.ev.From = versionRef(from, fromDigest)
 	}
-	progress(ctx, StepStore, c.ev.To)
+	c.step(ctx, StepStore, c.ev.To)
 	if _, err := h.store.Put(ctx, vd); err != nil {
 		prep.Discard()
 		return CanaryStatus{}, c.refuse(fmt.Errorf("store %s: %w", c.ev.To, err))
@@ -182,6 +182,7 @@ func (hc *hostCanary) record(v canary.Verdict) error {
 		ev.Detail += "; " + v.Window.String()
 	}
 	c.h.stats.countVerdict(ev.Target, string(v.Decision))
+	hc.traceVerdict(v)
 	if err := c.h.audit.Record(c.ctx, ev); err != nil {
 		err = fmt.Errorf("canary %s refused: audit log: %w", ev.Target, err)
 		c.h.log.Error("canary verdict not recorded", "module", ev.Target, "decision", v.Decision, "err", err)
@@ -209,6 +210,12 @@ func (hc *hostCanary) watch() {
 		}
 	}
 	h.canaries.end(name, hc, true)
+	result := string(hc.ro.Status().State)
+	var err error
+	if !promoted {
+		err = CanaryResult(hc.status())
+	}
+	hc.change.endSpan(result, err)
 	close(hc.ended)
 }
 

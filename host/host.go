@@ -28,8 +28,11 @@ import (
 	"log/slog"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
@@ -98,6 +101,11 @@ type Options struct {
 	// DrainTimeout is the registry's drain bound. Defaults to
 	// module.DefaultDrainTimeout.
 	DrainTimeout time.Duration
+	// TracerProvider receives a span per change (load, rollback, canary,
+	// binary upgrade) with a child span per step; see
+	// docs/observability.md. A process started by a traced upgrade records
+	// its start in the upgrade's trace. Defaults to nil: no tracing.
+	TracerProvider trace.TracerProvider
 	// TimeCalls is the share of calls timed into their version's latency
 	// histogram (module.Options.TimeCalls), e.g. for a metrics collector.
 	// Defaults to 0: only a canary's calls are timed.
@@ -131,6 +139,8 @@ type Host struct {
 	closed    atomic.Bool  // set by Close: changes are refused from then on
 	state     *kvState     // the modules' host-kept state and its file; see state.go
 	stats     stats        // change counters; see ChangeStats
+	tracer    trace.Tracer // Options.TracerProvider's, or a no-op one
+	childSpan trace.Span   // this process's start in its upgrade's trace; ended by New
 }
 
 // New opens the state directory and returns a Host. Call RestoreModules to
@@ -181,7 +191,7 @@ func New(opts Options) (*Host, error) {
 		return nil, fmt.Errorf("host: open audit log: %w", err)
 	}
 	h := &Host{verifier: verifier, store: store, audit: al, log: log, dev: opts.Development, service: opts.Service,
-		maxModule: cmpOr(opts.MaxModuleSize, DefaultMaxModuleSize), started: time.Now()}
+		maxModule: cmpOr(opts.MaxModuleSize, DefaultMaxModuleSize), started: time.Now(), tracer: tracerOf(opts.TracerProvider)}
 	if h.state, err = newKVState(opts, log); err != nil {
 		al.Close()
 		return nil, err
@@ -209,6 +219,9 @@ func New(opts Options) (*Host, error) {
 	}
 	if h.dev {
 		log.Warn("development mode: unsigned artifacts are accepted")
+	}
+	if h.childSpan != nil {
+		h.childSpan.End()
 	}
 	return h, nil
 }
@@ -305,7 +318,7 @@ func (h *Host) load(ctx context.Context, name, label string, verify func(context
 	if err != nil {
 		return module.VersionStatus{}, err
 	}
-	progress(ctx, StepVerify, label)
+	c.step(ctx, StepVerify, label)
 	vd, err := verify(ctx)
 	if err != nil {
 		return module.VersionStatus{}, c.refuse(err)
@@ -322,7 +335,7 @@ func (h *Host) prepare(ctx context.Context, c *change, vd *artifact.Verified, ro
 	if err := h.store.CheckVersion(m); err != nil {
 		return module.VersionStatus{}, c.refuse(err)
 	}
-	progress(ctx, StepPrepare, c.ev.To)
+	c.step(ctx, StepPrepare, c.ev.To)
 	p, err := h.reg.Prepare(ctx, c.ev.Target, module.Source{Version: m.Version, Artifact: vd.Payload, Digest: m.Digest.Hex()})
 	if err != nil {
 		return module.VersionStatus{}, c.refuse(err)
@@ -339,7 +352,7 @@ func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put 
 	}
 	c.ev.To = versionRef(p.Version(), p.Digest())
 	if put != nil {
-		progress(ctx, StepStore, c.ev.To)
+		c.step(ctx, StepStore, c.ev.To)
 		if _, err := h.store.Put(ctx, put); err != nil {
 			p.Discard()
 			return module.VersionStatus{}, c.refuse(fmt.Errorf("store %s: %w", c.ev.To, err))
@@ -349,7 +362,7 @@ func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put 
 		p.Discard()
 		return module.VersionStatus{}, err
 	}
-	progress(ctx, StepActivate, c.ev.To)
+	c.step(ctx, StepActivate, c.ev.To)
 	switchStart := time.Now()
 	st, err := p.Activate(ctx)
 	if err != nil {
@@ -365,6 +378,7 @@ func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put 
 	}
 	h.stats.countSwap(c.ev.Target, time.Since(switchStart), time.Since(c.start))
 	c.count(audit.ResultOK, nil)
+	c.endSpan(ResultOK, nil)
 	h.rememberActive(context.WithoutCancel(ctx), c.ev.Target, p.Digest(), fromDigest, rollback || p.Rollback())
 	return st, nil
 }
@@ -414,6 +428,7 @@ func (h *Host) Rollback(ctx context.Context, name string) (module.VersionStatus,
 		return module.VersionStatus{}, c.refuse(fmt.Errorf("%w; the last-known-good version %s is the one serving", err, entry.Manifest.Version))
 	}
 	c.ev.To = versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
+	c.step(ctx, StepVerify, c.ev.To)
 	vd, err := h.verifier.VerifyEntry(ctx, entry)
 	if err != nil {
 		return module.VersionStatus{}, c.refuse(err)
@@ -466,7 +481,7 @@ func (h *Host) restore(ctx context.Context, name string, entry artifact.Entry) e
 	if err != nil {
 		return c.refuse(err)
 	}
-	progress(ctx, StepPrepare, to)
+	c.step(ctx, StepPrepare, to)
 	p, err := h.reg.Prepare(ctx, name, module.Source{Version: vd.Manifest.Version, Artifact: vd.Payload, Digest: vd.Manifest.Digest.Hex()})
 	if err != nil {
 		return c.refuse(err)
@@ -517,10 +532,15 @@ func (h *Host) Close(ctx context.Context) error {
 // it applies to, and are written with a context that outlives the request,
 // so a change whose caller gave up is still recorded.
 type change struct {
-	h     *Host
-	ctx   context.Context
-	ev    audit.Event
-	start time.Time // when the change was asked for
+	h      *Host
+	ctx    context.Context // outlives the request; carries the change's span
+	ev     audit.Event
+	start  time.Time // when the change was asked for
+	tracer trace.Tracer
+
+	mu       sync.Mutex // protects span and stepSpan (a canary's verdicts come from its own goroutine)
+	span     trace.Span // the change's span; nil once ended
+	stepSpan trace.Span // the span of the step under way, nil if none
 }
 
 // begin records that a change starts, before any of its work. If the record
@@ -539,8 +559,11 @@ func (h *Host) begin(ctx context.Context, action audit.Action, target, artifact 
 			c.ev.From = versionRef(cur.Version, cur.Digest)
 		}
 	}
+	c.ctx = c.startSpan(c.ctx, h.tracer)
 	if err := c.record(audit.ResultStarted, nil); err != nil {
 		err = fmt.Errorf("%s %s refused: audit log: %w", action, target, err)
+		c.count(audit.ResultRefused, err)
+		c.endSpan(ResultRefused, err)
 		h.log.Error("change refused: audit log", "action", action, "target", target, "err", err)
 		return nil, err
 	}
@@ -558,6 +581,7 @@ func (c *change) refuse(err error) error {
 		c.h.log.Error("audit a refusal", "err", aerr)
 	}
 	c.count(result, err)
+	c.endSpan(string(result), err)
 	c.h.log.Warn("change "+string(result), "action", c.ev.Action, "target", c.ev.Target, "to", c.ev.To, "err", err)
 	return err
 }
@@ -568,6 +592,8 @@ func (c *change) allow() error {
 	if err := c.record(audit.ResultOK, nil); err != nil {
 		err = fmt.Errorf("%s %s refused: audit log: %w", c.ev.Action, c.ev.Target, err)
 		c.h.log.Error("change refused: audit log", "action", c.ev.Action, "target", c.ev.Target, "err", err)
+		c.count(audit.ResultRefused, err)
+		c.endSpan(ResultRefused, err)
 		return err
 	}
 	return nil
@@ -579,6 +605,7 @@ func (c *change) fail(err error) error {
 		c.h.log.Error("audit a failure", "err", aerr)
 	}
 	c.count(audit.ResultFailed, err)
+	c.endSpan(ResultFailed, err)
 	c.h.log.Warn("change failed", "action", c.ev.Action, "target", c.ev.Target, "to", c.ev.To, "err", err)
 	return err
 }
