@@ -110,6 +110,10 @@ type Options struct {
 	// histogram (module.Options.TimeCalls), e.g. for a metrics collector.
 	// Defaults to 0: only a canary's calls are timed.
 	TimeCalls float64
+	// ProfileLabels sets the pprof labels module and version around each
+	// call (module.Options.ProfileLabels), so a CPU profile splits host
+	// time by module version. Defaults to false.
+	ProfileLabels bool
 
 	// Durability says when changes to the modules' host-kept state reach
 	// StateDir/state.db (see state.go and docs/state.md). Defaults to
@@ -197,7 +201,7 @@ func New(opts Options) (*Host, error) {
 		return nil, err
 	}
 	h.reg, err = module.New(module.Options{Backend: opts.Backend, Logger: log, DrainTimeout: opts.DrainTimeout, State: h.state.newKV,
-		TimeCalls: opts.TimeCalls})
+		TimeCalls: opts.TimeCalls, ProfileLabels: opts.ProfileLabels})
 	if err != nil {
 		al.Close()
 		return nil, fmt.Errorf("host: %w", err)

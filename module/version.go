@@ -1,6 +1,8 @@
 package module
 
 import (
+	"context"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +20,9 @@ type version struct {
 	digest   string
 	code     Code
 	loadedAt time.Time
+	// labels carries the pprof labels module and version, made once so
+	// that a labelled call allocates nothing.
+	labels context.Context
 
 	// refs counts calls holding this version. Invariant: a call that
 	// incremented refs to a non-negative value may use code until it
@@ -34,7 +39,8 @@ type version struct {
 }
 
 func newVersion(m *Module, name, digest string, code Code) *version {
-	return &version{module: m, name: name, digest: digest, code: code, loadedAt: time.Now(), drained: make(chan struct{})}
+	return &version{module: m, name: name, digest: digest, code: code, loadedAt: time.Now(), drained: make(chan struct{}),
+		labels: pprof.WithLabels(context.Background(), pprof.Labels("module", m.name, "version", name))}
 }
 
 // tryAcquire takes a reference unless the version is retiring.
