@@ -64,8 +64,8 @@ type childReport struct {
 
 // reportedSpan is a span as a child process reports it.
 type reportedSpan struct {
-	Name             string
-	TraceID, Parent  string
+	Name            string
+	TraceID, Parent string
 }
 
 // runChild is the new process's main: a host over the shared state

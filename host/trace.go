@@ -150,7 +150,6 @@ func upgradeSpanResult(c *change, pidOf int, outcome string, err error) {
 	c.endSpan(outcome, err)
 }
 
-
 // traceVerdict records a canary's verdict: a Begin or Pass starts the span
 // of the step it opens (ending the one before), any other decision is an
 // event on the running step's span.

@@ -2,11 +2,11 @@ package module_test
 
 import (
 	"bytes"
-	"runtime/pprof"
 	"context"
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
