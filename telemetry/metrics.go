@@ -111,6 +111,13 @@ var metrics = [numMetrics]metric{
 		help: "1 when the host accepts unsigned artifacts (development trust mode)."},
 }
 
+// DefaultTimeCalls is the share of calls a host with metrics should time
+// into the latency histogram (host.Options.TimeCalls): one call in a
+// hundred gives a histogram of the same shape for a random draw per call
+// (bench/modcall, telemetry_p50_ns). The call and failure counters are
+// exact whatever the share.
+const DefaultTimeCalls = 0.01
+
 // Histogram buckets, in nanoseconds: every fourth doubling from 256 ns
 // up to 2^38 ns (4.6 minutes). Each is a bound of the registry's fine
 // buckets (module.BucketsPerDoubling per doubling), so the counts are exact.

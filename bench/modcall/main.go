@@ -13,7 +13,11 @@
 // CallTimeout = NoCallTimeout: both run the guest instrumented (stop flag,
 // fuel at loop heads and function entries, stack depth). "raw guarded" is
 // raw wazero with its own runaway protection on (WithCloseOnContextDone: a
-// goroutine per call watches the context), for comparison. Latencies are
+// goroutine per call watches the context), for comparison. "telemetry" is the registry call with metrics
+// on (Options.TimeCalls = telemetry.DefaultTimeCalls: a random draw per
+// call, two clock reads for the calls timed), "labels" with profiling
+// labels on (Options.ProfileLabels); telemetry_extra_ns and labels_extra_ns
+// are their p50 minus untrusted_p50_ns of the same run. Latencies are
 // medians of the mean per-call time of batches of 100 calls (timing single
 // 60 ns calls would measure the clock); the variants' batches are
 // interleaved so machine noise hits them alike.
@@ -45,6 +49,7 @@ import (
 	"github.com/hotswapgo/hotswap/internal/hostile"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/module/wasm"
+	"github.com/hotswapgo/hotswap/telemetry"
 )
 
 const batch = 100
@@ -72,13 +77,14 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 	if err != nil {
 		return err
 	}
-	newReg := func(timeout time.Duration) (*module.Module, *module.Registry, error) {
+	newReg := func(timeout time.Duration, opts module.Options) (*module.Module, *module.Registry, error) {
 		b, err := wasm.New(wasm.Options{CacheDir: cache, Default: wasm.ModuleConfig{MaintainEvery: maintainEvery,
 			CallTimeout: timeout, Grants: []wasm.Capability{wasm.CapKV}}})
 		if err != nil {
 			return nil, nil, err
 		}
-		r, err := module.New(module.Options{Backend: b})
+		opts.Backend = b
+		r, err := module.New(opts)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -87,16 +93,28 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 		}
 		return r.Module("echo"), r, nil
 	}
-	deadline, dr, err := newReg(0)
+	deadline, dr, err := newReg(0, module.Options{})
 	if err != nil {
 		return err
 	}
 	defer dr.Close(ctx)
-	noDeadline, nr, err := newReg(wasm.NoCallTimeout)
+	noDeadline, nr, err := newReg(wasm.NoCallTimeout, module.Options{})
 	if err != nil {
 		return err
 	}
 	defer nr.Close(ctx)
+	// Metrics on: the share of calls a host with metrics times (the
+	// counters themselves are always kept and read at scrape time).
+	withMetrics, mr, err := newReg(0, module.Options{TimeCalls: telemetry.DefaultTimeCalls})
+	if err != nil {
+		return err
+	}
+	defer mr.Close(ctx)
+	withLabels, lr, err := newReg(0, module.Options{ProfileLabels: true})
+	if err != nil {
+		return err
+	}
+	defer lr.Close(ctx)
 	raw, err := newRaw(ctx, code, false)
 	if err != nil {
 		return err
@@ -131,6 +149,8 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 		{name: "untrusted", call: viaRegistry(deadline)},
 		{name: "no deadline", call: viaRegistry(noDeadline)},
 		{name: "raw guarded", call: func() error { return rawGuarded.echo(ctx, in, &dst) }},
+		{name: "telemetry", call: viaRegistry(withMetrics)},
+		{name: "labels", call: viaRegistry(withLabels)},
 	}
 	for i := range variants { // warm up
 		for range 20 * batch {
@@ -155,9 +175,11 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 	untrustedP50 := benchutil.Percentile(variants[1].ns, 50)
 	noDeadlineP50 := benchutil.Percentile(variants[2].ns, 50)
 	rawGuardedP50 := benchutil.Percentile(variants[3].ns, 50)
+	telemetryP50 := benchutil.Percentile(variants[4].ns, 50)
+	labelsP50 := benchutil.Percentile(variants[5].ns, 50)
 
 	// The allocating handler, on a fresh registry.
-	allocMod, ar, err := newReg(0)
+	allocMod, ar, err := newReg(0, module.Options{})
 	if err != nil {
 		return err
 	}
@@ -173,6 +195,8 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 
 	fmt.Printf("raw p50 %.1f ns, untrusted p50 %.1f ns (%.2fx), no deadline p50 %.1f ns, raw guarded p50 %.1f ns\n",
 		rawP50, untrustedP50, untrustedP50/rawP50, noDeadlineP50, rawGuardedP50)
+	fmt.Printf("telemetry p50 %.1f ns (%+.1f ns), labels p50 %.1f ns (%+.1f ns)\n",
+		telemetryP50, telemetryP50-untrustedP50, labelsP50, labelsP50-untrustedP50)
 	fmt.Printf("alloc: %d calls in %v, %d instances, guest memory %.1f MiB\n", allocCalls, allocElapsed,
 		st.Active.Instances, float64(st.Active.MemoryBytes)/(1<<20))
 
@@ -182,6 +206,10 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 		"no_deadline_p50_ns":   round1(noDeadlineP50),
 		"raw_guarded_p50_ns":   round1(rawGuardedP50),
 		"untrusted_ratio":      round2(untrustedP50 / rawP50),
+		"telemetry_p50_ns":     round1(telemetryP50),
+		"labels_p50_ns":        round1(labelsP50),
+		"telemetry_extra_ns":   round1(telemetryP50 - untrustedP50),
+		"labels_extra_ns":      round1(labelsP50 - untrustedP50),
 		"no_deadline_ratio":    round2(noDeadlineP50 / rawP50),
 		"alloc_calls":          allocCalls,
 		"alloc_guest_mem_mb":   round1(float64(st.Active.MemoryBytes) / (1 << 20)),

@@ -7,8 +7,11 @@ const HISTORY = 120;
 const COLORS = ["#15803d", "#1d4ed8", "#b45309", "#7c3aed", "#be185d", "#0f766e"];
 
 let previous = null;  // the last snapshot
+let firstSeen = null; // the time of the first snapshot (ms)
 const series = {};    // "module/version" -> [{t, rate}]
 const colorOf = {};   // "module/version" -> color
+const activeOf = {};  // module -> the active version's key last seen
+const swaps = {};     // module -> [{t, label}]: when the active version changed
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -58,6 +61,14 @@ function render(snap) {
   const mods = document.getElementById("modules");
   mods.replaceChildren();
   for (const m of snap.modules) {
+    const active = (m.versions || []).find(v => v.role === "active");
+    if (active) {
+      const k = key(m.name, active);
+      if (activeOf[m.name] && activeOf[m.name] !== k) {
+        (swaps[m.name] = swaps[m.name] || []).push({ t: now, label: "→ " + active.version });
+      }
+      activeOf[m.name] = k;
+    }
     const body = el("tbody");
     for (const v of m.versions || []) {
       const k = key(m.name, v);
@@ -105,12 +116,14 @@ function render(snap) {
 }
 
 // draw plots calls/s of every version of module m seen in the last
-// HISTORY seconds.
+// HISTORY seconds (or since the page opened, if that is shorter).
 function draw(canvas, m, now) {
   const ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height, pad = 4;
   ctx.clearRect(0, 0, w, h);
-  const from = now - HISTORY * 1000;
+  if (firstSeen === null) firstSeen = now;
+  const from = Math.max(now - HISTORY * 1000, Math.min(firstSeen, now - 10000));
+  const span = now - from;
   let maxRate = 1;
   const keys = Object.keys(series).filter(k => k.startsWith(m.name + "/"));
   for (const k of keys) {
@@ -122,19 +135,40 @@ function draw(canvas, m, now) {
   ctx.fillStyle = "#4b5561";
   ctx.font = "11px system-ui";
   ctx.fillText(maxRate.toFixed(0) + " calls/s", pad + 2, 12);
+  const xOf = t => pad + (w - 2 * pad) * (t - from) / span;
+  const marks = (swaps[m.name] || []).filter(s => s.t >= from);
+  swaps[m.name] = marks;
+  ctx.setLineDash([4, 3]);
+  for (const s of marks) {
+    ctx.strokeStyle = "#9aa4af";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(xOf(s.t), 16);
+    ctx.lineTo(xOf(s.t), h - pad);
+    ctx.stroke();
+    const text = "swap " + s.label;
+    const tw = ctx.measureText(text).width;
+    ctx.fillText(text, xOf(s.t) + 3 + tw > w ? xOf(s.t) - 3 - tw : xOf(s.t) + 3, 26);
+  }
+  ctx.setLineDash([]);
+  let lines = 0;
   for (const k of keys) {
     const pts = series[k];
     if (pts.length === 0) continue;
+    if (pts.length > 1) lines++;
     ctx.strokeStyle = colorOf[k];
     ctx.lineWidth = 2;
     ctx.beginPath();
     pts.forEach((p, i) => {
-      const x = pad + (w - 2 * pad) * (p.t - from) / (HISTORY * 1000);
+      const x = xOf(p.t);
       const y = h - pad - (h - 2 * pad - 14) * p.rate / maxRate;
       if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     });
     ctx.stroke();
   }
+  // For tests and scripts: what the chart shows.
+  canvas.dataset.lines = String(lines);
+  canvas.dataset.swaps = String(marks.length);
 }
 
 async function poll() {
