@@ -20,9 +20,6 @@ type version struct {
 	digest   string
 	code     Code
 	loadedAt time.Time
-	// labels carries the pprof labels module and version, made once so
-	// that a labelled call allocates nothing.
-	labels context.Context
 
 	// refs counts calls holding this version. Invariant: a call that
 	// incremented refs to a non-negative value may use code until it
@@ -36,6 +33,10 @@ type version struct {
 	drainOnce sync.Once
 
 	stats counters // failures by kind and timed latencies
+
+	// labels carries the pprof labels module and version, made once so
+	// that a labelled call allocates nothing.
+	labels context.Context
 }
 
 func newVersion(m *Module, name, digest string, code Code) *version {

@@ -59,19 +59,20 @@ func main() {
 	allocCalls := flag.Int("alloc-calls", 100000, "calls of the allocating handler")
 	maintainEvery := flag.Int("maintain-every", 0, "calls between GC yields (0: the default)")
 	hostileRuns := flag.Int("hostile", 1, "passes over the hostile modules (0: none)")
+	withTelemetry := flag.Bool("telemetry", true, "measure the telemetry and labels variants too")
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "modcall-")
 	if err != nil {
 		log.Fatal(err)
 	}
-	err = run(dir, *rounds, *allocCalls, *maintainEvery, *hostileRuns)
+	err = run(dir, *rounds, *allocCalls, *maintainEvery, *hostileRuns, *withTelemetry)
 	os.RemoveAll(dir)
 	if err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error {
+func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int, withTelemetry bool) error {
 	ctx := context.Background()
 	code, err := benchutil.Guest("./internal/testguests/echo", "")
 	if err != nil {
@@ -152,6 +153,11 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 		{name: "telemetry", call: viaRegistry(withMetrics)},
 		{name: "labels", call: viaRegistry(withLabels)},
 	}
+	if !withTelemetry {
+		// The program as it was before them, to compare the variants
+		// without telemetry with earlier runs.
+		variants = variants[:4]
+	}
 	for i := range variants { // warm up
 		for range 20 * batch {
 			if err := variants[i].call(); err != nil {
@@ -175,8 +181,6 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 	untrustedP50 := benchutil.Percentile(variants[1].ns, 50)
 	noDeadlineP50 := benchutil.Percentile(variants[2].ns, 50)
 	rawGuardedP50 := benchutil.Percentile(variants[3].ns, 50)
-	telemetryP50 := benchutil.Percentile(variants[4].ns, 50)
-	labelsP50 := benchutil.Percentile(variants[5].ns, 50)
 
 	// The allocating handler, on a fresh registry.
 	allocMod, ar, err := newReg(0, module.Options{})
@@ -195,8 +199,6 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 
 	fmt.Printf("raw p50 %.1f ns, untrusted p50 %.1f ns (%.2fx), no deadline p50 %.1f ns, raw guarded p50 %.1f ns\n",
 		rawP50, untrustedP50, untrustedP50/rawP50, noDeadlineP50, rawGuardedP50)
-	fmt.Printf("telemetry p50 %.1f ns (%+.1f ns), labels p50 %.1f ns (%+.1f ns)\n",
-		telemetryP50, telemetryP50-untrustedP50, labelsP50, labelsP50-untrustedP50)
 	fmt.Printf("alloc: %d calls in %v, %d instances, guest memory %.1f MiB\n", allocCalls, allocElapsed,
 		st.Active.Instances, float64(st.Active.MemoryBytes)/(1<<20))
 
@@ -206,10 +208,6 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 		"no_deadline_p50_ns":   round1(noDeadlineP50),
 		"raw_guarded_p50_ns":   round1(rawGuardedP50),
 		"untrusted_ratio":      round2(untrustedP50 / rawP50),
-		"telemetry_p50_ns":     round1(telemetryP50),
-		"labels_p50_ns":        round1(labelsP50),
-		"telemetry_extra_ns":   round1(telemetryP50 - untrustedP50),
-		"labels_extra_ns":      round1(labelsP50 - untrustedP50),
 		"no_deadline_ratio":    round2(noDeadlineP50 / rawP50),
 		"alloc_calls":          allocCalls,
 		"alloc_guest_mem_mb":   round1(float64(st.Active.MemoryBytes) / (1 << 20)),
@@ -218,6 +216,16 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int) error
 		"batches_per_variant":  rounds,
 		"calls_per_batch":      batch,
 		"payload_bytes_in_out": len(in),
+	}
+	if withTelemetry {
+		telemetryP50 := benchutil.Percentile(variants[4].ns, 50)
+		labelsP50 := benchutil.Percentile(variants[5].ns, 50)
+		fmt.Printf("telemetry p50 %.1f ns (%+.1f ns), labels p50 %.1f ns (%+.1f ns)\n",
+			telemetryP50, telemetryP50-untrustedP50, labelsP50, labelsP50-untrustedP50)
+		res["telemetry_p50_ns"] = round1(telemetryP50)
+		res["labels_p50_ns"] = round1(labelsP50)
+		res["telemetry_extra_ns"] = round1(telemetryP50 - untrustedP50)
+		res["labels_extra_ns"] = round1(labelsP50 - untrustedP50)
 	}
 	if hostileRuns > 0 {
 		h, err := hostilePhase(ctx, cache, code, hostileRuns)
