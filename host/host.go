@@ -26,8 +26,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +38,7 @@ import (
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/internal/statedir"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/upgrade"
@@ -226,6 +229,10 @@ func New(opts Options) (*Host, error) {
 	}
 	if h.childSpan != nil {
 		h.childSpan.End()
+	}
+	if h.up != nil && h.up.HasParent() {
+		log.Info("process started by an upgrade", logkey.PID, os.Getpid(), logkey.Generation, h.generation(),
+			"parent_pid", h.proc.parentPID)
 	}
 	return h, nil
 }
@@ -568,7 +575,7 @@ func (h *Host) begin(ctx context.Context, action audit.Action, target, artifact 
 		err = fmt.Errorf("%s %s refused: audit log: %w", action, target, err)
 		c.count(audit.ResultRefused, err)
 		c.endSpan(ResultRefused, err)
-		h.log.Error("change refused: audit log", "action", action, "target", target, "err", err)
+		h.log.Error("change refused: audit log", c.logAttrs(err)...)
 		return nil, err
 	}
 	return c, nil
@@ -586,7 +593,7 @@ func (c *change) refuse(err error) error {
 	}
 	c.count(result, err)
 	c.endSpan(string(result), err)
-	c.h.log.Warn("change "+string(result), "action", c.ev.Action, "target", c.ev.Target, "to", c.ev.To, "err", err)
+	c.h.log.Warn("change "+string(result), c.logAttrs(err)...)
 	return err
 }
 
@@ -595,7 +602,7 @@ func (c *change) refuse(err error) error {
 func (c *change) allow() error {
 	if err := c.record(audit.ResultOK, nil); err != nil {
 		err = fmt.Errorf("%s %s refused: audit log: %w", c.ev.Action, c.ev.Target, err)
-		c.h.log.Error("change refused: audit log", "action", c.ev.Action, "target", c.ev.Target, "err", err)
+		c.h.log.Error("change refused: audit log", c.logAttrs(err)...)
 		c.count(audit.ResultRefused, err)
 		c.endSpan(ResultRefused, err)
 		return err
@@ -610,8 +617,29 @@ func (c *change) fail(err error) error {
 	}
 	c.count(audit.ResultFailed, err)
 	c.endSpan(ResultFailed, err)
-	c.h.log.Warn("change failed", "action", c.ev.Action, "target", c.ev.Target, "to", c.ev.To, "err", err)
+	c.h.log.Warn("change failed", c.logAttrs(err)...)
 	return err
+}
+
+// logAttrs are the slog attributes of a log line about the change, in the
+// shared vocabulary (package logkey).
+func (c *change) logAttrs(err error) []any {
+	attrs := []any{"action", c.ev.Action}
+	if c.ev.Action == audit.ActionUpgrade {
+		attrs = append(attrs, "binary", c.ev.Artifact)
+	} else {
+		attrs = append(attrs, logkey.Module, c.ev.Target)
+	}
+	if version, digest, ok := strings.Cut(c.ev.To, "@sha256:"); c.ev.To != "" {
+		attrs = append(attrs, logkey.Version, version)
+		if ok {
+			attrs = append(attrs, logkey.Digest, digest)
+		}
+	}
+	if err != nil {
+		attrs = append(attrs, logkey.Check, checkOf(err), logkey.Err, err)
+	}
+	return attrs
 }
 
 // count counts the end of a module change in the host's ChangeStats;
