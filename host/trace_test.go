@@ -131,21 +131,7 @@ func TestLoadSpans(t *testing.T) {
 func TestUpgradeSpanSharesTraceWithChild(t *testing.T) {
 	tp, exp := tracing(t)
 	f := newFixture(t)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	binPath := filepath.Join(f.dir, "hosttest-next")
-	if err := os.WriteFile(binPath, bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.trusted.SignFile(context.Background(), binPath, artifact.Manifest{Name: "svc", Version: "2", Kind: artifact.KindBinary}); err != nil {
-		t.Fatal(err)
-	}
+	binPath := signedTestBinary(t, f, "2")
 	out := filepath.Join(f.dir, "child.json")
 	h := f.open(t, hostOptions{tracer: tp, upgrade: &upgrade.Options{
 		NoSignals: true,

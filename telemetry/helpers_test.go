@@ -111,4 +111,4 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // timeout bounds each step of a test that waits on a host or a process.
-const timeout = time.Minute
+const timeout = 2 * time.Minute

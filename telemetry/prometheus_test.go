@@ -1,11 +1,8 @@
 package telemetry_test
 
 import (
-	"context"
 	"fmt"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/hotswapgo/hotswap/internal/testhost"
 	"github.com/hotswapgo/hotswap/telemetry"
@@ -21,31 +18,13 @@ func TestPrometheusScrapesSwapAndRollback(t *testing.T) {
 	target := serve(t, telemetry.AdminHandler(r.h, r.reg))
 	prom := testhost.StartPrometheus(t, target)
 
-	// Calls run without pause until the test ends.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var callErr error
-	wg.Go(func() {
-		m := r.h.Module("pricing")
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			_, err := testhost.Quote(ctx, m)
-			cancel()
-			if err != nil && callErr == nil {
-				callErr = err
-			}
-		}
-	})
+	// Calls run without pause until the test ends; none may fail.
+	testhost.KeyedCalls(t, r.h.Module("pricing"), 1)
 	defer func() {
-		close(stop)
-		wg.Wait()
-		if callErr != nil {
-			t.Errorf("a call failed: %v", callErr)
+		for labels, n := range r.gathered(t, "hotswap_module_call_failures_total") {
+			if n != 0 {
+				t.Errorf("hotswap_module_call_failures_total{%s} = %v; want 0", labels, n)
+			}
 		}
 	}()
 

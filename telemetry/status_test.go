@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -74,22 +73,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	r.load(t, r.v1)
 	addr := serve(t, telemetry.AdminHandler(r.h, r.reg))
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		m := r.h.Module("pricing")
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			testhost.Quote(ctx, m)
-			cancel()
-		}
-	})
-	defer func() { close(stop); wg.Wait() }()
+	testhost.KeyedCalls(t, r.h.Module("pricing"), 1)
 
 	profile := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
