@@ -49,7 +49,7 @@ func newRig(t *testing.T, o testhost.HostOptions) *rig {
 
 func (r *rig) load(t *testing.T, path string) {
 	t.Helper()
-	ctx := host.WithActor(testhost.Context(t, time.Minute), "test")
+	ctx := host.WithActor(testhost.Context(t, timeout), "test")
 	if _, err := r.h.LoadFile(ctx, "pricing", path); err != nil {
 		t.Fatalf("LoadFile(%s) = %v", path, err)
 	}
@@ -57,7 +57,7 @@ func (r *rig) load(t *testing.T, path string) {
 
 func (r *rig) rollback(t *testing.T) {
 	t.Helper()
-	ctx := host.WithActor(testhost.Context(t, time.Minute), "test")
+	ctx := host.WithActor(testhost.Context(t, timeout), "test")
 	if _, err := r.h.Rollback(ctx, "pricing"); err != nil {
 		t.Fatalf("Rollback() = %v", err)
 	}
