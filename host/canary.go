@@ -148,6 +148,7 @@ func (h *Host) startCanary(ctx context.Context, name, label string, p canary.Pol
 	ro, err := canary.Start(mc, canary.Options{Policy: p, Record: hc.record, Logger: h.log})
 	if err != nil {
 		mc.Abort()
+		c.endSpan(ResultFailed, err)
 		return CanaryStatus{}, err // the record failed: nothing more can be recorded
 	}
 	h.canaries.mu.Lock()
