@@ -110,7 +110,7 @@ func (h *Host) startCanary(ctx context.Context, name, label string, p canary.Pol
 			h.canaries.end(name, hc, false)
 		}
 	}()
-	progress(ctx, StepVerify, label)
+	c.step(ctx, StepVerify, label)
 	vd, err := verify(ctx)
 	if err != nil {
 		return CanaryStatus{}, c.refuse(err)
@@ -120,7 +120,7 @@ func (h *Host) startCanary(ctx context.Context, name, label string, p canary.Pol
 	if err := h.store.CheckVersion(m); err != nil {
 		return CanaryStatus{}, c.refuse(err)
 	}
-	progress(ctx, StepPrepare, c.ev.To)
+	c.step(ctx, StepPrepare, c.ev.To)
 	prep, err := h.prepareModule(ctx, name, vd)
 	if err != nil {
 		return CanaryStatus{}, c.refuse(err)
@@ -128,7 +128,7 @@ func (h *Host) startCanary(ctx context.Context, name, label string, p canary.Pol
 	if from, fromDigest, ok := prep.From(); ok {
 		c.ev.From = versionRef(from, fromDigest)
 	}
-	progress(ctx, StepStore, c.ev.To)
+	c.step(ctx, StepStore, c.ev.To)
 	if _, err := h.store.Put(ctx, vd); err != nil {
 		prep.Discard()
 		return CanaryStatus{}, c.refuse(fmt.Errorf("store %s: %w", c.ev.To, err))
@@ -148,6 +148,7 @@ func (h *Host) startCanary(ctx context.Context, name, label string, p canary.Pol
 	ro, err := canary.Start(mc, canary.Options{Policy: p, Record: hc.record, Logger: h.log})
 	if err != nil {
 		mc.Abort()
+		c.endSpan(ResultFailed, err)
 		return CanaryStatus{}, err // the record failed: nothing more can be recorded
 	}
 	h.canaries.mu.Lock()
@@ -181,6 +182,8 @@ func (hc *hostCanary) record(v canary.Verdict) error {
 	if v.Decision != canary.Begin { // a beginning has no numbers yet
 		ev.Detail += "; " + v.Window.String()
 	}
+	c.h.stats.countVerdict(ev.Target, string(v.Decision))
+	hc.traceVerdict(v)
 	if err := c.h.audit.Record(c.ctx, ev); err != nil {
 		err = fmt.Errorf("canary %s refused: audit log: %w", ev.Target, err)
 		c.h.log.Error("canary verdict not recorded", "module", ev.Target, "decision", v.Decision, "err", err)
@@ -197,6 +200,7 @@ func (hc *hostCanary) watch() {
 	promoted := hc.ro.Status().State == canary.Promoted
 	if promoted {
 		stable, stableDigest := hc.mc.Stable()
+		h.stats.countSwap(name, 0, 0)
 		h.rememberActive(context.Background(), name, hc.mc.Digest(), stableDigest, false)
 		h.log.Info("canary promoted", "module", name, "version", hc.mc.Version(), "from", stable)
 	} else if d, err := artifact.ParseDigest(hc.mc.Digest()); err == nil {
@@ -207,6 +211,12 @@ func (hc *hostCanary) watch() {
 		}
 	}
 	h.canaries.end(name, hc, true)
+	result := string(hc.ro.Status().State)
+	var err error
+	if !promoted {
+		err = CanaryResult(hc.status())
+	}
+	hc.change.endSpan(result, err)
 	close(hc.ended)
 }
 

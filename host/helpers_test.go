@@ -18,6 +18,10 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/host"
@@ -54,6 +58,14 @@ type childReport struct {
 	AppState string
 	Pricing  map[string][]byte // the pricing module's host-kept state
 	Trust    string
+	// Spans are the spans the new process recorded while it started.
+	Spans []reportedSpan
+}
+
+// reportedSpan is a span as a child process reports it.
+type reportedSpan struct {
+	Name            string
+	TraceID, Parent string
 }
 
 // runChild is the new process's main: a host over the shared state
@@ -67,13 +79,19 @@ func runChild() int {
 	if err != nil {
 		return fail(err)
 	}
-	h, err := host.New(host.Options{Backend: b, StateDir: os.Getenv(envState), Upgrade: &upgrade.Options{NoSignals: true}})
+	spans := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
+	h, err := host.New(host.Options{Backend: b, StateDir: os.Getenv(envState), Upgrade: &upgrade.Options{NoSignals: true},
+		TracerProvider: tp})
 	if err != nil {
 		return fail(err)
 	}
 	defer h.Close(context.Background())
 	rep := childReport{Process: h.Process(), AppState: string(h.AppState()),
 		Pricing: h.Module("pricing").State().Snapshot(), Trust: h.TrustMode()}
+	for _, s := range spans.GetSpans() {
+		rep.Spans = append(rep.Spans, reportedSpan{Name: s.Name, TraceID: s.SpanContext.TraceID().String(), Parent: s.Parent.SpanID().String()})
+	}
 	data, err := json.Marshal(rep)
 	if err != nil {
 		return fail(err)
@@ -152,6 +170,7 @@ type hostOptions struct {
 	maxModuleSize  int64
 	upgrade        *upgrade.Options
 	noClose        bool // the test closes the host itself
+	tracer         trace.TracerProvider
 }
 
 // open returns a host over the fixture's state directory with a fresh wasm
@@ -164,7 +183,7 @@ func (f *fixture) open(t *testing.T, o hostOptions) *host.Host {
 		t.Fatal(err)
 	}
 	h, err := host.New(host.Options{Backend: b, StateDir: f.state, Development: o.dev, Upgrade: o.upgrade, Service: cmp.Or(o.service, "svc"),
-		FollowSymlinks: o.followSymlinks, MaxModuleSize: o.maxModuleSize,
+		FollowSymlinks: o.followSymlinks, MaxModuleSize: o.maxModuleSize, TracerProvider: o.tracer,
 		Logger: testLogger(), DrainTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatalf("New() = %v", err)

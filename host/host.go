@@ -26,14 +26,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/internal/statedir"
 	"github.com/hotswapgo/hotswap/kernel"
 	"github.com/hotswapgo/hotswap/module"
@@ -104,6 +109,19 @@ type Options struct {
 	// DrainTimeout is the registry's drain bound. Defaults to
 	// module.DefaultDrainTimeout.
 	DrainTimeout time.Duration
+	// TracerProvider receives a span per change (load, rollback, canary,
+	// binary upgrade) with a child span per step; see
+	// docs/observability.md. A process started by a traced upgrade records
+	// its start in the upgrade's trace. Defaults to nil: no tracing.
+	TracerProvider trace.TracerProvider
+	// TimeCalls is the share of calls timed into their version's latency
+	// histogram (module.Options.TimeCalls), e.g. for a metrics collector.
+	// Defaults to 0: only a canary's calls are timed.
+	TimeCalls float64
+	// ProfileLabels sets the pprof labels module and version around each
+	// call (module.Options.ProfileLabels), so a CPU profile splits host
+	// time by module version. Defaults to false.
+	ProfileLabels bool
 
 	// Durability says when changes to the modules' host-kept state reach
 	// StateDir/state.db (see state.go and docs/state.md). Defaults to
@@ -135,6 +153,9 @@ type Host struct {
 	slotsMu   sync.Mutex     // protects slots
 	slots     []*kernel.Slot // the kernel-level slots; see kernel.go
 	backends  *backends      // Options.Backend and Options.Plugins
+	stats     stats          // change counters; see ChangeStats
+	tracer    trace.Tracer   // Options.TracerProvider's, or a no-op one
+	childSpan trace.Span     // this process's start in its upgrade's trace; ended by New
 }
 
 // New opens the state directory and returns a Host. Call RestoreModules to
@@ -185,13 +206,14 @@ func New(opts Options) (*Host, error) {
 		return nil, fmt.Errorf("host: open audit log: %w", err)
 	}
 	h := &Host{verifier: verifier, store: store, audit: al, log: log, dev: opts.Development, service: opts.Service,
-		maxModule: cmpOr(opts.MaxModuleSize, DefaultMaxModuleSize), started: time.Now(),
+		maxModule: cmpOr(opts.MaxModuleSize, DefaultMaxModuleSize), started: time.Now(), tracer: tracerOf(opts.TracerProvider),
 		backends: &backends{wasm: opts.Backend, plugins: opts.Plugins}}
 	if h.state, err = newKVState(opts, log); err != nil {
 		al.Close()
 		return nil, err
 	}
-	h.reg, err = module.New(module.Options{Backend: h.backends, Logger: log, DrainTimeout: opts.DrainTimeout, State: h.state.newKV})
+	h.reg, err = module.New(module.Options{Backend: h.backends, Logger: log, DrainTimeout: opts.DrainTimeout, State: h.state.newKV,
+		TimeCalls: opts.TimeCalls, ProfileLabels: opts.ProfileLabels})
 	if err != nil {
 		al.Close()
 		return nil, fmt.Errorf("host: %w", err)
@@ -213,6 +235,13 @@ func New(opts Options) (*Host, error) {
 	}
 	if h.dev {
 		log.Warn("development mode: unsigned artifacts are accepted")
+	}
+	if h.childSpan != nil {
+		h.childSpan.End()
+	}
+	if h.up != nil && h.up.HasParent() {
+		log.Info("process started by an upgrade", logkey.PID, os.Getpid(), logkey.Generation, h.generation(),
+			"parent_pid", h.proc.parentPID)
 	}
 	return h, nil
 }
@@ -309,7 +338,7 @@ func (h *Host) load(ctx context.Context, name, label string, verify func(context
 	if err != nil {
 		return module.VersionStatus{}, err
 	}
-	progress(ctx, StepVerify, label)
+	c.step(ctx, StepVerify, label)
 	vd, err := verify(ctx)
 	if err != nil {
 		return module.VersionStatus{}, c.refuse(err)
@@ -326,7 +355,7 @@ func (h *Host) prepare(ctx context.Context, c *change, vd *artifact.Verified, ro
 	if err := h.store.CheckVersion(m); err != nil {
 		return module.VersionStatus{}, c.refuse(err)
 	}
-	progress(ctx, StepPrepare, c.ev.To)
+	c.step(ctx, StepPrepare, c.ev.To)
 	p, err := h.prepareModule(ctx, c.ev.Target, vd)
 	if err != nil {
 		return module.VersionStatus{}, c.refuse(err)
@@ -343,7 +372,7 @@ func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put 
 	}
 	c.ev.To = versionRef(p.Version(), p.Digest())
 	if put != nil {
-		progress(ctx, StepStore, c.ev.To)
+		c.step(ctx, StepStore, c.ev.To)
 		if _, err := h.store.Put(ctx, put); err != nil {
 			p.Discard()
 			return module.VersionStatus{}, c.refuse(fmt.Errorf("store %s: %w", c.ev.To, err))
@@ -353,7 +382,8 @@ func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put 
 		p.Discard()
 		return module.VersionStatus{}, err
 	}
-	progress(ctx, StepActivate, c.ev.To)
+	c.step(ctx, StepActivate, c.ev.To)
+	switchStart := time.Now()
 	st, err := p.Activate(ctx)
 	if err != nil {
 		if put != nil {
@@ -366,6 +396,9 @@ func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put 
 		}
 		return st, c.fail(err)
 	}
+	h.stats.countSwap(c.ev.Target, time.Since(switchStart), time.Since(c.start))
+	c.count(audit.ResultOK, nil)
+	c.endSpan(ResultOK, nil)
 	h.rememberActive(context.WithoutCancel(ctx), c.ev.Target, p.Digest(), fromDigest, rollback || p.Rollback())
 	return st, nil
 }
@@ -415,6 +448,7 @@ func (h *Host) Rollback(ctx context.Context, name string) (module.VersionStatus,
 		return module.VersionStatus{}, c.refuse(fmt.Errorf("%w; the last-known-good version %s is the one serving", err, entry.Manifest.Version))
 	}
 	c.ev.To = versionRef(entry.Manifest.Version, entry.Manifest.Digest.Hex())
+	c.step(ctx, StepVerify, c.ev.To)
 	vd, err := h.verifier.VerifyEntry(ctx, entry)
 	if err != nil {
 		return module.VersionStatus{}, c.refuse(err)
@@ -467,7 +501,7 @@ func (h *Host) restore(ctx context.Context, name string, entry artifact.Entry) e
 	if err != nil {
 		return c.refuse(err)
 	}
-	progress(ctx, StepPrepare, to)
+	c.step(ctx, StepPrepare, to)
 	p, err := h.prepareModule(ctx, name, vd)
 	if err != nil {
 		return c.refuse(err)
@@ -518,9 +552,15 @@ func (h *Host) Close(ctx context.Context) error {
 // it applies to, and are written with a context that outlives the request,
 // so a change whose caller gave up is still recorded.
 type change struct {
-	h   *Host
-	ctx context.Context
-	ev  audit.Event
+	h      *Host
+	ctx    context.Context // outlives the request; carries the change's span
+	ev     audit.Event
+	start  time.Time // when the change was asked for
+	tracer trace.Tracer
+
+	mu       sync.Mutex // protects span and stepSpan (a canary's verdicts come from its own goroutine)
+	span     trace.Span // the change's span; nil once ended
+	stepSpan trace.Span // the span of the step under way, nil if none
 }
 
 // begin records that a change starts, before any of its work. If the record
@@ -531,7 +571,7 @@ func (h *Host) begin(ctx context.Context, action audit.Action, target, artifact 
 	}
 	var id [8]byte
 	rand.Read(id[:])
-	c := &change{h: h, ctx: context.WithoutCancel(ctx), ev: audit.Event{
+	c := &change{h: h, ctx: context.WithoutCancel(ctx), start: time.Now(), ev: audit.Event{
 		ID: hex.EncodeToString(id[:]), Actor: actor(ctx), Action: action, Target: target, Artifact: artifact,
 	}}
 	if action != audit.ActionUpgrade {
@@ -539,9 +579,12 @@ func (h *Host) begin(ctx context.Context, action audit.Action, target, artifact 
 			c.ev.From = versionRef(cur.Version, cur.Digest)
 		}
 	}
+	c.ctx = c.startSpan(c.ctx, h.tracer)
 	if err := c.record(audit.ResultStarted, nil); err != nil {
 		err = fmt.Errorf("%s %s refused: audit log: %w", action, target, err)
-		h.log.Error("change refused: audit log", "action", action, "target", target, "err", err)
+		c.count(audit.ResultRefused, err)
+		c.endSpan(ResultRefused, err)
+		h.log.Error("change refused: audit log", c.logAttrs(err)...)
 		return nil, err
 	}
 	return c, nil
@@ -557,7 +600,9 @@ func (c *change) refuse(err error) error {
 	if aerr := c.record(result, err); aerr != nil {
 		c.h.log.Error("audit a refusal", "err", aerr)
 	}
-	c.h.log.Warn("change "+string(result), "action", c.ev.Action, "target", c.ev.Target, "to", c.ev.To, "err", err)
+	c.count(result, err)
+	c.endSpan(string(result), err)
+	c.h.log.Warn("change "+string(result), c.logAttrs(err)...)
 	return err
 }
 
@@ -566,7 +611,9 @@ func (c *change) refuse(err error) error {
 func (c *change) allow() error {
 	if err := c.record(audit.ResultOK, nil); err != nil {
 		err = fmt.Errorf("%s %s refused: audit log: %w", c.ev.Action, c.ev.Target, err)
-		c.h.log.Error("change refused: audit log", "action", c.ev.Action, "target", c.ev.Target, "err", err)
+		c.h.log.Error("change refused: audit log", c.logAttrs(err)...)
+		c.count(audit.ResultRefused, err)
+		c.endSpan(ResultRefused, err)
 		return err
 	}
 	return nil
@@ -577,8 +624,39 @@ func (c *change) fail(err error) error {
 	if aerr := c.record(audit.ResultFailed, err); aerr != nil {
 		c.h.log.Error("audit a failure", "err", aerr)
 	}
-	c.h.log.Warn("change failed", "action", c.ev.Action, "target", c.ev.Target, "to", c.ev.To, "err", err)
+	c.count(audit.ResultFailed, err)
+	c.endSpan(ResultFailed, err)
+	c.h.log.Warn("change failed", c.logAttrs(err)...)
 	return err
+}
+
+// logAttrs are the slog attributes of a log line about the change, in the
+// shared vocabulary (package logkey).
+func (c *change) logAttrs(err error) []any {
+	attrs := []any{"action", c.ev.Action}
+	if c.ev.Action == audit.ActionUpgrade {
+		attrs = append(attrs, "binary", c.ev.Artifact)
+	} else {
+		attrs = append(attrs, logkey.Module, c.ev.Target)
+	}
+	if version, digest, ok := strings.Cut(c.ev.To, "@sha256:"); c.ev.To != "" {
+		attrs = append(attrs, logkey.Version, version)
+		if ok {
+			attrs = append(attrs, logkey.Digest, digest)
+		}
+	}
+	if err != nil {
+		attrs = append(attrs, logkey.Check, checkOf(err), logkey.Err, err)
+	}
+	return attrs
+}
+
+// count counts the end of a module change in the host's ChangeStats;
+// binary upgrades are counted from their result (see upgradeResult).
+func (c *change) count(result audit.Result, err error) {
+	if c.ev.Action != audit.ActionUpgrade {
+		c.h.stats.countChange(c.ev.Action, c.ev.Target, result, err)
+	}
 }
 
 func (c *change) record(result audit.Result, err error) error {

@@ -27,6 +27,9 @@ type handover struct {
 	// (DurabilityMemory, or a version before the state file), Modules is
 	// the whole state.
 	StateFile bool `json:"state_file,omitempty"`
+	// Trace is the trace context (W3C traceparent) of the upgrade that
+	// started the new process, which records its start in that trace.
+	Trace map[string]string `json:"trace,omitempty"`
 }
 
 func (h *Host) startUpgrader(opts upgrade.Options) error {
@@ -37,7 +40,8 @@ func (h *Host) startUpgrader(opts upgrade.Options) error {
 		if err != nil {
 			return nil, err
 		}
-		ho := handover{Modules: make(map[string]map[string][]byte), Generation: h.generation(), StateFile: keepsFile}
+		ho := handover{Modules: make(map[string]map[string][]byte), Generation: h.generation(), StateFile: keepsFile,
+			Trace: h.traceCarrier()}
 		for _, st := range h.reg.Status() {
 			ho.Modules[st.Name] = h.reg.Module(st.Name).State().Snapshot()
 		}
@@ -75,6 +79,7 @@ func (h *Host) startUpgrader(opts upgrade.Options) error {
 		}
 		h.appState = ho.App
 		h.proc.generation = ho.Generation + 1
+		h.childSpan = h.startChildSpan(ho.Trace, h.proc.generation)
 		h.state.parentKeepsFile = ho.StateFile
 	}
 	if up.HasParent() {
@@ -97,7 +102,7 @@ func (h *Host) prepareBinary(ctx context.Context, path string) (string, error) {
 		return "", auditedError{c.refuse(err)}
 	}
 	refuse := func(err error) (string, error) { h.canaries.releaseUpgrade(); return "", auditedError{c.refuse(err)} }
-	progress(ctx, StepVerify, path)
+	c.step(ctx, StepVerify, path)
 	service, err := h.serviceName()
 	if err != nil {
 		return refuse(&artifact.VerifyError{Artifact: path, Check: artifact.CheckName, Err: err})
@@ -115,7 +120,7 @@ func (h *Host) prepareBinary(ctx context.Context, path string) (string, error) {
 	h.proc.mu.Lock()
 	h.proc.pending = &pendingUpgrade{change: c, entry: entry}
 	h.proc.mu.Unlock()
-	progress(ctx, StepHandOver, entry.Path)
+	c.step(ctx, StepHandOver, entry.Path)
 	return entry.Path, nil
 }
 
@@ -134,6 +139,7 @@ func (h *Host) upgradeResult(res upgrade.Result) {
 	p := h.proc.pending
 	h.proc.pending = nil
 	h.proc.mu.Unlock()
+	h.stats.countUpgrade(res, p == nil)
 	if p == nil {
 		if res.Err != nil && !errors.As(res.Err, new(auditedError)) {
 			// Failed before prepareBinary allowed it (e.g. another upgrade
@@ -144,6 +150,7 @@ func (h *Host) upgradeResult(res upgrade.Result) {
 		return
 	}
 	h.canaries.releaseUpgrade() // prepareBinary held it
+	upgradeSpanResult(p.change, res.PID, res.Outcome.String(), res.Err)
 	if res.Err != nil {
 		p.change.fail(res.Err)
 		h.forgetBinary(p.entry)

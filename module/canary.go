@@ -65,7 +65,7 @@ func (p *Prepared) Canary(w float64) (*Canary, error) {
 	m.mu.Lock()
 	m.canary = c
 	m.mu.Unlock()
-	m.route.Store(newRoute(c.v, c.salt, w))
+	m.route.Store(r.canaryRoute(c.v, c.salt, w))
 	r.mu.Unlock()
 	r.log.Info("module canary serving", "module", m.name, "version", p.name, "stable", p.from.name,
 		"weight", w, "digest", p.digest, "prepared_in", p.took)
@@ -109,7 +109,7 @@ func (c *Canary) SetWeight(w float64) error {
 	if c.done {
 		return fmt.Errorf("canary %s@%s: %w: promoted or aborted", c.m.name, c.v.name, ErrClosed)
 	}
-	c.m.route.Store(newRoute(c.v, c.salt, w))
+	c.m.route.Store(c.reg.canaryRoute(c.v, c.salt, w))
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 )
@@ -99,6 +100,9 @@ func (m *Module) appendRouted(ctx context.Context, r *route, bucket uint64, dst 
 	} else if v = m.acquire(); v == nil {
 		return dst, fmt.Errorf("call %s %s: %w", m.name, handler, ErrNotFound)
 	}
+	if r.labels {
+		pprof.SetGoroutineLabels(v.labels)
+	}
 	var out []byte
 	var err error
 	if r.timed(bucket) {
@@ -107,6 +111,9 @@ func (m *Module) appendRouted(ctx context.Context, r *route, bucket uint64, dst 
 		v.stats.observe(m.reg.clock() - start)
 	} else {
 		out, err = v.code.AppendCall(ctx, dst, handler, in)
+	}
+	if r.labels {
+		pprof.SetGoroutineLabels(ctx)
 	}
 	v.release()
 	if err != nil {

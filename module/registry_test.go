@@ -1,10 +1,12 @@
 package module_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -86,6 +88,11 @@ func (c *fakeCode) AppendCall(ctx context.Context, dst []byte, handler string, i
 	}
 	if string(in) == "fail" {
 		return dst, module.Fail(module.ErrGuest, "asked to fail")
+	}
+	if handler == "goroutines" { // the goroutine profile, with profiling labels
+		var buf bytes.Buffer
+		pprof.Lookup("goroutine").WriteTo(&buf, 1)
+		return append(dst, buf.Bytes()...), nil
 	}
 	return append(dst, c.version...), nil
 }

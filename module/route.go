@@ -20,11 +20,14 @@ import (
 // are timed on cohorts of calls (or keys) of the same size, and the call
 // path reads the clock for 2·min(w, 1-w) of the calls at weight w.
 type route struct {
-	canary    *version // nil when the route only times calls
+	canary    *version // nil when the route only times or labels calls
 	threshold uint64
 	salt      uint64
 	timeLo    uint64
 	timeSpan  uint64
+	// labels sets the version's profiling labels around each call (see
+	// Options.ProfileLabels).
+	labels bool
 }
 
 // newRoute returns the route of a canary at weight w (0 ≤ w ≤ 1).

@@ -111,6 +111,13 @@ type Histogram struct {
 	Sum time.Duration
 }
 
+// Observe counts a duration. Unlike a version's own counters it is not
+// safe for concurrent use: the caller guards it.
+func (h *Histogram) Observe(d time.Duration) {
+	h.Counts[bucketOf(uint64(max(d, 0)))]++
+	h.Sum += d
+}
+
 // Count returns the number of durations counted.
 func (h *Histogram) Count() uint64 {
 	var n uint64

@@ -1,6 +1,8 @@
 package module
 
 import (
+	"context"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,10 +33,15 @@ type version struct {
 	drainOnce sync.Once
 
 	stats counters // failures by kind and timed latencies
+
+	// labels carries the pprof labels module and version, made once so
+	// that a labelled call allocates nothing.
+	labels context.Context
 }
 
 func newVersion(m *Module, name, digest string, code Code) *version {
-	return &version{module: m, name: name, digest: digest, code: code, loadedAt: time.Now(), drained: make(chan struct{})}
+	return &version{module: m, name: name, digest: digest, code: code, loadedAt: time.Now(), drained: make(chan struct{}),
+		labels: pprof.WithLabels(context.Background(), pprof.Labels("module", m.name, "version", name))}
 }
 
 // tryAcquire takes a reference unless the version is retiring.

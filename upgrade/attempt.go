@@ -165,7 +165,10 @@ func (u *Upgrader) run(ctx context.Context, trigger, binary string) (res Result)
 	u.log.Info("upgrade: new process ready", "pid", c.pid, "ready", res.Ready)
 
 	u.setAttempt(attemptProbation, c.pid)
-	if !u.probation(c) {
+	probationStart := time.Now()
+	alive := u.probation(c)
+	res.Probation = time.Since(probationStart)
+	if !alive {
 		c.close() // end resumes the sockets
 
 		res.Outcome = RolledBack

@@ -154,6 +154,9 @@ type Result struct {
 	// Ready is the time from Started until the new process said ready;
 	// zero if it never did.
 	Ready time.Duration
+	// Probation is how long the probation window ran until the new process
+	// passed it or died; zero if it never started.
+	Probation time.Duration
 	// Err is nil if and only if Outcome is Committed. It is usually a
 	// *ChildError.
 	Err error

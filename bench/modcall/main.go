@@ -13,7 +13,11 @@
 // CallTimeout = NoCallTimeout: both run the guest instrumented (stop flag,
 // fuel at loop heads and function entries, stack depth). "raw guarded" is
 // raw wazero with its own runaway protection on (WithCloseOnContextDone: a
-// goroutine per call watches the context), for comparison. Latencies are
+// goroutine per call watches the context), for comparison. "telemetry" is the registry call with metrics
+// on (Options.TimeCalls = metricsTimeCalls: a random draw per
+// call, two clock reads for the calls timed), "labels" with profiling
+// labels on (Options.ProfileLabels); telemetry_extra_ns and labels_extra_ns
+// are their p50 minus untrusted_p50_ns of the same run. Latencies are
 // medians of the mean per-call time of batches of 100 calls (timing single
 // 60 ns calls would measure the clock); the variants' batches are
 // interleaved so machine noise hits them alike.
@@ -61,37 +65,46 @@ import (
 
 const batch = 100
 
+// metricsTimeCalls is telemetry.DefaultTimeCalls, the share of calls a host
+// with metrics times. The program does not import package telemetry, so
+// that it links what the call path links and nothing else (client_golang
+// and the OpenTelemetry SDK moved the everything-off ratio by code layout
+// alone); a test in telemetry keeps the two equal.
+const metricsTimeCalls = 0.01
+
 func main() {
 	rounds := flag.Int("rounds", 2000, "batches of 100 calls per variant")
 	allocCalls := flag.Int("alloc-calls", 100000, "calls of the allocating handler")
 	maintainEvery := flag.Int("maintain-every", 0, "calls between GC yields (0: the default)")
 	hostileRuns := flag.Int("hostile", 1, "passes over the hostile modules (0: none)")
 	withPlugin := flag.Bool("plugin", true, "also call the echo guest built as a Go plugin")
+	withTelemetry := flag.Bool("telemetry", true, "measure the telemetry and labels variants too")
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "modcall-")
 	if err != nil {
 		log.Fatal(err)
 	}
-	err = run(dir, *rounds, *allocCalls, *maintainEvery, *hostileRuns, *withPlugin)
+	err = run(dir, *rounds, *allocCalls, *maintainEvery, *hostileRuns, *withPlugin, *withTelemetry)
 	os.RemoveAll(dir)
 	if err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int, withPlugin bool) error {
+func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int, withPlugin, withTelemetry bool) error {
 	ctx := context.Background()
 	code, err := benchutil.Guest("./internal/testguests/echo", "")
 	if err != nil {
 		return err
 	}
-	newReg := func(timeout time.Duration) (*module.Module, *module.Registry, error) {
+	newReg := func(timeout time.Duration, opts module.Options) (*module.Module, *module.Registry, error) {
 		b, err := wasm.New(wasm.Options{CacheDir: cache, Default: wasm.ModuleConfig{MaintainEvery: maintainEvery,
 			CallTimeout: timeout, Grants: []wasm.Capability{wasm.CapKV}}})
 		if err != nil {
 			return nil, nil, err
 		}
-		r, err := module.New(module.Options{Backend: b})
+		opts.Backend = b
+		r, err := module.New(opts)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -100,16 +113,28 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int, withP
 		}
 		return r.Module("echo"), r, nil
 	}
-	deadline, dr, err := newReg(0)
+	deadline, dr, err := newReg(0, module.Options{})
 	if err != nil {
 		return err
 	}
 	defer dr.Close(ctx)
-	noDeadline, nr, err := newReg(wasm.NoCallTimeout)
+	noDeadline, nr, err := newReg(wasm.NoCallTimeout, module.Options{})
 	if err != nil {
 		return err
 	}
 	defer nr.Close(ctx)
+	// Metrics on: the share of calls a host with metrics times (the
+	// counters themselves are always kept and read at scrape time).
+	withMetrics, mr, err := newReg(0, module.Options{TimeCalls: metricsTimeCalls})
+	if err != nil {
+		return err
+	}
+	defer mr.Close(ctx)
+	withLabels, lr, err := newReg(0, module.Options{ProfileLabels: true})
+	if err != nil {
+		return err
+	}
+	defer lr.Close(ctx)
 	raw, err := newRaw(ctx, code, false)
 	if err != nil {
 		return err
@@ -144,6 +169,13 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int, withP
 		{name: "untrusted", call: viaRegistry(deadline)},
 		{name: "no deadline", call: viaRegistry(noDeadline)},
 		{name: "raw guarded", call: func() error { return rawGuarded.echo(ctx, in, &dst) }},
+		{name: "telemetry", call: viaRegistry(withMetrics)},
+		{name: "labels", call: viaRegistry(withLabels)},
+	}
+	if !withTelemetry {
+		// The program as it was before them, to compare the variants
+		// without telemetry with earlier runs.
+		variants = variants[:4]
 	}
 	if withPlugin {
 		pm, pr, err := pluginModule(ctx, cache)
@@ -182,7 +214,7 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int, withP
 	rawGuardedP50 := benchutil.Percentile(variants[3].ns, 50)
 
 	// The allocating handler, on a fresh registry.
-	allocMod, ar, err := newReg(0)
+	allocMod, ar, err := newReg(0, module.Options{})
 	if err != nil {
 		return err
 	}
@@ -216,6 +248,16 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int, withP
 		"calls_per_batch":      batch,
 		"payload_bytes_in_out": len(in),
 	}
+	if withTelemetry {
+		telemetryP50 := benchutil.Percentile(variants[4].ns, 50)
+		labelsP50 := benchutil.Percentile(variants[5].ns, 50)
+		fmt.Printf("telemetry p50 %.1f ns (%+.1f ns), labels p50 %.1f ns (%+.1f ns)\n",
+			telemetryP50, telemetryP50-untrustedP50, labelsP50, labelsP50-untrustedP50)
+		res["telemetry_p50_ns"] = round1(telemetryP50)
+		res["labels_p50_ns"] = round1(labelsP50)
+		res["telemetry_extra_ns"] = round1(telemetryP50 - untrustedP50)
+		res["labels_extra_ns"] = round1(labelsP50 - untrustedP50)
+	}
 	if hostileRuns > 0 {
 		h, err := hostilePhase(ctx, cache, code, hostileRuns)
 		if err != nil {
@@ -242,7 +284,7 @@ func run(cache string, rounds, allocCalls, maintainEvery, hostileRuns int, withP
 	maps.Copy(res, langs)
 
 	if withPlugin {
-		pluginP50 := benchutil.Percentile(variants[4].ns, 50)
+		pluginP50 := benchutil.Percentile(variants[len(variants)-1].ns, 50) // appended last
 		fmt.Printf("plugin p50 %.1f ns (%.2fx the WASM call through the registry)\n", pluginP50, pluginP50/untrustedP50)
 		res["plugin_p50_ns"] = round1(pluginP50)
 		res["plugin_vs_wasm_ratio"] = round2(pluginP50 / untrustedP50)

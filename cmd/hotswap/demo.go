@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/hotswapgo/hotswap/artifact"
@@ -22,11 +24,16 @@ import (
 	"github.com/hotswapgo/hotswap/internal/statedir"
 	"github.com/hotswapgo/hotswap/module/goplugin"
 	"github.com/hotswapgo/hotswap/module/wasm"
+	"github.com/hotswapgo/hotswap/telemetry"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
 
 // DefaultDemoAddr is where the demo serves unless --addr says otherwise.
 const DefaultDemoAddr = "127.0.0.1:8080"
+
+// DefaultDemoAdminAddr is where the demo serves its status page, /metrics
+// and /debug/pprof unless --admin says otherwise.
+const DefaultDemoAdminAddr = "127.0.0.1:8081"
 
 // demoService is the name the demo signs its own binary with, and so the
 // name every binary that upgrades it must be signed with.
@@ -37,8 +44,10 @@ const demoService = "hotswap"
 const demoBinaryEnv = "HOTSWAP_DEMO_BINARY"
 
 type demoOptions struct {
-	addr string
-	dev  bool
+	addr          string
+	admin         string // "" for no admin listener
+	dev           bool
+	profileLabels bool
 }
 
 func newDemoCmd() *cobra.Command {
@@ -54,7 +63,9 @@ directory), builds the example modules and signs them into demo/artifacts/.
 Then it serves, loading pricing v1 (or the version that was current before).
 
 Drop an artifact (file.wasm with file.wasm.manifest) into demo/drop/ to load
-it; send SIGHUP to upgrade the binary. The state directory is
+it; send SIGHUP to upgrade the binary. The admin address serves a live status
+page, Prometheus metrics at /metrics and profiles at /debug/pprof; traces go
+to an OTLP endpoint when the OTEL_* environment names one. The state directory is
 $` + host.StateDirEnv + `, else hotswap/ in the user configuration directory.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -63,6 +74,10 @@ $` + host.StateDirEnv + `, else hotswap/ in the user configuration directory.`,
 	}
 	cmd.Flags().StringVar(&o.addr, "addr", DefaultDemoAddr, "address to serve HTTP on")
 	cmd.Flags().BoolVar(&o.dev, "dev", false, "development trust mode: accept unsigned artifacts")
+	cmd.Flags().StringVar(&o.admin, "admin", DefaultDemoAdminAddr,
+		"address of the status page, /metrics and /debug/pprof (loopback only: it exposes profiles); empty for none")
+	cmd.Flags().BoolVar(&o.profileLabels, "profile-labels", false,
+		"set pprof labels module and version around every module call")
 	return cmd
 }
 
@@ -120,15 +135,30 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		}
 		os.Setenv(demoBinaryEnv, binary)
 	}
-	h, err := host.New(host.Options{
-		Backend:     backend,
-		Plugins:     plugins,
-		StateDir:    state,
-		Development: o.dev,
-		Service:     demoService,
-		Logger:      log,
-		Upgrade:     &upgrade.Options{Binary: binary, PIDFile: filepath.Join(demoDir, "hotswap-demo.pid"), Logger: log},
-	})
+	tp, err := telemetry.NewTracerProvider(ctx)
+	if err != nil {
+		return err
+	}
+	hopts := host.Options{
+		Backend:       backend,
+		Plugins:       plugins,
+		StateDir:      state,
+		Development:   o.dev,
+		Service:       demoService,
+		Logger:        log,
+		Upgrade:       &upgrade.Options{Binary: binary, PIDFile: filepath.Join(demoDir, "hotswap-demo.pid"), Logger: log},
+		TimeCalls:     telemetry.DefaultTimeCalls,
+		ProfileLabels: o.profileLabels,
+	}
+	if tp != nil {
+		hopts.TracerProvider = tp
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			tp.Shutdown(sctx)
+		}()
+	}
+	h, err := host.New(hopts)
 	if err != nil {
 		return err
 	}
@@ -163,6 +193,27 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	}, upgrade.HTTPOptions{Logger: log})
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+
+	// The admin listener, inherited across upgrades like the service's.
+	var admin *upgrade.HTTPServer
+	if o.admin != "" {
+		aln, err := up.Listen(ctx, "tcp", o.admin)
+		if err != nil {
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		metrics := prometheus.NewRegistry()
+		metrics.MustRegister(telemetry.NewCollector(h), collectors.NewGoCollector(),
+			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		admin = upgrade.NewHTTPServer(&http.Server{
+			Handler:           telemetry.AdminHandler(h, metrics),
+			ReadHeaderTimeout: 10 * time.Second,
+		}, upgrade.HTTPOptions{Logger: log})
+		go func() {
+			if err := admin.Serve(aln); err != nil {
+				log.Warn("admin listener stopped", "err", err)
+			}
+		}()
+	}
 
 	// The control socket: the CLI's status, load, rollback, history and
 	// upgrade talk to it. It comes from the upgrader, so it is inherited.
@@ -208,6 +259,9 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	}
 	if !up.HasParent() {
 		printDemoHelp(stdout, o.addr, arts, dropDir, control.DefaultSocketPath(), h.Module(pricing.Module).Status().Active.Version, state)
+		if o.admin != "" {
+			fmt.Fprintf(stdout, "status page: http://%[1]s/   metrics: http://%[1]s/metrics   profiles: http://%[1]s/debug/pprof/\n\n", o.admin)
+		}
 	} else {
 		fmt.Fprintf(stdout, "hotswap demo: pid %d took over http://%s\n", os.Getpid(), o.addr)
 	}
@@ -225,6 +279,11 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	defer cancel()
 	if err := srv.Drain(dctx); err != nil {
 		log.Warn("drain", "err", err)
+	}
+	if admin != nil {
+		if err := admin.Drain(dctx); err != nil {
+			log.Warn("drain admin listener", "err", err)
+		}
 	}
 	return nil
 }

@@ -23,7 +23,9 @@ import (
 // TestDemoEndToEnd runs the hotswap binary's demo and operates it with the
 // CLI while HTTP requests run without pause: load v2, a refused load,
 // rollback to v1, a binary upgrade (the new PID answers), and a failing binary
-// (the serving process stays). No request may fail.
+// (the serving process stays). No request may fail. A Prometheus server
+// scrapes the demo's admin listener throughout and must see both versions'
+// calls, the swaps and the new generation.
 func TestDemoEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the hotswap binary and the example modules")
@@ -40,8 +42,8 @@ func TestDemoEndToEnd(t *testing.T) {
 	}
 	prebuildDemoGuests(t, ctx, filepath.Join(state, "demo", "build"))
 
-	addr := freeAddr(t)
-	demo := exec.Command(bin, "demo", "--addr", addr)
+	addr, adminAddr := freeAddr(t), freeAddr(t)
+	demo := exec.Command(bin, "demo", "--addr", addr, "--admin", adminAddr)
 	demo.Env = append(os.Environ(), "HOTSWAP_STATE_DIR="+state, "HOTSWAP_SOCKET="+socket)
 	// A file, not a pipe: the new process inherits the demo's output, and
 	// Wait on a pipe would wait for it too.
@@ -101,6 +103,7 @@ func TestDemoEndToEnd(t *testing.T) {
 		}
 	}
 
+	prom := testhost.StartPrometheus(t, adminAddr)
 	l := testhost.StartLoad(t, addr, "/quote?item=apple&qty=12", 4)
 	arts := filepath.Join(state, "demo", "artifacts")
 	l.WaitCalls(50)
@@ -123,6 +126,20 @@ func TestDemoEndToEnd(t *testing.T) {
 	}
 	l.WaitAnswer(`"version":"v1"`)
 
+	// Prometheus scraped the swap and the rollback: both versions' calls,
+	// and three swaps (v1 at start, v2, the rollback).
+	callsOf := func(v string) string {
+		return fmt.Sprintf(`max_over_time(hotswap_module_calls_total{module="pricing",version=%q}[10m])`, v)
+	}
+	positive := func(v float64) bool { return v > 0 }
+	v1Calls := prom.WaitQuery(t, time.Minute, callsOf("v1"), positive)
+	v2Calls := prom.WaitQuery(t, time.Minute, callsOf("v2"), positive)
+	swaps := prom.WaitQuery(t, time.Minute, `hotswap_swaps_total{module="pricing"}`, func(v float64) bool { return v >= 3 })
+	if swaps != 3 {
+		t.Errorf("Prometheus: hotswap_swaps_total = %v; want 3", swaps)
+	}
+	t.Logf("Prometheus saw %v calls of v1, %v of v2, %v swaps", v1Calls, v2Calls, swaps)
+
 	out = mustCtl(t, socket, "upgrade")
 	m := regexp.MustCompile(`^upgraded: pid (\d+) serves \(was pid (\d+)\)`).FindStringSubmatch(out)
 	if m == nil || m[2] != strconv.Itoa(firstPID) || m[1] == m[2] {
@@ -140,6 +157,8 @@ func TestDemoEndToEnd(t *testing.T) {
 	}
 	l.WaitAnswer(`"version":"v1"`) // the serving version survives the upgrade
 	l.WaitCalls(50)
+	// The admin listener was handed over too: the new process answers.
+	prom.WaitQuery(t, time.Minute, `hotswap_process_generation`, func(v float64) bool { return v == 2 })
 
 	bad := filepath.Join(dir, "bad-hotswap")
 	os.WriteFile(bad, []byte("#!/bin/sh\necho 'fatal: cannot read config' >&2\nexit 3\n"), 0o755)

@@ -1,0 +1,128 @@
+package telemetry
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"io/fs"
+	"net/http"
+	"time"
+
+	"github.com/hotswapgo/hotswap/audit"
+	"github.com/hotswapgo/hotswap/host"
+	"github.com/hotswapgo/hotswap/module"
+)
+
+// StatusAuditTail is how many audit events the status page shows.
+const StatusAuditTail = 20
+
+//go:embed status
+var statusAssets embed.FS
+
+// StatusHandler serves the live status page of h: the page and its assets
+// (embedded, no external requests) at "/" and its JSON feed at
+// "/status.json", which the page polls every second. Mount it where the
+// service wants it, with http.StripPrefix for a path below the root.
+func StatusHandler(h *host.Host) http.Handler {
+	assets, err := fs.Sub(statusAssets, "status")
+	if err != nil {
+		panic(err) // the embedded directory is part of the build
+	}
+	files := http.FileServerFS(assets)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status.json", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		json.NewEncoder(w).Encode(Snapshot(ctx, h))
+	})
+	mux.Handle("GET /", files)
+	return mux
+}
+
+// StatusSnapshot is what the status page shows, as /status.json serves it.
+type StatusSnapshot struct {
+	Time      time.Time        `json:"time"`
+	TrustMode string           `json:"trust_mode"`
+	Process   ProcessSnapshot  `json:"process"`
+	Modules   []ModuleSnapshot `json:"modules"`
+	Audit     []audit.Event    `json:"audit"`
+	AuditErr  string           `json:"audit_error,omitempty"`
+}
+
+// ProcessSnapshot describes the process and its upgrade state.
+type ProcessSnapshot struct {
+	PID        int       `json:"pid"`
+	Generation int       `json:"generation"`
+	ParentPID  int       `json:"parent_pid"`
+	Started    time.Time `json:"started"`
+	Upgrades   bool      `json:"upgrades"`
+	// Phase is "" when no upgrade runs, else "in progress".
+	Phase string `json:"upgrade_phase"`
+	// LastUpgrade is the outcome of the last upgrade attempt.
+	LastUpgrade string `json:"last_upgrade,omitempty"`
+}
+
+// ModuleSnapshot describes one module and its live versions.
+type ModuleSnapshot struct {
+	Name     string            `json:"name"`
+	Versions []VersionSnapshot `json:"versions"`
+	// CanaryWeight is the share of calls (0 to 1) the canary serves.
+	CanaryWeight float64 `json:"canary_weight"`
+	CanaryStep   int     `json:"canary_step,omitempty"`
+	CanaryState  string  `json:"canary_state,omitempty"`
+}
+
+// VersionSnapshot describes one live version. The page derives calls/s and
+// the error rate from the counters of successive snapshots.
+type VersionSnapshot struct {
+	Version  string `json:"version"`
+	Digest   string `json:"digest"`
+	Role     string `json:"role"`
+	Calls    uint64 `json:"calls"`
+	Failures uint64 `json:"failures"`
+	InFlight int64  `json:"in_flight"`
+	Memory   uint64 `json:"memory_bytes"`
+}
+
+// Snapshot reads what the status page shows from h.
+func Snapshot(ctx context.Context, h *host.Host) StatusSnapshot {
+	s := StatusSnapshot{Time: time.Now(), TrustMode: h.TrustMode(), Modules: []ModuleSnapshot{}}
+	p := h.Process()
+	s.Process = ProcessSnapshot{PID: p.PID, Generation: p.Generation, ParentPID: p.ParentPID, Started: p.Started, Upgrades: p.Upgrades}
+	if p.Upgrading {
+		s.Process.Phase = "in progress"
+	}
+	if p.LastUpgrade != nil {
+		s.Process.LastUpgrade = p.LastUpgrade.Outcome.String()
+	}
+	for _, st := range h.Status() {
+		ms := ModuleSnapshot{Name: st.Name, CanaryWeight: st.CanaryWeight}
+		if cs, ok := h.Canary(st.Name); ok && canaryRunning(cs.State) {
+			ms.CanaryStep, ms.CanaryState = cs.Step, string(cs.State)
+		}
+		live := make(map[string]module.VersionStatus)
+		for _, v := range st.Versions() {
+			live[v.Digest] = v
+		}
+		for _, smp := range h.Module(st.Name).Samples() {
+			vs := VersionSnapshot{Version: smp.Version, Digest: smp.Digest, Role: smp.Role, Calls: smp.Calls,
+				Failures: smp.Failed()}
+			if v, ok := live[smp.Digest]; ok {
+				vs.InFlight, vs.Memory = v.InFlight, v.MemoryBytes
+			}
+			ms.Versions = append(ms.Versions, vs)
+		}
+		s.Modules = append(s.Modules, ms)
+	}
+	evs, err := h.History(ctx, audit.Filter{Limit: StatusAuditTail})
+	if err != nil {
+		s.AuditErr = err.Error()
+	}
+	s.Audit = evs
+	if s.Audit == nil {
+		s.Audit = []audit.Event{}
+	}
+	return s
+}
