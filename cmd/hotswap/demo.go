@@ -36,8 +36,9 @@ const demoService = "hotswap"
 const demoBinaryEnv = "HOTSWAP_DEMO_BINARY"
 
 type demoOptions struct {
-	addr string
-	dev  bool
+	addr     string
+	dev      bool
+	devTrust string
 }
 
 func newDemoCmd() *cobra.Command {
@@ -62,10 +63,18 @@ $` + host.StateDirEnv + `, else hotswap/ in the user configuration directory.`,
 	}
 	cmd.Flags().StringVar(&o.addr, "addr", DefaultDemoAddr, "address to serve HTTP on")
 	cmd.Flags().BoolVar(&o.dev, "dev", false, "development trust mode: accept unsigned artifacts")
+	cmd.Flags().StringVar(&o.devTrust, "dev-trust", "", "development trust root: also trust the keys in DIR (made by hotswap watch)")
 	return cmd
 }
 
 func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error {
+	if o.devTrust != "" {
+		abs, err := filepath.Abs(o.devTrust)
+		if err != nil {
+			return err
+		}
+		o.devTrust = abs
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	state, err := host.DefaultStateDir()
 	if err != nil {
@@ -116,6 +125,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		Backend:     backend,
 		StateDir:    state,
 		Development: o.dev,
+		DevTrustDir: o.devTrust,
 		Service:     demoService,
 		Logger:      log,
 		Upgrade:     &upgrade.Options{Binary: binary, PIDFile: filepath.Join(demoDir, "hotswap-demo.pid"), Logger: log},

@@ -108,6 +108,9 @@ func printStatus(w io.Writer, st *control.Status) {
 	if trust == "development" {
 		trust += " (unsigned artifacts are accepted)"
 	}
+	if st.DevTrustDir != "" {
+		trust += "; development mode: keys of " + st.DevTrustDir + " are trusted (hotswap watch)"
+	}
 	fmt.Fprintf(w, "trust    %s\n", trust)
 	fmt.Fprintf(w, "state    %s\n\n", stateLine(st.State))
 	if len(st.Modules) == 0 {
