@@ -18,7 +18,7 @@ import (
 // "name type". Fields may be added (and documented in docs/cli.md); none
 // may change or go.
 var statusSchema = map[string][]string{
-	"Status": {"ok bool", "error Error", "process ProcessStatus", "trust_mode string", "modules []ModuleStatus",
+	"Status": {"ok bool", "error Error", "process ProcessStatus", "trust_mode string", "dev_trust_dir string", "modules []ModuleStatus",
 		"state StateStatus"},
 	"StateStatus": {"durability string", "commit_window_ms int", "path string", "taking_over bool", "commits int",
 		"failures int", "last_error string"},
