@@ -156,6 +156,14 @@ func (l *Loop) start(ctx context.Context, bin string, ev Event) error {
 		return fmt.Errorf("devloop: %w", err)
 	}
 	l.svc = svc
+	if bin != "" {
+		// The build started before is no longer needed: upgrades run
+		// from the service's store.
+		if l.binary != "" {
+			removeBuild(l.binary)
+		}
+		l.binary = bin
+	}
 	wctx, cancel := context.WithTimeout(ctx, l.opts.StartTimeout)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)

@@ -115,7 +115,7 @@ type Loop struct {
 	log     *slog.Logger
 	builds  int      // numbers the builds, for version labels
 	svc     *service // the service the loop started; nil if none
-	binary  string   // the service's current binary, if the loop built it
+	binary  string   // the build the loop started the service from, if any
 }
 
 // New validates opts and returns a Loop.
@@ -217,6 +217,9 @@ func (l *Loop) Run(ctx context.Context) (err error) {
 		defer cancel()
 		if serr := l.svc.stop(sctx); serr != nil {
 			err = errors.Join(err, serr)
+		}
+		if l.binary != "" {
+			removeBuild(l.binary)
 		}
 	}()
 	if len(l.opts.Run) > 0 {
