@@ -210,6 +210,11 @@ func (l *Loop) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer func() {
+		if l.binary != "" {
+			removeBuild(l.binary) // after the service stopped
+		}
+	}()
+	defer func() {
 		if l.svc == nil {
 			return
 		}
@@ -217,9 +222,6 @@ func (l *Loop) Run(ctx context.Context) (err error) {
 		defer cancel()
 		if serr := l.svc.stop(sctx); serr != nil {
 			err = errors.Join(err, serr)
-		}
-		if l.binary != "" {
-			removeBuild(l.binary)
 		}
 	}()
 	if len(l.opts.Run) > 0 {
