@@ -106,6 +106,22 @@ type outcome struct {
 	reported              map[string]int
 }
 
+// record waits until the client is answered by what edit e, written at
+// at, should serve, and records how long that took.
+func (o *outcome) record(c *client, e edit, at time.Time) error {
+	seen, err := c.waitSeen(key(e), wait)
+	if err != nil {
+		return err
+	}
+	ms := float64(seen.Sub(at).Microseconds()) / 1000
+	if e.service {
+		o.service = append(o.service, ms)
+	} else {
+		o.module = append(o.module, ms)
+	}
+	return nil
+}
+
 func run(cfg config) error {
 	root, err := guestbuild.Root()
 	if err != nil {
@@ -351,16 +367,9 @@ func runWatch(root, dir string, edits []edit) (outcome, error) {
 		if e.broken != "" {
 			continue
 		}
-		seen, err := c.waitSeen(key(e), wait)
-		if err != nil {
+		if err := out.record(c, e, at); err != nil {
 			c.stop()
 			return out, err
-		}
-		ms := float64(seen.Sub(at).Microseconds()) / 1000
-		if e.service {
-			out.service = append(out.service, ms)
-		} else {
-			out.module = append(out.module, ms)
 		}
 	}
 	out.calls, out.failed = c.stop()
@@ -447,15 +456,8 @@ func runRestart(root, dir string, edits []edit) (outcome, error) {
 		if e.broken != "" {
 			continue
 		}
-		seen, err := c.waitSeen(key(e), wait)
-		if err != nil {
+		if err := out.record(c, e, at); err != nil {
 			return out, err
-		}
-		ms := float64(seen.Sub(at).Microseconds()) / 1000
-		if e.service {
-			out.service = append(out.service, ms)
-		} else {
-			out.module = append(out.module, ms)
 		}
 	}
 	out.calls, out.failed = c.stop()
