@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -403,6 +404,7 @@ func TestServiceLoop(t *testing.T) {
 	src := filepath.Join(dir, "svc", "main.go")
 	evs := make(events, 16)
 	l, addr, _, _ := newServiceLoop(t, dir, "first", nil, evs)
+	goroutines := runtime.NumGoroutine()
 	stop := runLoop(t, l)
 
 	ev := evs.next(t)
@@ -441,6 +443,22 @@ func TestServiceLoop(t *testing.T) {
 	// Stopping the loop stops every process of the service.
 	stop()
 	noProcessLeft(t, group)
+	noGoroutineLeft(t, goroutines)
+}
+
+// noGoroutineLeft fails the test unless the number of goroutines falls
+// back to n within 10 seconds.
+func noGoroutineLeft(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > n {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines after the loop stopped; want at most %d as before it started:\n%s",
+				runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // freeAddr returns a loopback address no one listens on now.
