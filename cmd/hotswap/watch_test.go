@@ -166,6 +166,12 @@ func TestWatchStopsOnSIGINT(t *testing.T) {
 	}
 	m := waitLine(regexp.MustCompile(`service +started pid (\d+)`))
 	group, _ := strconv.Atoi(m[1])
+	t.Cleanup(func() {
+		if t.Failed() {
+			// watch may have been killed before it stopped the service.
+			syscall.Kill(-group, syscall.SIGKILL)
+		}
+	})
 	waitLine(regexp.MustCompile(`pricing +built .* build failed; nothing keeps serving`))
 	waitLine(regexp.MustCompile(`pricing/main\.go:4:\d+: undefined: undefinedThing`))
 
