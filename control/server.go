@@ -177,11 +177,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	st := &Status{
-		Outcome:   Outcome{OK: true},
-		Process:   processStatus(s.h.Process()),
-		TrustMode: s.h.TrustMode(),
-		Modules:   []ModuleStatus{},
-		State:     stateStatus(s.h.StateStatus()),
+		Outcome:     Outcome{OK: true},
+		Process:     processStatus(s.h.Process()),
+		TrustMode:   s.h.TrustMode(),
+		DevTrustDir: s.h.DevTrustDir(),
+		Modules:     []ModuleStatus{},
+		State:       stateStatus(s.h.StateStatus()),
 	}
 	if r, ok := s.h.Retained(); ok {
 		st.Plugins = &r

@@ -45,6 +45,10 @@ type Status struct {
 	// TrustMode is "enforce" (signatures required) or "development"
 	// (unsigned artifacts accepted).
 	TrustMode string `json:"trust_mode"`
+	// DevTrustDir is the development trust root whose keys the service
+	// trusts beside its own (see host.Options.DevTrustDir): set only in a
+	// service started for development.
+	DevTrustDir string `json:"dev_trust_dir,omitempty"`
 	// Modules lists every module, sorted by name.
 	Modules []ModuleStatus `json:"modules"`
 	// State describes where the modules' host-kept state is kept.

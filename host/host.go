@@ -20,6 +20,7 @@ package host
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -80,6 +81,14 @@ type Options struct {
 	// Status reports it, so no one mistakes a development host for a
 	// production one. Defaults to false: signatures required.
 	Development bool
+	// DevTrustDir, if set, is a development trust root: the public keys in
+	// it (*.pub, e.g. the key "hotswap watch" makes) are trusted beside
+	// those of StateDir/trust. Signatures are still required; status
+	// reports the host as started for development, naming the directory.
+	// It must be private to this user like StateDir. A service sets it only
+	// when started for development (the demo's --dev-trust flag). Defaults
+	// to "": only StateDir/trust.
+	DevTrustDir string
 	// Service is the name this service's binaries are signed with. A binary
 	// upgrade is refused unless the new binary's manifest names it, so a
 	// signed binary of another program cannot replace this one. Defaults to
@@ -143,6 +152,7 @@ type Host struct {
 	appState  []byte // the service's part of the state blob handed over
 	log       *slog.Logger
 	dev       bool
+	devTrust  string // Options.DevTrustDir
 	service   string // Options.Service
 	maxModule int64
 	started   time.Time
@@ -185,9 +195,9 @@ func New(opts Options) (*Host, error) {
 			return nil, fmt.Errorf("host: %w", err)
 		}
 	}
-	trust, err := artifact.LoadTrustStore(trustDir)
+	trust, err := loadTrust(trustDir, opts.DevTrustDir)
 	if err != nil {
-		return nil, fmt.Errorf("host: load trust store: %w", err)
+		return nil, fmt.Errorf("host: %w", err)
 	}
 	mode := artifact.ModeEnforce
 	if opts.Development {
@@ -205,7 +215,7 @@ func New(opts Options) (*Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("host: open audit log: %w", err)
 	}
-	h := &Host{verifier: verifier, store: store, audit: al, log: log, dev: opts.Development, service: opts.Service,
+	h := &Host{verifier: verifier, store: store, audit: al, log: log, dev: opts.Development, devTrust: opts.DevTrustDir, service: opts.Service,
 		maxModule: cmpOr(opts.MaxModuleSize, DefaultMaxModuleSize), started: time.Now(), tracer: tracerOf(opts.TracerProvider),
 		backends: &backends{wasm: opts.Backend, plugins: opts.Plugins}}
 	if h.state, err = newKVState(opts, log); err != nil {
@@ -243,6 +253,9 @@ func New(opts Options) (*Host, error) {
 		log.Info("process started by an upgrade", logkey.PID, os.Getpid(), logkey.Generation, h.generation(),
 			"parent_pid", h.proc.parentPID)
 	}
+	if h.devTrust != "" {
+		log.Warn("development trust root: keys in it are trusted", "dir", h.devTrust)
+	}
 	return h, nil
 }
 
@@ -275,6 +288,35 @@ func (h *Host) Module(name string) *module.Module { return h.reg.Module(name) }
 
 // TrustMode returns "enforce" or "development".
 func (h *Host) TrustMode() string { return h.verifier.Mode().String() }
+
+// DevTrustDir returns Options.DevTrustDir: the development trust root, ""
+// for a service not started for development.
+func (h *Host) DevTrustDir() string { return h.devTrust }
+
+// loadTrust reads the trusted keys of dir and, if devDir is set, of the
+// development trust root devDir, which must be private like the state
+// directory.
+func loadTrust(dir, devDir string) (*artifact.TrustStore, error) {
+	trust, err := artifact.LoadTrustStore(dir)
+	if err != nil || devDir == "" {
+		return trust, err
+	}
+	if err := statedir.Check(devDir); err != nil {
+		return nil, fmt.Errorf("development trust root: %w", err)
+	}
+	dev, err := artifact.LoadTrustStore(devDir)
+	if err != nil {
+		return nil, fmt.Errorf("development trust root: %w", err)
+	}
+	var keys []ed25519.PublicKey
+	for _, t := range []*artifact.TrustStore{trust, dev} {
+		for _, id := range t.KeyIDs() {
+			k, _ := t.Lookup(id)
+			keys = append(keys, k)
+		}
+	}
+	return artifact.NewTrustStore(keys...)
+}
 
 type actorKey struct{}
 

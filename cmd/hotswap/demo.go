@@ -48,6 +48,7 @@ type demoOptions struct {
 	admin         string // "" for no admin listener
 	dev           bool
 	profileLabels bool
+	devTrust      string
 }
 
 func newDemoCmd() *cobra.Command {
@@ -78,10 +79,18 @@ $` + host.StateDirEnv + `, else hotswap/ in the user configuration directory.`,
 		"address of the status page, /metrics and /debug/pprof (loopback only: it exposes profiles); empty for none")
 	cmd.Flags().BoolVar(&o.profileLabels, "profile-labels", false,
 		"set pprof labels module and version around every module call")
+	cmd.Flags().StringVar(&o.devTrust, "dev-trust", "", "development trust root: also trust the keys in DIR (made by hotswap watch)")
 	return cmd
 }
 
 func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error {
+	if o.devTrust != "" {
+		abs, err := filepath.Abs(o.devTrust)
+		if err != nil {
+			return err
+		}
+		o.devTrust = abs
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	state, err := host.DefaultStateDir()
 	if err != nil {
@@ -144,6 +153,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		Plugins:       plugins,
 		StateDir:      state,
 		Development:   o.dev,
+		DevTrustDir:   o.devTrust,
 		Service:       demoService,
 		Logger:        log,
 		Upgrade:       &upgrade.Options{Binary: binary, PIDFile: filepath.Join(demoDir, "hotswap-demo.pid"), Logger: log},

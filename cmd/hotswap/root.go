@@ -54,8 +54,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newUpgradeCmd(),
 		newCanaryCmd(),
 		newBPFCmd(),
-
 		newBuildCmd(),
+		newWatchCmd(),
 	)
 	return root
 }

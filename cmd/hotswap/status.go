@@ -114,6 +114,9 @@ func printStatus(w io.Writer, st *control.Status) {
 	if trust == "development" {
 		trust += " (unsigned artifacts are accepted)"
 	}
+	if st.DevTrustDir != "" {
+		trust += "; development mode: keys of " + st.DevTrustDir + " are trusted (hotswap watch)"
+	}
 	fmt.Fprintf(w, "trust    %s\n", trust)
 	fmt.Fprintf(w, "state    %s\n", stateLine(st.State))
 	if p := st.Plugins; p != nil {

@@ -18,7 +18,7 @@ import (
 // "name type". Fields may be added (and documented in docs/cli.md); none
 // may change or go.
 var statusSchema = map[string][]string{
-	"Status": {"ok bool", "error Error", "process ProcessStatus", "trust_mode string", "modules []ModuleStatus",
+	"Status": {"ok bool", "error Error", "process ProcessStatus", "trust_mode string", "dev_trust_dir string", "modules []ModuleStatus",
 		"state StateStatus", "plugins Retained"},
 	"Retained": {"versions []RetainedVersion", "max int", "mapped_bytes int"},
 	"RetainedVersion": {"module string", "version string", "digest string", "mapped_bytes int", "in_use bool",
