@@ -147,9 +147,12 @@ func (c *Controller) term(ctx context.Context, first *bool) error {
 func (c *Controller) lead(ctx context.Context, sess *concurrency.Session, e *concurrency.Election) error {
 	tick := time.NewTicker(c.opts.Tick)
 	defer tick.Stop()
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	events := c.opts.Client.Watch(wctx, c.keys.group+"/", clientv3.WithPrefix())
+	watch := func() (clientv3.WatchChan, context.CancelFunc) {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		return c.opts.Client.Watch(wctx, c.keys.group+"/", clientv3.WithPrefix()), cancel
+	}
+	events, stop := watch()
+	defer func() { stop() }()
 	for {
 		if err := c.reconcile(ctx, e); err != nil {
 			if errors.Is(err, ErrNotLeader) {
@@ -170,9 +173,8 @@ func (c *Controller) lead(ctx context.Context, sess *concurrency.Session, e *con
 			if err := wr.Err(); err != nil {
 				// Compacted or no leader: watch afresh from now; reconcile
 				// reads everything anyway.
-				cancel()
-				wctx, cancel = context.WithCancel(clientv3.WithRequireLeader(ctx))
-				events = c.opts.Client.Watch(wctx, c.keys.group+"/", clientv3.WithPrefix())
+				stop()
+				events, stop = watch()
 			}
 		}
 	}

@@ -53,6 +53,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newHistoryCmd(),
 		newUpgradeCmd(),
 		newCanaryCmd(),
+		newFleetCmd(),
 	)
 	return root
 }

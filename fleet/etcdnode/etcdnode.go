@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 )
 
 // DefaultStartTimeout bounds how long Start waits for a member to serve.
@@ -141,8 +142,9 @@ func (m *member) start(opts Options, fresh bool) error {
 	if !fresh {
 		cfg.ClusterState = embed.ClusterStateFlagExisting
 	}
-	cfg.LogLevel = "error"
-	cfg.LogOutputs = []string{"stderr"}
+	// etcd logs through zap; a member of a try-out or a test logs nothing
+	// (its errors reach the caller through Start, Restart and the client).
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.UnsafeNoFsync = !opts.Fsync
 	// Loopback: short heartbeats make leader changes quick.
 	cfg.TickMs, cfg.ElectionMs = 50, 500

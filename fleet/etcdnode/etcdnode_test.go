@@ -6,12 +6,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 
 	"github.com/hotswapgo/hotswap/fleet/etcdnode"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // TestClusterSurvivesMemberStop starts three members, stops one, writes
 // through the two left, restarts it and reads the write from it.
