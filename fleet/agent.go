@@ -94,8 +94,8 @@ type Agent struct {
 	// Owned by Run.
 	want    Assignment
 	hasWant bool
-	tried   map[string]time.Time // spec ID → when a retryable failure happened
-	refused *Applied             // the report of the last spec refused: not tried again
+	retryID string   // the spec whose last apply failed in a way that may pass
+	refused *Applied // the report of the last spec refused: not tried again
 }
 
 // NewAgent checks opts and returns an agent; Run starts it.
@@ -125,7 +125,7 @@ func NewAgent(opts AgentOptions) (*Agent, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &Agent{opts: opts, keys: newKeys(opts.Prefix, opts.Group), log: log.With("group", opts.Group, "instance", opts.Instance),
-		reports: make(chan struct{}), tried: map[string]time.Time{}}
+		reports: make(chan struct{})}
 	a.applied = a.observe(Spec{}, nil, "last-known-good")
 	return a, nil
 }
@@ -225,6 +225,9 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session) error {
 	target := a.opts.Client.Watch(wctx, a.keys.target(a.opts.Instance), clientv3.WithRev(rev+1))
 	stable := a.opts.Client.Watch(wctx, a.keys.stable(), clientv3.WithRev(rev+1))
 	var retry <-chan time.Time
+	if a.pendingRetry() {
+		retry = time.After(a.opts.Retry)
+	}
 	for {
 		var wr clientv3.WatchResponse
 		var ok bool
@@ -237,6 +240,9 @@ func (a *Agent) follow(ctx context.Context, sess *concurrency.Session) error {
 			retry = nil
 			if err := a.apply(ctx, sess); err != nil {
 				return err
+			}
+			if a.pendingRetry() {
+				retry = time.After(a.opts.Retry)
 			}
 			continue
 		case wr, ok = <-target:
@@ -296,7 +302,7 @@ func (a *Agent) read(ctx context.Context) (int64, error) {
 	return resp.Header.Revision, nil
 }
 
-func (a *Agent) pendingRetry() bool { return a.hasWant && !a.tried[a.want.Spec.ID()].IsZero() }
+func (a *Agent) pendingRetry() bool { return a.hasWant && a.retryID == a.want.Spec.ID() }
 
 // apply brings the host to the wanted spec and reports under sess's lease.
 // It returns an error only when the report could not be written.
@@ -312,6 +318,13 @@ func (a *Agent) apply(ctx context.Context, sess *concurrency.Session) error {
 		ap.Time = time.Now().UTC()
 		return a.report(ctx, sess, ap)
 	}
+	if !a.serves(spec) {
+		// Say so before the work (a fetch, a compile, a canary): the
+		// controller waits for a pending instance.
+		if err := a.report(ctx, sess, a.observe(spec, nil, "etcd")); err != nil {
+			return err
+		}
+	}
 	results := map[string]ModuleApplied{}
 	retryable := false
 	actx, cancel := context.WithTimeout(host.WithActor(ctx, fmt.Sprintf("fleet:%s@%d", cmpOr(a.want.Writer, "controller"), a.want.Rollout)), a.opts.ApplyTimeout)
@@ -323,10 +336,9 @@ func (a *Agent) apply(ctx context.Context, sess *concurrency.Session) error {
 		}
 		results[name] = r
 	}
+	a.retryID = ""
 	if retryable {
-		a.tried[id] = time.Now()
-	} else {
-		delete(a.tried, id)
+		a.retryID = id
 	}
 	ap := a.observe(spec, results, "etcd")
 	a.refused = nil
@@ -334,6 +346,17 @@ func (a *Agent) apply(ctx context.Context, sess *concurrency.Session) error {
 		a.refused = &ap
 	}
 	return a.report(ctx, sess, ap)
+}
+
+// serves reports whether the host's active versions are those of spec.
+func (a *Agent) serves(spec Spec) bool {
+	for name, m := range spec.Modules {
+		pin, err := parseDigest(m.Digest)
+		if st := a.status(name); err != nil || st.Active == nil || st.Active.Digest != pin.Hex() {
+			return false
+		}
+	}
+	return true
 }
 
 // applyModule brings one module to m. A version the host already serves

@@ -131,32 +131,30 @@ func TestUntrustedArtifactsRefused(t *testing.T) {
 		{"unsigned", unsigned, "policy"},
 		{"digest mismatch", mismatched, "digest"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			rev := e.set(fleet.Desired{Spec: spec(tc.m)})
-			st := e.until("halted", phase(rev, fleet.Halted))
-			if !strings.Contains(st.Rollout.Reason, "check "+tc.check) {
-				t.Errorf("halt reason = %q; want check %s", st.Rollout.Reason, tc.check)
+		rev := e.set(fleet.Desired{Spec: spec(tc.m)})
+		st := e.until("halted", phase(rev, fleet.Halted))
+		if !strings.Contains(st.Rollout.Reason, "check "+tc.check) {
+			t.Errorf("%s: halt reason = %q; want check %s", tc.name, st.Rollout.Reason, tc.check)
+		}
+		ap, ch := in.agent.Applied()
+		for ap.Spec != spec(v1).ID() { // the revert
+			select {
+			case <-ch:
+			case <-time.After(wait):
+				t.Fatalf("%s: agent did not report v1 again after the halt; last %+v", tc.name, ap)
 			}
-			ap, ch := in.agent.Applied()
-			for ap.Spec != spec(v1).ID() { // the revert
-				select {
-				case <-ch:
-				case <-time.After(wait):
-					t.Fatalf("agent did not report v1 again after the halt; last %+v", ap)
-				}
-				ap, ch = in.agent.Applied()
-			}
-			if got := in.serves(); got != hexOf(v1) {
-				t.Errorf("instance serves %s; want v1 %s", got, hexOf(v1))
-			}
-			for _, s := range in.host.Status() {
-				for _, v := range s.Versions() {
-					if v.Digest == hexOf(unsigned) {
-						t.Errorf("version %s %s was loaded; want it refused before", v.Version, v.Digest)
-					}
+			ap, ch = in.agent.Applied()
+		}
+		if got := in.serves(); got != hexOf(v1) {
+			t.Errorf("%s: instance serves %s; want v1 %s", tc.name, got, hexOf(v1))
+		}
+		for _, s := range in.host.Status() {
+			for _, v := range s.Versions() {
+				if v.Digest == hexOf(unsigned) {
+					t.Errorf("%s: version %s %s was loaded; want it refused before", tc.name, v.Version, v.Digest)
 				}
 			}
-		})
+		}
 	}
 }
 

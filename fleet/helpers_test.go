@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -43,11 +44,31 @@ func leakOptions() []goleak.Option {
 	}
 }
 
-// Short times, so lease expiry and failover take a second or two.
+// Short leases, so lease expiry and failover take seconds; long enough
+// that keep-alives of a loaded -race run arrive in time.
 const (
-	ttl  = time.Second
-	wait = 60 * time.Second // every bounded wait of these tests
+	ttl  = 2 * time.Second
+	wait = 120 * time.Second // every bounded wait of these tests
 )
+
+// warmOnce compiles the guests once per test process into the shared
+// compilation cache: a -race compile of a guest takes tens of seconds on a
+// loaded machine, and instances that all compile it cold at once would
+// make every wait of the tests about the compiler.
+var warmOnce sync.Once
+
+func warm(t *testing.T) {
+	warmOnce.Do(func() {
+		fix := testhost.NewFixture(t)
+		h := fix.Host(t, testhost.HostOptions{Dev: true, NoClose: true})
+		defer testhost.CloseHost(t, h)
+		for _, pkg := range []string{testhost.V1, testhost.V2, testhost.TrapInit} {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			h.LoadArtifact(ctx, "pricing", pkg, testhost.Guest(t, pkg), nil) // TrapInit fails after its compile
+			cancel()
+		}
+	})
+}
 
 // env is an etcd cluster on loopback and the artifacts of the tests.
 type env struct {
@@ -61,6 +82,7 @@ type env struct {
 
 func newEnv(t *testing.T, members int) *env {
 	t.Helper()
+	warm(t)
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	c, err := etcdnode.Start(ctx, etcdnode.Options{Dir: t.TempDir(), Members: members})
