@@ -294,6 +294,10 @@ func (c *Controller) reconcile(ctx context.Context, e *concurrency.Election) err
 	if r.Phase.Ended() {
 		return nil
 	}
+	if err := r.check(); err != nil {
+		r.Sizes, r.Wave = nil, 0
+		return c.revert(ctx, e, s, r, Halted, err.Error())
+	}
 	if ctl := s.control; ctl != nil && ctl.Rollout == r.Revision {
 		switch {
 		case ctl.Command == Abort:
@@ -312,12 +316,20 @@ func (c *Controller) reconcile(ctx context.Context, e *concurrency.Election) err
 	}
 	id := r.Spec.ID()
 	var waiting []string
-	for _, inst := range r.Touched() {
+	current := 0 // the first member of the current wave
+	if r.Wave > 0 {
+		current = r.Sizes[r.Wave-1]
+	}
+	for i, inst := range r.Touched() {
 		ap, live := s.applied[inst]
 		switch {
+		case !live && i < current:
+			// It acked in an earlier wave, then left the group.
 		case !live:
-			// Its lease expired: it left the group, and will run stable
-			// (or its target) when it comes back.
+			// Gone during its wave: it may have died of the new version.
+			// Its ack is waited for (it may come back) until the wave
+			// timeout halts the rollout.
+			waiting = append(waiting, inst+" (gone)")
 		case ap.Spec != id || ap.Result == ResultPending:
 			waiting = append(waiting, inst)
 		case ap.Result != ResultOK:

@@ -203,10 +203,10 @@ func TestControllerFailover(t *testing.T) {
 
 	rev = e.set(fleet.Desired{Spec: spec(v2), Waves: []string{"1", "100%"}, Writer: "alice"})
 	st := e.until("v2 in its first wave", func(st fleet.Status) bool {
-		return st.Rollout != nil && st.Rollout.Revision == rev && st.Rollout.Phase == fleet.Running && len(st.Targets) == 1
+		return st.Rollout != nil && st.Rollout.Revision == rev && st.Rollout.Phase == fleet.Running
 	})
-	if st.Rollout.Leader != "first" {
-		t.Fatalf("rollout leader = %s; want first", st.Rollout.Leader)
+	if st.Rollout.Leader != "first" || st.Rollout.Wave != 0 {
+		t.Fatalf("rollout leader = %s, wave %d; want first, in wave 1 (its instance fetches v2 until the gate opens)", st.Rollout.Leader, st.Rollout.Wave+1)
 	}
 	leaderCli.Close() // the leader dies: its lease runs out
 	close(gate)

@@ -47,7 +47,7 @@ func leakOptions() []goleak.Option {
 // Short leases, so lease expiry and failover take seconds; long enough
 // that keep-alives of a loaded -race run arrive in time.
 const (
-	ttl  = 2 * time.Second
+	ttl  = 5 * time.Second
 	wait = 120 * time.Second // every bounded wait of these tests
 )
 

@@ -157,7 +157,7 @@ func waveSizes(waves []string, n int) ([]int, error) {
 		var k int
 		if p, ok := strings.CutSuffix(w, "%"); ok {
 			var pct float64
-			if _, err := fmt.Sscanf(p, "%g", &pct); err != nil || pct <= 0 || pct > 100 {
+			if _, err := fmt.Sscanf(p, "%g", &pct); err != nil || !(pct > 0 && pct <= 100) {
 				return nil, fmt.Errorf("%w: wave %q: a percentage must be in (0, 100]", ErrInvalid, w)
 			}
 			k = int((pct*float64(n) + 99.999) / 100) // ceil, tolerant of float error
@@ -238,10 +238,32 @@ type Rollout struct {
 
 // Touched returns the members moved so far.
 func (r Rollout) Touched() []string {
-	if len(r.Sizes) == 0 {
+	if r.check() != nil || len(r.Sizes) == 0 {
 		return nil
 	}
-	return r.Members[:r.Sizes[min(r.Wave, len(r.Sizes)-1)]]
+	return r.Members[:r.Sizes[r.Wave]]
+}
+
+// check reports whether the record's waves fit its members: records come
+// from etcd, which others can write.
+func (r Rollout) check() error {
+	if len(r.Sizes) == 0 {
+		if r.Wave != 0 {
+			return fmt.Errorf("%w: rollout %d: wave %d of no waves", ErrInvalid, r.Revision, r.Wave)
+		}
+		return nil
+	}
+	if r.Wave < 0 || r.Wave >= len(r.Sizes) {
+		return fmt.Errorf("%w: rollout %d: wave %d of %d", ErrInvalid, r.Revision, r.Wave, len(r.Sizes))
+	}
+	prev := 0
+	for _, n := range r.Sizes {
+		if n <= prev || n > len(r.Members) {
+			return fmt.Errorf("%w: rollout %d: wave sizes %v do not grow within %d members", ErrInvalid, r.Revision, r.Sizes, len(r.Members))
+		}
+		prev = n
+	}
+	return nil
 }
 
 // Result is how an instance's last change went.
