@@ -323,8 +323,9 @@ func (c *Controller) reconcile(ctx context.Context, e *concurrency.Election) err
 	for i, inst := range r.Touched() {
 		ap, live := s.applied[inst]
 		switch {
-		case !live && i < current:
-			// It acked in an earlier wave, then left the group.
+		case !live && (i < current || slices.Contains(r.Skipped, inst)):
+			// It acked in an earlier wave, then left the group; or it
+			// had left before its wave.
 		case !live:
 			// Gone during its wave: it may have died of the new version.
 			// Its ack is waited for (it may come back) until the wave
@@ -351,7 +352,7 @@ func (c *Controller) reconcile(ctx context.Context, e *concurrency.Election) err
 	r.Wave++
 	r.WaveStarted = time.Now().UTC()
 	c.log.Info("fleet: wave acked; next wave", "rollout", r.Revision, "wave", r.Wave+1, "instances", r.Sizes[r.Wave])
-	return c.write(ctx, e, s, r, c.targetOps(r, r.Members[r.Sizes[r.Wave-1]:r.Sizes[r.Wave]]))
+	return c.write(ctx, e, s, r, c.moveOps(s, &r, r.Members[r.Sizes[r.Wave-1]:r.Sizes[r.Wave]]))
 }
 
 // start begins the rollout of the desired spec: the live instances, in
@@ -387,12 +388,18 @@ func (c *Controller) start(ctx context.Context, e *concurrency.Election, s *snap
 	if len(r.Members) == 0 {
 		return c.finish(ctx, e, s, r)
 	}
-	return c.write(ctx, e, s, r, append(drop, c.targetOps(r, r.Members[:sizes[0]])...))
+	return c.write(ctx, e, s, r, append(drop, c.moveOps(s, &r, r.Members[:sizes[0]])...))
 }
 
-func (c *Controller) targetOps(r Rollout, ids []string) []clientv3.Op {
+// moveOps writes the targets of a wave's members, those still in the
+// group; the others are recorded as skipped.
+func (c *Controller) moveOps(s *snapshot, r *Rollout, ids []string) []clientv3.Op {
 	var ops []clientv3.Op
 	for _, id := range ids {
+		if _, live := s.applied[id]; !live {
+			r.Skipped = append(r.Skipped, id)
+			continue
+		}
 		ops = append(ops, clientv3.OpPut(c.keys.target(id), encode(Assignment{Spec: r.Spec, Rollout: r.Revision, Writer: r.Writer, Instance: id})))
 	}
 	return ops

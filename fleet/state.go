@@ -226,6 +226,9 @@ type Rollout struct {
 	// Sizes are the waves' cumulative sizes; Wave indexes the one moving.
 	Sizes []int `json:"sizes"`
 	Wave  int   `json:"wave"`
+	// Skipped are members that had left the group when their wave
+	// started: not moved, not waited for.
+	Skipped []string `json:"skipped,omitempty"`
 	// WaveStarted is when the current wave's targets were written.
 	WaveStarted time.Time `json:"wave_started"`
 	// Reason says why it halted or was aborted: the instance, and its
