@@ -172,6 +172,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			sess = s
 		}
 		err := a.follow(ctx, sess)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		select {
 		case <-sess.Done():
 			a.log.Warn("fleet: lease lost; taking a new one", "err", err)
@@ -179,7 +182,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			sess = nil
 		default:
 		}
-		if ctx.Err() == nil && err != nil {
+		if err != nil {
 			a.log.Warn("fleet: resync", "err", err)
 			if !sleep(ctx, a.opts.Retry) {
 				return ctx.Err()
