@@ -49,7 +49,7 @@ import (
 
 const (
 	group     = "bench"
-	budget    = 2 * time.Minute // any one wait
+	budget    = 5 * time.Minute // any one wait
 	callPause = 2 * time.Millisecond
 )
 
@@ -179,7 +179,7 @@ func run(scratch string, n, runs int) error {
 			return err
 		}
 		a, err := fleet.NewAgent(fleet.AgentOptions{Client: cli, Host: h, Group: group, Instance: fmt.Sprintf("i%02d", i),
-			LeaseTTL: 5 * time.Second, Logger: logger})
+			LeaseTTL: 10 * time.Second, Logger: logger})
 		if err != nil {
 			return err
 		}
@@ -368,7 +368,7 @@ func waitStatus(g *fleet.Group, what string, ok func(fleet.Status) bool) (fleet.
 	var last fleet.Status
 	var lastErr error
 	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		st, err := g.Status(ctx)
 		cancel()
 		if err == nil {
