@@ -48,7 +48,9 @@ func leakOptions() []goleak.Option {
 // that keep-alives of a loaded -race run arrive in time.
 const (
 	ttl  = 5 * time.Second
-	wait = 120 * time.Second // every bounded wait of these tests
+	// wait bounds every wait of these tests: generous, as a -race compile
+	// of a guest on a machine loaded by other work took minutes.
+	wait = 5 * time.Minute
 )
 
 // warmOnce compiles the guests once per test process into the shared
@@ -239,6 +241,9 @@ func (e *env) until(what string, ok func(fleet.Status) bool) fleet.Status {
 // set writes a desired state.
 func (e *env) set(d fleet.Desired) int64 {
 	e.t.Helper()
+	if d.WaveTimeout == 0 {
+		d.WaveTimeout = wait // only a refusal halts, not a slow compile
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	rev, err := e.group.Set(ctx, d)
