@@ -47,7 +47,7 @@ func leakOptions() []goleak.Option {
 // Short leases, so lease expiry and failover take seconds; long enough
 // that keep-alives of a loaded -race run arrive in time.
 const (
-	ttl  = 5 * time.Second
+	ttl = 5 * time.Second
 	// wait bounds every wait of these tests: generous, as a -race compile
 	// of a guest on a machine loaded by other work took minutes.
 	wait = 5 * time.Minute
