@@ -174,6 +174,9 @@ func (c *Controller) lead(ctx context.Context, sess *concurrency.Session, e *con
 				// Compacted or no leader: watch afresh from now; reconcile
 				// reads everything anyway.
 				stop()
+				if !sleep(ctx, c.opts.Tick) {
+					return ctx.Err()
+				}
 				events, stop = watch()
 			}
 		}
