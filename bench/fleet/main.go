@@ -49,7 +49,7 @@ import (
 
 const (
 	group     = "bench"
-	budget    = 5 * time.Minute // any one wait
+	budget    = 5 * time.Minute       // any one wait
 	callPause = 10 * time.Millisecond // per instance: 5,000 calls/s in all
 )
 
