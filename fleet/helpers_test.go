@@ -39,8 +39,8 @@ func leakOptions() []goleak.Option {
 		// connections of the fetches. Neither is a goroutine of fleet.
 		goleak.IgnoreAnyFunction("github.com/soheilhy/cmux.(*MuxConn).Read"),
 		goleak.IgnoreAnyFunction("net/http.(*connReader).abortPendingRead"),
-		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
 	}
 }
 
