@@ -146,8 +146,10 @@ func (m *member) start(opts Options, fresh bool) error {
 	// (its errors reach the caller through Start, Restart and the client).
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.UnsafeNoFsync = !opts.Fsync
-	// Loopback: short heartbeats make leader changes quick.
-	cfg.TickMs, cfg.ElectionMs = 50, 500
+	// etcd's defaults (100 ms, 1 s) on loopback, but a longer election
+	// timeout: members that share a loaded machine with their clients
+	// missed heartbeats and elected leaders over and over.
+	cfg.TickMs, cfg.ElectionMs = 100, 2500
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return fmt.Errorf("etcdnode: start member %s (client %s): %w", m.name, m.client.Host, err)
