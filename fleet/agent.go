@@ -92,10 +92,11 @@ type Agent struct {
 	reports chan struct{} // closed and replaced at every report
 
 	// Owned by Run.
-	want    Assignment
-	hasWant bool
-	retryID string   // the spec whose last apply failed in a way that may pass
-	refused *Applied // the report of the last spec refused: not tried again
+	want      Assignment
+	hasWant   bool
+	retryID   string   // the spec whose last apply failed in a way that may pass
+	refused   *Applied // the report of the last spec refused: not tried again
+	refusedIn int64    // in this rollout
 }
 
 // NewAgent checks opts and returns an agent; Run starts it.
@@ -315,8 +316,9 @@ func (a *Agent) apply(ctx context.Context, sess *concurrency.Session) error {
 	}
 	spec := a.want.Spec
 	id := spec.ID()
-	if a.refused != nil && a.refused.Spec == id {
-		// Refusals are final for a spec: report it again, do not retry.
+	if a.refused != nil && a.refused.Spec == id && a.refusedIn == a.want.Rollout {
+		// Refusals are final for a spec within a rollout: report it
+		// again, do not retry. A new rollout of it tries again.
 		ap := *a.refused
 		ap.Time = time.Now().UTC()
 		return a.report(ctx, sess, ap)
@@ -346,7 +348,7 @@ func (a *Agent) apply(ctx context.Context, sess *concurrency.Session) error {
 	ap := a.observe(spec, results, "etcd")
 	a.refused = nil
 	if ap.Result == ResultRefused {
-		a.refused = &ap
+		a.refused, a.refusedIn = &ap, a.want.Rollout
 	}
 	return a.report(ctx, sess, ap)
 }

@@ -232,14 +232,19 @@ func run(scratch string, n, runs int) error {
 		return rev, t0, err
 	}
 	converge := func(version string, waves []string) (time.Duration, error) {
-		_, t0, err := set(version, waves)
+		rev, t0, err := set(version, waves)
 		if err != nil {
 			return 0, err
 		}
-		if _, err := waitStatus(g, "converged on "+version, func(st fleet.Status) bool {
-			return len(st.Applied) == n && st.Converged(specs[version])
-		}); err != nil {
+		st, err := waitStatus(g, "converged on "+version, func(st fleet.Status) bool {
+			halted := st.Rollout != nil && st.Rollout.Revision == rev && (st.Rollout.Phase == fleet.Halted || st.Rollout.Phase == fleet.Aborted)
+			return halted || len(st.Applied) == n && st.Converged(specs[version])
+		})
+		if err != nil {
 			return 0, err
+		}
+		if st.Rollout != nil && st.Rollout.Phase != fleet.Done && st.Rollout.Phase != fleet.Running {
+			return 0, fmt.Errorf("set %s: rollout %s: %s", version, st.Rollout.Phase, st.Rollout.Reason)
 		}
 		return time.Since(t0), nil
 	}
