@@ -383,9 +383,13 @@ func (c *Controller) start(ctx context.Context, e *concurrency.Election, s *snap
 		return c.write(ctx, e, s, r, nil)
 	}
 	r.Sizes = sizes
+	// Targets of a replaced rollout go, except those the first wave
+	// writes again (etcd refuses a key twice in one transaction).
 	var drop []clientv3.Op
 	for id := range s.targets {
-		drop = append(drop, clientv3.OpDelete(c.keys.target(id)))
+		if !slices.Contains(r.Members[:sizes[0]], id) {
+			drop = append(drop, clientv3.OpDelete(c.keys.target(id)))
+		}
 	}
 	c.log.Info("fleet: rollout starts", "rollout", r.Revision, "spec", d.Spec.ID(), "instances", len(r.Members), "waves", sizes)
 	if len(r.Members) == 0 {
@@ -412,10 +416,9 @@ func (c *Controller) moveOps(s *snapshot, r *Rollout, ids []string) []clientv3.O
 func (c *Controller) finish(ctx context.Context, e *concurrency.Election, s *snapshot, r Rollout) error {
 	r.Phase = Done
 	r.Wave = max(len(r.Sizes)-1, 0)
-	ops := []clientv3.Op{clientv3.OpPut(c.keys.stable(), encode(Assignment{Spec: r.Spec, Rollout: r.Revision, Writer: r.Writer}))}
-	for id := range s.targets {
-		ops = append(ops, clientv3.OpDelete(c.keys.target(id)))
-	}
+	// One range delete: a transaction holds at most 128 operations.
+	ops := []clientv3.Op{clientv3.OpPut(c.keys.stable(), encode(Assignment{Spec: r.Spec, Rollout: r.Revision, Writer: r.Writer})),
+		clientv3.OpDelete(c.keys.targets(), clientv3.WithPrefix())}
 	c.log.Info("fleet: rollout done", "rollout", r.Revision, "spec", r.Spec.ID())
 	return c.write(ctx, e, s, r, ops)
 }
@@ -424,10 +427,7 @@ func (c *Controller) finish(ctx context.Context, e *concurrency.Election, s *sna
 // moved drops its target and so runs stable, the previous spec, again.
 func (c *Controller) revert(ctx context.Context, e *concurrency.Election, s *snapshot, r Rollout, phase Phase, why string) error {
 	r.Phase, r.Reason = phase, why
-	var ops []clientv3.Op
-	for id := range s.targets {
-		ops = append(ops, clientv3.OpDelete(c.keys.target(id)))
-	}
+	ops := []clientv3.Op{clientv3.OpDelete(c.keys.targets(), clientv3.WithPrefix())}
 	c.log.Warn("fleet: rollout "+string(phase)+"; reverting its instances", "rollout", r.Revision, "reason", why, "instances", len(r.Touched()))
 	return c.write(ctx, e, s, r, ops)
 }
