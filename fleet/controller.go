@@ -383,6 +383,9 @@ func (c *Controller) start(ctx context.Context, e *concurrency.Election, s *snap
 		return c.write(ctx, e, s, r, nil)
 	}
 	r.Sizes = sizes
+	if len(r.Members) == 0 {
+		return c.finish(ctx, e, s, r)
+	}
 	// Targets of a replaced rollout go, except those the first wave
 	// writes again (etcd refuses a key twice in one transaction).
 	var drop []clientv3.Op
@@ -392,9 +395,6 @@ func (c *Controller) start(ctx context.Context, e *concurrency.Election, s *snap
 		}
 	}
 	c.log.Info("fleet: rollout starts", "rollout", r.Revision, "spec", d.Spec.ID(), "instances", len(r.Members), "waves", sizes)
-	if len(r.Members) == 0 {
-		return c.finish(ctx, e, s, r)
-	}
 	return c.write(ctx, e, s, r, append(drop, c.moveOps(s, &r, r.Members[:sizes[0]])...))
 }
 
