@@ -56,6 +56,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newBPFCmd(),
 		newBuildCmd(),
 		newWatchCmd(),
+		newFleetCmd(),
 	)
 	return root
 }
