@@ -346,6 +346,15 @@ func TestHostileModulesRefusedAndAudited(t *testing.T) {
 				}
 				continue
 			}
+			if notWasm(c.Bytes) {
+				// Not WebAssembly at all: refused by the manifest's kind,
+				// before the backend sees it.
+				var ve *artifact.VerifyError
+				if !errors.As(err, &ve) || ve.Check != artifact.CheckKind {
+					t.Errorf("%s (%s): LoadArtifact() = %v; want an *artifact.VerifyError of check kind", c.Name, c.What, err)
+				}
+				continue
+			}
 			var le *module.LoadError
 			if !errors.As(err, &le) || le.Check != c.Want.Check || !errors.Is(err, c.Want.Err) {
 				t.Errorf("%s (%s): LoadArtifact() = %v; want a *module.LoadError of check %q", c.Name, c.What, err, c.Want.Check)
@@ -373,8 +382,11 @@ func TestHostileModulesRefusedAndAudited(t *testing.T) {
 			want = audit.ResultFailed
 		}
 		check := c.Want.Check
-		if len(c.Bytes) > host.DefaultMaxModuleSize {
+		switch {
+		case len(c.Bytes) > host.DefaultMaxModuleSize:
 			check = string(artifact.CheckPayload)
+		case notWasm(c.Bytes):
+			check = string(artifact.CheckKind)
 		}
 		ev, ok := refused[c.Name]
 		if !ok || ev.Result != want || !strings.Contains(ev.Error, check+" check failed") {
@@ -395,3 +407,7 @@ func TestHostileModulesRefusedAndAudited(t *testing.T) {
 		t.Errorf("Status() after the refusals = %+v; want pricing only", st)
 	}
 }
+
+// notWasm reports whether b does not even start like WebAssembly: the host
+// refuses such an artifact by its manifest's kind (check "kind").
+func notWasm(b []byte) bool { return !bytes.HasPrefix(b, []byte("\x00asm")) }

@@ -107,12 +107,20 @@ func TestDemoEndToEnd(t *testing.T) {
 	l := testhost.StartLoad(t, addr, "/quote?item=apple&qty=12", 4)
 	arts := filepath.Join(state, "demo", "artifacts")
 	l.WaitCalls(50)
+	// Each version serves until Prometheus has scraped its calls: a
+	// version that serves for less than a scrape would leave no sample.
+	callsOf := func(v string) string {
+		return fmt.Sprintf(`max_over_time(hotswap_module_calls_total{module="pricing",version=%q}[10m])`, v)
+	}
+	positive := func(v float64) bool { return v > 0 }
+	prom.WaitQuery(t, time.Minute, callsOf("v1"), positive)
 
 	out := mustCtl(t, socket, "load", "pricing", filepath.Join(arts, "pricing-v2.wasm"))
 	if !strings.HasPrefix(out, "pricing@v2 serves") {
 		t.Errorf("hotswap load v2 = %q; want pricing@v2 serves", out)
 	}
 	l.WaitAnswer(`"version":"v2"`)
+	prom.WaitQuery(t, time.Minute, callsOf("v2"), positive)
 
 	_, _, code, err := ctl(t, socket, "load", "pricing", filepath.Join(arts, "pricing-broken-trapinit.wasm"))
 	if code != 1 || !strings.Contains(err.Error(), "pricing@broken-trapinit: init check failed") ||
@@ -128,10 +136,6 @@ func TestDemoEndToEnd(t *testing.T) {
 
 	// Prometheus scraped the swap and the rollback: both versions' calls,
 	// and three swaps (v1 at start, v2, the rollback).
-	callsOf := func(v string) string {
-		return fmt.Sprintf(`max_over_time(hotswap_module_calls_total{module="pricing",version=%q}[10m])`, v)
-	}
-	positive := func(v float64) bool { return v > 0 }
 	v1Calls := prom.WaitQuery(t, time.Minute, callsOf("v1"), positive)
 	v2Calls := prom.WaitQuery(t, time.Minute, callsOf("v2"), positive)
 	swaps := prom.WaitQuery(t, time.Minute, `hotswap_swaps_total{module="pricing"}`, func(v float64) bool { return v >= 3 })
