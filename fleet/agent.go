@@ -74,8 +74,12 @@ type AgentOptions struct {
 	// MaxModuleSize bounds a fetched payload. Defaults to
 	// host.DefaultMaxModuleSize (32 MiB).
 	MaxModuleSize int64
-	// HTTPClient fetches http(s) URLs. Defaults to http.DefaultClient.
+	// HTTPClient fetches http(s) URLs and talks to OCI registries.
+	// Defaults to http.DefaultClient.
 	HTTPClient *http.Client
+	// OCI says how to reach OCI registries; the zero value is the secure
+	// default (see OCIOptions).
+	OCI OCIOptions
 	// Logger defaults to discarding.
 	Logger *slog.Logger
 }
@@ -383,7 +387,7 @@ func (a *Agent) applyModule(ctx context.Context, sess *concurrency.Session, name
 		}
 		a.log.Warn("fleet: rollback to the warm version failed; fetching it", "module", name, "err", err)
 	}
-	f, err := Fetch(ctx, a.opts.HTTPClient, m, a.opts.MaxModuleSize)
+	f, err := Source{HTTPClient: a.opts.HTTPClient, OCI: a.opts.OCI}.Fetch(ctx, m, a.opts.MaxModuleSize)
 	if err != nil {
 		return a.refusal(name, err)
 	}

@@ -41,8 +41,9 @@ type ModuleSpec struct {
 	// "<hex>": the pin. An artifact whose payload has another digest is
 	// refused, whatever its signature.
 	Digest string `json:"digest"`
-	// URL locates the payload (file:// or https://); its manifest is at
-	// URL+".manifest".
+	// URL locates the payload (file:// or https://; its manifest is at
+	// URL+".manifest") or the artifact in an OCI registry (oci://, see
+	// OCIScheme).
 	URL string `json:"url"`
 	// Canary, if set, makes each instance run the version as a canary
 	// beside the one it serves, and ack only once it was promoted.
@@ -91,8 +92,12 @@ func (s Spec) Validate() error {
 		if _, err := parseDigest(m.Digest); err != nil {
 			return fmt.Errorf("module %s: %w", name, err)
 		}
-		if !strings.HasPrefix(m.URL, "file://") && !strings.HasPrefix(m.URL, "https://") && !strings.HasPrefix(m.URL, "http://") {
-			return fmt.Errorf("%w: module %s: URL %q is not file://, http:// or https://", ErrInvalid, name, m.URL)
+		if strings.HasPrefix(m.URL, OCIScheme) {
+			if _, err := parseOCIURL(m.URL, true); err != nil {
+				return fmt.Errorf("module %s: %w", name, err)
+			}
+		} else if !strings.HasPrefix(m.URL, "file://") && !strings.HasPrefix(m.URL, "https://") && !strings.HasPrefix(m.URL, "http://") {
+			return fmt.Errorf("%w: module %s: URL %q is not file://, http://, https:// or oci://", ErrInvalid, name, m.URL)
 		}
 		if m.Canary != nil {
 			if err := m.Canary.Policy().Validate(); err != nil {
