@@ -355,3 +355,65 @@ func TestOCIPlainHTTPRule(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestOCIRollout rolls a version out of a real registry to an instance,
+// then refuses one whose pin is not the registry's payload.
+func TestOCIRollout(t *testing.T) {
+	e := newEnv(t, 1)
+	o := newOCIEnv(t)
+	v1 := e.artifact(testhost.V1, "v1", false)
+	v2 := e.artifact(testhost.V2, "v2", false)
+	ov1 := o.push(strings.TrimPrefix(v1.URL, "file://"), "pricing:v1", false)
+	ov2 := o.push(strings.TrimPrefix(v2.URL, "file://"), "pricing:v2", false)
+	if ov1.Digest != v1.Digest || ov1.Version != "v1" {
+		t.Fatalf("PushOCI(v1) = %+v; want digest %s version v1", ov1, v1.Digest)
+	}
+	in := e.startInstance("a", nil, nil, func(opts *fleet.AgentOptions) { opts.HTTPClient = o.src.HTTPClient })
+	e.until("registered", func(st fleet.Status) bool { return len(st.Applied) == 1 })
+	e.controller("c1", e.cli)
+
+	rev := e.set(fleet.Desired{Spec: spec(ov1)})
+	e.until("v1 done", phase(rev, fleet.Done))
+	if got := in.serves(); got != hexOf(v1) {
+		t.Fatalf("instance serves %q; want v1 %s from %s", got, hexOf(v1), ov1.URL)
+	}
+	if v := in.quote(t); v != "v1" {
+		t.Errorf("quote answered by %q; want v1", v)
+	}
+	if !o.rec.fetched(ov1.Digest) {
+		t.Errorf("the agent did not fetch the payload from the registry; requests %v", o.rec.reqs)
+	}
+
+	// v2's artifact under a pin it does not have (not v1's: an instance
+	// keeps the version it serves without a fetch).
+	mismatched := ov2
+	mismatched.Digest = artifact.DigestOf([]byte("not in the registry")).String()
+	mismatched.Version = "v2-pin"
+	rev = e.set(fleet.Desired{Spec: spec(mismatched)})
+	st := e.until("halted", phase(rev, fleet.Halted))
+	if !strings.Contains(st.Rollout.Reason, "check digest") {
+		t.Errorf("halt reason = %q; want check digest", st.Rollout.Reason)
+	}
+	ap, ch := in.agent.Applied()
+	for ap.Spec != spec(ov1).ID() { // the revert
+		select {
+		case <-ch:
+		case <-time.After(wait):
+			t.Fatalf("agent did not report v1 again after the halt; last %+v", ap)
+		}
+		ap, ch = in.agent.Applied()
+	}
+	if got := in.serves(); got != hexOf(v1) {
+		t.Errorf("instance serves %s after the refusal; want v1 %s", got, hexOf(v1))
+	}
+	for _, s := range in.host.Status() {
+		for _, v := range s.Versions() {
+			if v.Digest == hexOf(v2) {
+				t.Errorf("version %s %s was loaded; want it refused before", v.Version, v.Digest)
+			}
+		}
+	}
+	if o.rec.fetched(ov2.Digest) {
+		t.Errorf("the agent downloaded v2's payload; want it refused from the OCI manifest")
+	}
+}
