@@ -1,7 +1,10 @@
 package fleet
 
 import (
+	"strings"
 	"testing"
+
+	"github.com/hotswapgo/hotswap/artifact"
 )
 
 // FuzzRecords decodes hostile etcd records of every kind and uses them as
@@ -49,3 +52,63 @@ func FuzzRecords(f *testing.F) {
 }
 
 const zeros = "0000000000000000000000000000000000000000000000000000000000000000"
+
+// FuzzOCIManifest checks hostile OCI manifests against a hotswap
+// artifact's layout: nothing may panic, and one that passes has a sha256
+// payload within its bound and at most a bounded signed manifest.
+func FuzzOCIManifest(f *testing.F) {
+	payload := `{"mediaType":"application/vnd.hotswap.payload.v1","digest":"sha256:` + zeros + `","size":100}`
+	signed := `{"mediaType":"application/vnd.hotswap.manifest.v1+json","digest":"sha256:` + zeros + `","size":300}`
+	config := `{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}`
+	head := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.hotswap.artifact.v1","config":` + config
+	f.Add([]byte(head + `,"layers":[` + payload + `,` + signed + `]}`))
+	f.Add([]byte(head + `,"layers":[` + payload + `]}`))
+	f.Add([]byte(head + `,"layers":[` + signed + `,` + payload + `]}`))
+	f.Add([]byte(head + `,"layers":[` + payload + `,` + signed + `,` + signed + `]}`))
+	f.Add([]byte(`{"schemaVersion":2,"layers":[{"size":-1,"digest":"sha256:"}]}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		const maxSize = 1000
+		l, err := parseOCIManifest(raw, maxSize)
+		if err != nil {
+			return
+		}
+		if l.payload.MediaType != OCIPayloadMediaType || l.payload.Size <= 0 || l.payload.Size > maxSize ||
+			l.payload.Digest.Validate() != nil || len(l.payload.Digest.Encoded()) != 64 {
+			t.Fatalf("parseOCIManifest(%q) passed a payload layer %+v", raw, l.payload)
+		}
+		if m := l.manifest; m != nil && (m.MediaType != OCIManifestMediaType || m.Size <= 0 || m.Size > artifact.MaxManifestSize) {
+			t.Fatalf("parseOCIManifest(%q) passed a signed manifest layer %+v", raw, *m)
+		}
+	})
+}
+
+// FuzzOCIURL parses hostile oci:// URLs: one that passes names a registry,
+// a repository and a sha256 digest, and reads back as itself.
+func FuzzOCIURL(f *testing.F) {
+	f.Add("oci://127.0.0.1:5000/team/pricing@sha256:" + zeros)
+	f.Add("oci://registry.example/pricing:v1@sha256:" + zeros)
+	f.Add("oci://[::1]:5000/pricing@sha512:" + zeros + zeros)
+	f.Add("oci://r/p:v1")
+	f.Fuzz(func(t *testing.T, raw string) {
+		for _, pinned := range []bool{true, false} {
+			ref, err := parseOCIURL(raw, pinned)
+			if err != nil {
+				continue
+			}
+			sep := ":"
+			if pinned {
+				sep = "@"
+				if _, err := artifact.ParseDigest(strings.TrimPrefix(ref.Reference, "sha256:")); err != nil {
+					t.Fatalf("parseOCIURL(%q) passed digest %q: %v", raw, ref.Reference, err)
+				}
+			}
+			back := OCIScheme + ref.Registry + "/" + ref.Repository
+			if ref.Reference != "" {
+				back += sep + ref.Reference
+			}
+			if back != raw {
+				t.Fatalf("parseOCIURL(%q) = %+v, which reads back as %q", raw, ref, back)
+			}
+		}
+	})
+}

@@ -261,7 +261,7 @@ func parseOCIManifest(raw []byte, maxSize int64) (ociLayout, error) {
 		switch {
 		case l.MediaType != bounds[i].mediaType:
 			return ociLayout{}, fmt.Errorf("layer %d of media type %q, want %q", i, l.MediaType, bounds[i].mediaType)
-		case l.Digest.Algorithm() != digest.SHA256 || l.Digest.Validate() != nil:
+		case l.Digest.Validate() != nil || l.Digest.Algorithm() != digest.SHA256:
 			return ociLayout{}, fmt.Errorf("layer %d digest %q is not sha256:<hex>", i, l.Digest)
 		case l.Size <= 0 || l.Size > bounds[i].max:
 			return ociLayout{}, fmt.Errorf("layer %d declares %d bytes; want 1 to %d", i, l.Size, bounds[i].max)
@@ -427,4 +427,3 @@ func readManifestFile(path string) ([]byte, error) {
 	}
 	return b, nil
 }
-
