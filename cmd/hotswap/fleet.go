@@ -96,7 +96,7 @@ and halts and reverts the first wave that goes bad. See docs/fleet.md.`,
 	f.register(cmd)
 	cmd.AddCommand(newFleetSetCmd(f, "set"), newFleetSetCmd(f, "rollout"),
 		newFleetCommandCmd(f, fleet.Pause), newFleetCommandCmd(f, fleet.Resume), newFleetCommandCmd(f, fleet.Abort),
-		newFleetStatusCmd(f), newFleetControllerCmd(f), newFleetEtcdCmd())
+		newFleetStatusCmd(f), newFleetControllerCmd(f), newFleetEtcdCmd(), newFleetPushCmd())
 	return cmd
 }
 
@@ -105,6 +105,7 @@ func newFleetSetCmd(f *fleetFlags, verb string) *cobra.Command {
 		waves   []string
 		timeout time.Duration
 		pins    []string
+		reg     registryFlags
 	)
 	short, defWaves := "Set the group's module versions: every instance at once", []string{"100%"}
 	if verb == "rollout" {
@@ -116,9 +117,10 @@ func newFleetSetCmd(f *fleetFlags, verb string) *cobra.Command {
 		Long: short + `.
 
 Each URL (file://, http:// or https://) names an artifact; its manifest is at
-URL.manifest. The digest pinned in etcd is the one the manifest states (read
-here, not trusted: each instance verifies the signature itself), or the one
-given with --pin. Modules not named keep their desired version.`,
+URL.manifest. An oci:// URL (printed by hotswap fleet push) names both in an OCI
+registry. The digest pinned in etcd is the one the manifest states (read here,
+not trusted: each instance verifies the signature itself), or the one given
+with --pin. Modules not named keep their desired version.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.withGroup(cmd, func(ctx context.Context, _ *clientv3.Client, g *fleet.Group) error {
@@ -143,7 +145,7 @@ given with --pin. Modules not named keep their desired version.`,
 					if !ok {
 						return usageError{fmt.Errorf("%q: want MODULE=URL", a)}
 					}
-					m, err := moduleSpec(ctx, url, pinned[name])
+					m, err := moduleSpec(ctx, reg, url, pinned[name])
 					if err != nil {
 						return fmt.Errorf("%s %s: %w", verb, name, err)
 					}
@@ -165,19 +167,27 @@ given with --pin. Modules not named keep their desired version.`,
 	cmd.Flags().StringSliceVar(&waves, "waves", defWaves, `wave sizes: a count ("1") or a share ("10%")`)
 	cmd.Flags().DurationVar(&timeout, "wave-timeout", fleet.DefaultWaveTimeout, "halt a wave whose instances did not all ack in time")
 	cmd.Flags().StringSliceVar(&pins, "pin", nil, "MODULE=sha256:DIGEST: pin this digest instead of reading the manifest")
+	reg.register(cmd)
 	return cmd
 }
 
 // moduleSpec reads the manifest beside url for the digest and version to
 // pin, unless pin is given.
-func moduleSpec(ctx context.Context, url, pin string) (fleet.ModuleSpec, error) {
+func moduleSpec(ctx context.Context, reg registryFlags, url, pin string) (fleet.ModuleSpec, error) {
 	m := fleet.ModuleSpec{URL: url, Digest: pin}
 	if pin != "" {
 		return m, nil
 	}
+	if strings.HasPrefix(url, fleet.OCIScheme) {
+		src, err := reg.source()
+		if err != nil {
+			return m, err
+		}
+		return src.ResolveOCI(ctx, url)
+	}
 	path, ok := strings.CutPrefix(url, "file://")
 	if !ok {
-		return m, errors.New("only a file:// URL's manifest is read here; pin the digest of another URL with --pin")
+		return m, errors.New("only a file:// or oci:// URL's manifest is read here; pin the digest of another URL with --pin")
 	}
 	raw, err := os.ReadFile(artifact.ManifestPath(filepath.Clean(path)))
 	if err != nil {
