@@ -7,14 +7,17 @@ import (
 	"errors"
 	"io/fs"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/content"
@@ -58,7 +61,7 @@ type ociEnv struct {
 
 func newOCIEnv(t *testing.T) *ociEnv {
 	t.Helper()
-	reg := testregistry.Start(t)
+	reg := testregistry.Start(t, testregistry.Options{})
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
 	rec := &recorder{next: tr}
@@ -415,5 +418,110 @@ func TestOCIRollout(t *testing.T) {
 	}
 	if o.rec.fetched(ov2.Digest) {
 		t.Errorf("the agent downloaded v2's payload; want it refused from the OCI manifest")
+	}
+}
+
+// TestOCICredentials pushes to and fetches from a registry that asks for
+// basic authentication: without credentials both are refused.
+func TestOCICredentials(t *testing.T) {
+	reg := testregistry.Start(t, testregistry.Options{User: "ci", Password: "s3cret"})
+	e := newOCIEnv(t)
+	e.reg = reg
+	path := e.file("pricing.wasm", []byte("authenticated payload"), "v1")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := e.src.PushOCI(ctx, path, "oci://"+reg.Host+"/pricing", false); err == nil || !strings.Contains(err.Error(), "credential") {
+		t.Fatalf("PushOCI(no credentials) = %v; want refused for want of a credential", err)
+	}
+	var asked []string
+	e.src.OCI.Credential = func(_ context.Context, registry string) (string, string, error) {
+		asked = append(asked, registry)
+		return "ci", "s3cret", nil
+	}
+	m := e.push(path, "pricing", false)
+	if f, err := e.fetch(m, 1<<20); err != nil || string(f.Payload) != "authenticated payload" {
+		t.Fatalf("Fetch(with credentials) = %q, %v; want the payload", f.Payload, err)
+	}
+	if len(asked) == 0 || asked[0] != reg.Host {
+		t.Errorf("Credential asked for %v; want %s", asked, reg.Host)
+	}
+	e.src.OCI.Credential = nil
+	if _, err := e.fetch(m, 1<<20); !errors.Is(err, fleet.ErrFetch) || !strings.Contains(err.Error(), "credential") {
+		t.Errorf("Fetch(no credentials) = %v; want ErrFetch for want of a credential", err)
+	}
+}
+
+// fakeRegistry serves one hotswap OCI manifest whose payload layer
+// declares size bytes, and answers the payload's GET with blob.
+func fakeRegistry(t *testing.T, size int64, blob http.HandlerFunc) fleet.ModuleSpec {
+	t.Helper()
+	pin := artifact.DigestOf([]byte("the payload"))
+	layer := ocispec.Descriptor{MediaType: fleet.OCIPayloadMediaType, Digest: digest.Digest(pin.String()), Size: size}
+	raw, _ := json.Marshal(ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest,
+		ArtifactType: fleet.OCIArtifactType, Layers: []ocispec.Descriptor{layer},
+		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeEmptyJSON, Digest: ocispec.DescriptorEmptyJSON.Digest, Size: 2}})
+	md := content.NewDescriptorFromBytes(ocispec.MediaTypeImageManifest, raw)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v2/pricing/manifests/" + md.Digest.String():
+			w.Header().Set("Content-Type", ocispec.MediaTypeImageManifest)
+			w.Header().Set("Docker-Content-Digest", md.Digest.String())
+			w.Header().Set("Content-Length", strconv.Itoa(len(raw)))
+			if r.Method == http.MethodGet {
+				w.Write(raw)
+			}
+		case "/v2/pricing/blobs/" + layer.Digest.String():
+			blob(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return fleet.ModuleSpec{Digest: pin.String(), URL: "oci://" + strings.TrimPrefix(srv.URL, "http://") + "/pricing@" + md.Digest.String()}
+}
+
+// TestOCIServedBounds: a registry that serves an endless payload (with no
+// Content-Length) is cut off after the declared size; one that stalls is
+// abandoned when ctx ends.
+func TestOCIServedBounds(t *testing.T) {
+	m := fakeRegistry(t, 1000, func(w http.ResponseWriter, r *http.Request) {
+		chunk := bytes.Repeat([]byte("x"), 4096)
+		for r.Context().Err() == nil {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	})
+	_, err := fleet.Source{}.Fetch(context.Background(), m, 1<<20)
+	if !errors.Is(err, fleet.ErrFetch) || !strings.Contains(err.Error(), "served more bytes") {
+		t.Errorf("Fetch(endless payload) = %v; want ErrFetch, served more bytes", err)
+	}
+
+	stalled := make(chan struct{})
+	m = fakeRegistry(t, 1000, func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("x"))
+		w.(http.Flusher).Flush()
+		close(stalled)
+		<-r.Context().Done()
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := fleet.Source{}.Fetch(ctx, m, 1<<20)
+		done <- err
+	}()
+	select {
+	case <-stalled:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the fetch did not reach the payload within 30s")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) || !errors.Is(err, fleet.ErrFetch) {
+			t.Errorf("Fetch(cancelled mid-payload) = %v; want ErrFetch and context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Fetch did not return within 10s of its ctx's cancel")
 	}
 }

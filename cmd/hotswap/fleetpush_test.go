@@ -20,7 +20,7 @@ import (
 // hotswap fleet push, then sets the printed URL: fleet set pins the
 // payload's digest and the manifest's version read from the registry.
 func TestFleetPushCommand(t *testing.T) {
-	reg := testregistry.Start(t)
+	reg := testregistry.Start(t, testregistry.Options{})
 	_, _, _, wasm := setupSigned(t)
 	payload, err := os.ReadFile(wasm)
 	if err != nil {

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // Binary is where Debian's docker-registry package installs the registry.
@@ -44,10 +46,18 @@ func (r *Registry) BlobPath(digest string) string {
 	return filepath.Join(r.Root, "docker", "registry", "v2", "blobs", "sha256", hex[:2], hex, "data")
 }
 
+// Options configures a registry. The zero value serves anyone.
+type Options struct {
+	// User and Password, when User is set, are the only credentials the
+	// registry accepts (HTTP basic authentication). Defaults to none: no
+	// authentication.
+	User, Password string
+}
+
 // Start runs a registry for t. Without the binary, t fails when
 // HOTSWAP_REQUIRE_GUEST_TOOLCHAINS is set (as in CI) and is skipped
 // otherwise.
-func Start(t testing.TB) *Registry {
+func Start(t testing.TB, opts Options) *Registry {
 	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
@@ -63,7 +73,7 @@ func Start(t testing.TB) *Registry {
 	// listen: try a few.
 	var last error
 	for range 3 {
-		r, err := start(t, bin)
+		r, err := start(t, bin, opts)
 		if err == nil {
 			return r
 		}
@@ -73,7 +83,7 @@ func Start(t testing.TB) *Registry {
 	return nil
 }
 
-func start(t testing.TB, bin string) (*Registry, error) {
+func start(t testing.TB, bin string, opts Options) (*Registry, error) {
 	dir := t.TempDir()
 	port, err := freePort()
 	if err != nil {
@@ -97,6 +107,17 @@ http:
   addr: %s
   secret: hotswap-test
 `, r.Root, r.Host)
+	if opts.User != "" {
+		hash, err := bcrypt.GenerateFromPassword([]byte(opts.Password), bcrypt.MinCost)
+		if err != nil {
+			return nil, err
+		}
+		htpasswd := filepath.Join(dir, "htpasswd")
+		if err := os.WriteFile(htpasswd, []byte(opts.User+":"+string(hash)+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		config += fmt.Sprintf("auth:\n  htpasswd:\n    realm: hotswap-test\n    path: %s\n", htpasswd)
+	}
 	cfg := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
 		return nil, err
@@ -125,7 +146,8 @@ http:
 	return r, nil
 }
 
-// waitReady polls http://host/v2/ until it answers 200, the process exits
+// waitReady polls http://host/v2/ until it answers (200, or 401 when it
+// asks for credentials), the process exits
 // or startTimeout passes.
 func waitReady(host string, exited <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
@@ -138,7 +160,7 @@ func waitReady(host string, exited <-chan struct{}) error {
 		resp, err := client.Do(req)
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
 				return nil
 			}
 			err = fmt.Errorf("GET /v2/: %s", resp.Status)
