@@ -317,7 +317,10 @@ func (s Source) PushOCI(ctx context.Context, path, ref string, allowUnsigned boo
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, ctxReader{ctx, f})
+	n, err := io.Copy(h, f)
+	if err == nil {
+		err = ctx.Err()
+	}
 	if err != nil {
 		return ModuleSpec{}, fmt.Errorf("push %s: read payload: %w", path, err)
 	}
@@ -384,19 +387,6 @@ func (s Source) PushOCI(ctx context.Context, path, ref string, allowUnsigned boo
 	}
 	spec.URL = OCIScheme + r.Registry + "/" + r.Repository + "@" + desc.Digest.String()
 	return spec, nil
-}
-
-// ctxReader stops reading once ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // pushBlob pushes a blob the repository does not have yet.
