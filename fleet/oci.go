@@ -130,15 +130,15 @@ func (s Source) repository(ref registry.Reference) *remote.Repository {
 }
 
 // fetchOCI reads the artifact an oci:// URL names (see OCIScheme) and
-// checks its payload against pin. It
-// resolves the OCI manifest by digest, refuses one larger than
-// MaxOCIManifestSize, of another media type or whose bytes have another
-// digest, and any layout but the one documented at OCIArtifactType; a
-// payload layer whose digest is not pin is an *artifact.VerifyError of
-// artifact.CheckDigest and is never downloaded. Each layer is refused
-// before it is read when it declares more than its bound (maxSize for the
-// payload, artifact.MaxManifestSize for the signed manifest) and while it
-// is read when the registry serves more or other bytes than it declares.
+// checks its payload against pin. It resolves the OCI manifest by digest
+// and refuses one larger than MaxOCIManifestSize, of another media type,
+// whose bytes have another digest or whose layout is not the one
+// documented at the OCI constants. A payload layer whose digest is not pin
+// is an *artifact.VerifyError of artifact.CheckDigest and is never
+// downloaded. Each layer is refused before it is read when it declares
+// more than its bound (maxSize for the payload, artifact.MaxManifestSize
+// for the signed manifest), and while it is read when the registry serves
+// more or other bytes than it declares.
 func (s Source) fetchOCI(ctx context.Context, url string, pin artifact.Digest, maxSize int64) (Fetched, error) {
 	ref, err := parseOCIURL(url, true)
 	if err != nil {
@@ -302,7 +302,7 @@ func readBlob(ctx context.Context, f content.Fetcher, desc ocispec.Descriptor) (
 // PushOCI pushes the artifact at path (its payload, and the signed
 // manifest at path+".manifest" unless it has none and allowUnsigned says
 // that is fine) to the repository ref, oci://HOST[:PORT]/REPO[:TAG], in
-// the layout documented at OCIArtifactType, and returns the spec to pin:
+// the layout documented at the OCI constants, and returns the spec to pin:
 // its URL names the OCI manifest by digest, its Digest is the payload's,
 // its Version the signed manifest's. A manifest that names another payload
 // is refused. The signature is not checked: the instances do.
