@@ -2,6 +2,7 @@ package fleet_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -102,14 +103,15 @@ func (e *ociEnv) fetch(m fleet.ModuleSpec, maxSize int64) (fleet.Fetched, error)
 }
 
 // pushManifest pushes raw as an OCI manifest to repo and returns its URL.
-func (e *ociEnv) pushManifest(repo string, raw []byte) string {
+func (e *ociEnv) pushManifest(repo, mediaType string, raw []byte) string {
 	e.t.Helper()
 	r, err := remote.NewRepository(e.reg.Host + "/" + repo)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	r.PlainHTTP = true
-	desc := content.NewDescriptorFromBytes(ocispec.MediaTypeImageManifest, raw)
+	r.ManifestMediaTypes = []string{mediaType}
+	desc := content.NewDescriptorFromBytes(mediaType, raw)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := r.Push(ctx, desc, bytes.NewReader(raw)); err != nil {
@@ -272,6 +274,11 @@ func TestOCITampered(t *testing.T) {
 	}
 }
 
+const (
+	dockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
+	dockerConfig   = "application/vnd.docker.container.image.v1+json"
+)
+
 // TestOCIBadLayouts pushes OCI manifests that are not a hotswap artifact's
 // layout over real blobs; each is refused.
 func TestOCIBadLayouts(t *testing.T) {
@@ -292,6 +299,7 @@ func TestOCIBadLayouts(t *testing.T) {
 		want string
 	}{
 		{"as pushed", func(*ocispec.Manifest) {}, ""},
+		{"docker manifest", func(o *ocispec.Manifest) { o.MediaType = dockerManifest; o.Config.MediaType = dockerConfig }, "media type"},
 		{"extra layer", func(o *ocispec.Manifest) { o.Layers = append(o.Layers, sm) }, "3 layers"},
 		{"no layer", func(o *ocispec.Manifest) { o.Layers = nil }, "0 layers"},
 		{"layers swapped", func(o *ocispec.Manifest) { o.Layers = []ocispec.Descriptor{sm, pl} }, "layer 0 of media type"},
@@ -311,8 +319,9 @@ func TestOCIBadLayouts(t *testing.T) {
 				t.Fatal(err)
 			}
 			bad := m
-			bad.URL = e.pushManifest("pricing", b)
+			bad.URL = e.pushManifest("pricing", cmp.Or(o.MediaType, ocispec.MediaTypeImageManifest), b)
 			_, err = e.fetch(bad, 1<<20)
+			t.Logf("Fetch() = %v", err)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Errorf("Fetch() = %v; want the artifact", err)
