@@ -11,15 +11,14 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/hotswapgo/hotswap/fleet"
-	"github.com/hotswapgo/hotswap/internal/testhost"
 )
 
 // TestRolloutAcksAndLeaseExpiry rolls v1 out to three instances in waves,
 // checks every instance's applied state, and that an instance whose lease
 // ends (it stopped, or it died) leaves the group.
 func TestRolloutAcksAndLeaseExpiry(t *testing.T) {
-	e := newEnv(t, 1)
-	v1 := e.artifact(testhost.V1, "v1", false)
+	e := newEnv(t, 0)
+	v1 := e.artifact(gV1, "v1", false)
 	var ins []*instance
 	for _, id := range []string{"a", "b", "c"} {
 		ins = append(ins, e.startInstance(id, nil, nil, nil))
@@ -70,9 +69,9 @@ func TestRolloutAcksAndLeaseExpiry(t *testing.T) {
 // checks on every instance: the rollout halts at its first wave of one
 // instance, no other instance is touched, and every instance serves v1.
 func TestBadWaveHaltsAndReverts(t *testing.T) {
-	e := newEnv(t, 1)
-	v1 := e.artifact(testhost.V1, "v1", false)
-	bad := e.artifact(testhost.TrapInit, "bad", false)
+	e := newEnv(t, 0)
+	v1 := e.artifact(gV1, "v1", false)
+	bad := e.artifact(gBad, "bad", false)
 	var ins []*instance
 	for _, id := range []string{"a", "b", "c", "d"} {
 		ins = append(ins, e.startInstance(id, nil, nil, nil))
@@ -111,9 +110,9 @@ func TestBadWaveHaltsAndReverts(t *testing.T) {
 // refused, reported with its failed check in the applied state, and never
 // loaded.
 func TestUntrustedArtifactsRefused(t *testing.T) {
-	e := newEnv(t, 1)
-	v1 := e.artifact(testhost.V1, "v1", false)
-	unsigned := e.artifact(testhost.V2, "v2", true)
+	e := newEnv(t, 0)
+	v1 := e.artifact(gV1, "v1", false)
+	unsigned := e.artifact(gV2, "v2", true)
 	mismatched := v1
 	mismatched.Digest = unsigned.Digest // pin v2's digest, serve v1's bytes
 	mismatched.Version = "v2-pin"
@@ -161,9 +160,9 @@ func TestUntrustedArtifactsRefused(t *testing.T) {
 // TestControllerFailover kills the leading controller in the middle of a
 // rollout; the other one takes over and finishes it.
 func TestControllerFailover(t *testing.T) {
-	e := newEnv(t, 1)
-	v1 := e.artifact(testhost.V1, "v1", false)
-	v2 := e.artifact(testhost.V2, "v2", false)
+	e := newEnv(t, 0)
+	v1 := e.artifact(gV1, "v1", false)
+	v2 := e.artifact(gV2, "v2", false)
 	// v2 is served over HTTP, held until the leader died, so the rollout
 	// is in its first wave when it dies.
 	gate := make(chan struct{})
@@ -222,8 +221,8 @@ func TestControllerFailover(t *testing.T) {
 // and when etcd is back it reconciles to the desired state set meanwhile.
 func TestEtcdDown(t *testing.T) {
 	e := newEnv(t, 1)
-	v1 := e.artifact(testhost.V1, "v1", false)
-	v2 := e.artifact(testhost.V2, "v2", false)
+	v1 := e.artifact(gV1, "v1", false)
+	v2 := e.artifact(gV2, "v2", false)
 	in := e.startInstance("a", nil, nil, nil)
 	e.until("registered", func(st fleet.Status) bool { return len(st.Applied) == 1 })
 	_, stopController := e.controller("c1", e.cli)
@@ -274,11 +273,11 @@ func TestEtcdDown(t *testing.T) {
 // resyncs from a fresh read, under the same lease, and acks.
 func TestWatchCompactionResync(t *testing.T) {
 	e := newEnv(t, 3)
-	v1 := e.artifact(testhost.V1, "v1", false)
-	v2 := e.artifact(testhost.V2, "v2", false)
+	v1 := e.artifact(gV1, "v1", false)
+	v2 := e.artifact(gV2, "v2", false)
 	eps := e.etcd.Endpoints()
 	others := e.client(eps[1:]...)
-	e.group, _ = fleet.OpenGroup(others, "", "pricing-svc")
+	e.group, _ = fleet.OpenGroup(others, "", e.name)
 	// A long lease: it outlives the member's downtime, so only the watch
 	// can bring the news.
 	in := e.startInstance("a", nil, e.client(eps[0]), func(o *fleet.AgentOptions) { o.LeaseTTL = 60 * time.Second })
@@ -286,7 +285,7 @@ func TestWatchCompactionResync(t *testing.T) {
 	e.controller("c1", others)
 	rev := e.set(fleet.Desired{Spec: spec(v1)})
 	e.until("v1 done", phase(rev, fleet.Done))
-	lease := appliedLease(t, others)
+	lease := appliedLease(t, others, e.name)
 
 	e.etcd.Stop(0)
 	rev = e.set(fleet.Desired{Spec: spec(v2)})
@@ -307,17 +306,17 @@ func TestWatchCompactionResync(t *testing.T) {
 	if got := in.serves(); got != hexOf(v2) {
 		t.Errorf("instance serves %s; want v2", got)
 	}
-	if got := appliedLease(t, others); got != lease {
+	if got := appliedLease(t, others, e.name); got != lease {
 		t.Errorf("applied lease = %x; want the same lease %x (a resync, not a new session)", got, lease)
 	}
 }
 
 // appliedLease returns the lease of instance a's applied state.
-func appliedLease(t *testing.T, cli *clientv3.Client) int64 {
+func appliedLease(t *testing.T, cli *clientv3.Client, group string) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	resp, err := cli.Get(ctx, fleet.DefaultPrefix+"/pricing-svc/applied/a")
+	resp, err := cli.Get(ctx, fleet.DefaultPrefix+"/"+group+"/applied/a")
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("Get(applied/a) = %v, %v; want one key", resp, err)
 	}

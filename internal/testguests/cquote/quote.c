@@ -9,6 +9,8 @@
  *   -DVERSION='"v1"'  the version it names (default "v1")
  *   -DTRAPINIT        _initialize traps: the host refuses it at its init
  *                     check, on every instance (a bad artifact)
+ *   -DFAILQUOTE       every quote fails (it passes the host's checks, and a
+ *                     canary of it aborts)
  */
 #include "hotswap.h"
 
@@ -48,11 +50,17 @@ HOTSWAP_EXPORT("hotswap_exchange") uint32_t hotswap_exchange(uint32_t size) {
 }
 
 static const char unknown[] = "unknown handler";
+#ifdef FAILQUOTE
+static const char failed[] = "quote failed (built with FAILQUOTE)";
+#endif
 
 HOTSWAP_EXPORT("hotswap_call") uint64_t hotswap_call(uint32_t id, uint32_t n) {
 	(void)n;
 	if (id != 0)
 		return hotswap_pack(unknown, sizeof unknown - 1, HOTSWAP_STATUS_ERROR);
+#ifdef FAILQUOTE
+	return hotswap_pack(failed, sizeof failed - 1, HOTSWAP_STATUS_ERROR);
+#endif
 	return hotswap_pack(answer, sizeof answer - 1, HOTSWAP_STATUS_OK);
 }
 
