@@ -223,9 +223,14 @@ func TestEtcdDown(t *testing.T) {
 	e := newEnv(t, 1)
 	v1 := e.artifact(gV1, "v1", false)
 	v2 := e.artifact(gV2, "v2", false)
-	in := e.startInstance("a", nil, nil, nil)
+	// The agent and the controller before the outage use a client of
+	// their own, closed before etcd stops: a member stopping under a
+	// client's open streams (keep-alives, watches) waits etcd's request
+	// timeout (10 s) for them.
+	before := e.client(e.etcd.Endpoints()...)
+	in := e.startInstance("a", nil, before, nil)
 	e.until("registered", func(st fleet.Status) bool { return len(st.Applied) == 1 })
-	_, stopController := e.controller("c1", e.cli)
+	_, stopController := e.controller("c1", before)
 	rev := e.set(fleet.Desired{Spec: spec(v1)})
 	e.until("v1 done", phase(rev, fleet.Done))
 	if v := in.quote(t); v != "v1" {
@@ -238,6 +243,7 @@ func TestEtcdDown(t *testing.T) {
 	rev = e.set(fleet.Desired{Spec: spec(v2)})
 	e.until("v2 stable", phase(rev, fleet.Done))
 	stopController()
+	before.Close()
 
 	// etcd goes down: the instance restarts from its last-known-good v1.
 	e.etcd.Stop(0)
