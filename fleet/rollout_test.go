@@ -335,4 +335,21 @@ func TestSplitFleetWide(t *testing.T) {
 			}
 		}
 	}
+
+	// A B that cannot be verified is refused like an A: never loaded, the
+	// rollout halts, A serves alone.
+	unsigned := e.artifact(gV3, "v3", true)
+	m := a
+	m.B = &fleet.SplitSpec{Version: unsigned.Version, Digest: unsigned.Digest, URL: unsigned.URL, Weight: 50}
+	rev := e.set(fleet.Desired{Spec: spec(m)})
+	st := e.until("unsigned B halted", phase(rev, fleet.Halted))
+	if !strings.Contains(st.Rollout.Reason, "check policy") {
+		t.Errorf("halt reason = %q; want B's failed check, policy", st.Rollout.Reason)
+	}
+	e.until("reverted to A alone", func(st fleet.Status) bool { return st.Converged(spec(a)) && len(st.Targets) == 0 })
+	for _, in := range ins {
+		if sp, ok := in.host.Split("pricing"); ok {
+			t.Errorf("instance %s splits with an unsigned B: %+v", in.id, sp)
+		}
+	}
 }

@@ -95,6 +95,7 @@ func (h *Host) SplitReader(ctx context.Context, name, label string, manifest []b
 		prep.Discard()
 		return SplitStatus{}, c.fail(err)
 	}
+	c.count(audit.ResultOK, nil)
 	c.endSpan(ResultOK, nil)
 	s := &split{mc: mc, salt: salt}
 	h.splits.mu.Lock()
