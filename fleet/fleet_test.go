@@ -274,45 +274,59 @@ func TestEtcdDown(t *testing.T) {
 	}
 }
 
-// TestWatchCompactionResync cuts an agent off its etcd member while the
-// group moves on and the history it would watch is compacted: the agent
-// resyncs from a fresh read, under the same lease, and acks.
+// TestWatchCompactionResync cuts an agent off etcd while the group moves
+// on and the history it would watch is compacted: the agent resyncs from a
+// fresh read, under the same lease, and acks.
 func TestWatchCompactionResync(t *testing.T) {
-	e := newEnv(t, 3)
+	e := newEnv(t, 0)
 	v1 := e.artifact(gV1, "v1", false)
 	v2 := e.artifact(gV2, "v2", false)
-	eps := e.etcd.Endpoints()
-	others := e.client(eps[1:]...)
-	e.group, _ = fleet.OpenGroup(others, "", e.name)
-	// A long lease: it outlives the member's downtime, so only the watch
-	// can bring the news.
-	in := e.startInstance("a", nil, e.client(eps[0]), func(o *fleet.AgentOptions) { o.LeaseTTL = 60 * time.Second })
+	l := newLink(t, e.etcd.Endpoints()[0])
+	// A long lease: it outlives the cut, so only the watch can bring the
+	// news.
+	in := e.startInstance("a", nil, e.client(l.endpoint()), func(o *fleet.AgentOptions) { o.LeaseTTL = 60 * time.Second })
 	e.until("registered", func(st fleet.Status) bool { return len(st.Applied) == 1 })
-	e.controller("c1", others)
+	e.controller("c1", e.cli)
 	rev := e.set(fleet.Desired{Spec: spec(v1)})
 	e.until("v1 done", phase(rev, fleet.Done))
-	lease := appliedLease(t, others, e.name)
+	lease := appliedLease(t, e.cli, e.name)
+	// The agent reports again on the events of the rollout's end; cut it
+	// once it went quiet (500 ms without a report), in its watch, so the
+	// news reach it only through a watch that resumes into compacted
+	// history.
+	for quiet, deadline := false, time.Now().Add(wait); !quiet; {
+		_, next := in.agent.Applied()
+		select {
+		case <-next:
+		case <-time.After(500 * time.Millisecond):
+			quiet = true
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent kept reporting for %v", wait)
+		}
+	}
 
-	e.etcd.Stop(0)
+	l.setCut(true)
 	rev = e.set(fleet.Desired{Spec: spec(v2)})
 	e.until("v2 in its wave", func(st fleet.Status) bool { return len(st.Targets) == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	resp, err := others.Put(ctx, "/unrelated", "x")
+	resp, err := e.cli.Put(ctx, "/unrelated", "x")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := others.Compact(ctx, resp.Header.Revision); err != nil {
+	if _, err := e.cli.Compact(ctx, resp.Header.Revision); err != nil {
 		t.Fatalf("Compact() = %v", err)
 	}
-	if err := e.etcd.Restart(ctx, 0); err != nil {
-		t.Fatalf("Restart(0) = %v", err)
+	if got := in.serves(); got != hexOf(v1) {
+		t.Fatalf("instance serves %s while cut off; want v1", got)
 	}
+	l.setCut(false)
 	e.until("v2 done", phase(rev, fleet.Done))
 	if got := in.serves(); got != hexOf(v2) {
 		t.Errorf("instance serves %s; want v2", got)
 	}
-	if got := appliedLease(t, others, e.name); got != lease {
+	if got := appliedLease(t, e.cli, e.name); got != lease {
 		t.Errorf("applied lease = %x; want the same lease %x (a resync, not a new session)", got, lease)
 	}
 }

@@ -3,6 +3,8 @@ package fleet_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -341,5 +343,81 @@ func hexOf(m fleet.ModuleSpec) string {
 func phase(rev int64, p fleet.Phase) func(fleet.Status) bool {
 	return func(st fleet.Status) bool {
 		return st.Rollout != nil && st.Rollout.Revision == rev && st.Rollout.Phase == p
+	}
+}
+
+// link is a TCP relay to an etcd endpoint that a test can cut: every
+// connection through it closes and new ones are refused until mend. An
+// agent behind it is cut off its etcd while etcd runs on (stopping a
+// member instead waits etcd's request timeout for its clients' streams).
+type link struct {
+	ln     net.Listener
+	target string
+	wg     sync.WaitGroup
+	mu     sync.Mutex // protects conns and cut
+	conns  map[net.Conn]bool
+	cut    bool
+}
+
+// newLink relays to endpoint ("http://host:port") until the test ends,
+// and returns the link; its endpoint is l.endpoint().
+func newLink(t *testing.T, endpoint string) *link {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &link{ln: ln, target: strings.TrimPrefix(endpoint, "http://"), conns: map[net.Conn]bool{}}
+	l.wg.Go(l.accept)
+	t.Cleanup(func() {
+		ln.Close()
+		l.setCut(true)
+		l.wg.Wait()
+	})
+	return l
+}
+
+func (l *link) endpoint() string { return "http://" + l.ln.Addr().String() }
+
+func (l *link) accept() {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.DialTimeout("tcp", l.target, 2*time.Second)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		l.mu.Lock()
+		if l.cut {
+			l.mu.Unlock()
+			c.Close()
+			up.Close()
+			continue
+		}
+		l.conns[c], l.conns[up] = true, true
+		l.mu.Unlock()
+		pipe := func(dst, src net.Conn) {
+			io.Copy(dst, src)
+			dst.Close()
+			src.Close()
+		}
+		l.wg.Go(func() { pipe(up, c) })
+		l.wg.Go(func() { pipe(c, up) })
+	}
+}
+
+// setCut cuts the link (closing every connection through it) or mends it.
+func (l *link) setCut(cut bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cut = cut
+	if cut {
+		for c := range l.conns {
+			c.Close()
+		}
+		clear(l.conns)
 	}
 }
