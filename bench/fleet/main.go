@@ -12,7 +12,10 @@
 // each instance compiles each version itself (about 0.7 s of one core
 // here), and on this 2-core machine the 50 compiles of a set queue behind
 // one another, which measures the machine's cores rather than the fleet
-// (on 50 machines they run in parallel). The field guest says which ran.
+// (on 50 machines they run in parallel): on this loaded 2-core machine the
+// first load of the Go guest on 50 instances did not finish within the
+// 5-minute budget (12 instances still compiling). The field guest says
+// which ran.
 // Every instance has its own wazero compilation cache directory, as on
 // its own machine: sharing one between the in-process instances would hide
 // the compile of every instance but the first.
