@@ -2,8 +2,6 @@ package fleet_test
 
 import (
 	"context"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -165,26 +163,7 @@ func TestControllerFailover(t *testing.T) {
 	v2 := e.artifact(gV2, "v2", false)
 	// v2 is served over HTTP, held until the leader died, so the rollout
 	// is in its first wave when it dies.
-	gate := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, ".wasm") {
-			select {
-			case <-gate:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		http.ServeFile(w, r, e.dir+r.URL.Path)
-	}))
-	defer srv.Close()
-	defer func() {
-		select {
-		case <-gate:
-		default:
-			close(gate)
-		}
-	}()
-	v2.URL = srv.URL + "/v2.wasm"
+	v2, openV2 := e.gated(v2)
 	for _, id := range []string{"a", "b", "c"} {
 		e.startInstance(id, nil, nil, nil)
 	}
@@ -208,7 +187,7 @@ func TestControllerFailover(t *testing.T) {
 		t.Fatalf("rollout leader = %s, wave %d; want first, in wave 1 (its instance fetches v2 until the gate opens)", st.Rollout.Leader, st.Rollout.Wave+1)
 	}
 	leaderCli.Close() // the leader dies: its lease runs out
-	close(gate)
+	openV2()
 	st = e.until("v2 done", phase(rev, fleet.Done))
 	if st.Rollout.Leader != "second" {
 		t.Errorf("rollout finished by %s; want second", st.Rollout.Leader)

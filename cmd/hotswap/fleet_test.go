@@ -19,13 +19,7 @@ import (
 // shows it; pause with no rollout running fails with exit 1; a bad
 // argument is a usage error.
 func TestFleetSetStatusCommands(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c, err := etcdnode.Start(ctx, etcdnode.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("etcdnode.Start() = %v", err)
-	}
-	defer c.Close()
+	c := startEtcd(t)
 	_, _, _, wasm := setupSigned(t)
 	base := []string{"fleet", "--etcd", strings.Join(c.Endpoints(), ","), "--group", "pricing", "--writer", "alice"}
 
@@ -68,13 +62,7 @@ func TestFleetSetStatusCommands(t *testing.T) {
 // --no-b ends it, and a weight out of range or without a B is a usage
 // error.
 func TestFleetSetSplit(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c, err := etcdnode.Start(ctx, etcdnode.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("etcdnode.Start() = %v", err)
-	}
-	defer c.Close()
+	c := startEtcd(t)
 	dir, key, _, a := setupSigned(t)
 	b := filepath.Join(dir, "pricing-b.wasm")
 	if err := os.WriteFile(b, []byte("\x00asm\x01\x00\x00\x00pricing B"), 0o644); err != nil {
@@ -125,4 +113,17 @@ func TestFleetSetSplit(t *testing.T) {
 	if _, code, err := runCLI(t, append(base, "set", "--weight", "pricing=10")...); code != 2 {
 		t.Errorf("fleet set --weight without a B = %v (exit %d); want a usage error, exit 2", err, code)
 	}
+}
+
+// startEtcd starts a single-member etcd, stopped when the test ends.
+func startEtcd(t *testing.T) *etcdnode.Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := etcdnode.Start(ctx, etcdnode.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("etcdnode.Start() = %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
 }
