@@ -364,15 +364,17 @@ func (a *Agent) serves(spec Spec) bool {
 	return true
 }
 
-// applyModule brings one module to m. A version the host already serves
-// is kept; the warm previous version is restored by a rollback; anything
-// else is fetched by digest and handed to the host's trust path.
+// applyModule brings one module to m: its version, then its A/B split
+// (see split.go).
 func (a *Agent) applyModule(ctx context.Context, sess *concurrency.Session, name string, m ModuleSpec) ModuleApplied {
 	a.endStaleSplit(ctx, name, m)
 	return a.applySplit(ctx, name, m, a.applyVersion(ctx, sess, name, m))
 }
 
-// applyVersion brings module name's active version to m's.
+// applyVersion brings module name's active version to m's. A version the
+// host already serves is kept; the warm previous version is restored by a
+// rollback; anything else is fetched by digest and handed to the host's
+// trust path.
 func (a *Agent) applyVersion(ctx context.Context, sess *concurrency.Session, name string, m ModuleSpec) ModuleApplied {
 	pin, err := parseDigest(m.Digest)
 	if err != nil {
