@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -87,6 +88,10 @@ func guest(t *testing.T, which string) []byte {
 	return b
 }
 
+// groups numbers the tests' groups: a group of its own for every run of
+// a test (with -count, a test runs more than once on the shared member).
+var groups atomic.Int64
+
 // shared is one etcd member the tests that never stop etcd share, each in
 // its own group: starting a member costs seconds.
 var shared sharedCluster
@@ -151,7 +156,7 @@ func newEnv(t *testing.T, members int) *env {
 		}
 		t.Cleanup(c.Close)
 	}
-	e := &env{t: t, etcd: c, name: strings.ReplaceAll(t.Name(), "/", "."), signer: testhost.Signer(t, testhost.TrustedSeed), dir: t.TempDir()}
+	e := &env{t: t, etcd: c, name: fmt.Sprintf("%s.%d", strings.ReplaceAll(t.Name(), "/", "."), groups.Add(1)), signer: testhost.Signer(t, testhost.TrustedSeed), dir: t.TempDir()}
 	e.cli = e.client(c.Endpoints()...)
 	var err error
 	if e.group, err = fleet.OpenGroup(e.cli, "", e.name); err != nil {
