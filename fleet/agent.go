@@ -361,17 +361,25 @@ func (a *Agent) apply(ctx context.Context, sess *concurrency.Session) error {
 func (a *Agent) serves(spec Spec) bool {
 	for name, m := range spec.Modules {
 		pin, err := parseDigest(m.Digest)
-		if st := a.status(name); err != nil || st.Active == nil || st.Active.Digest != pin.Hex() {
+		if st := a.status(name); err != nil || st.Active == nil || st.Active.Digest != pin.Hex() || !a.splitServes(name, m) {
 			return false
 		}
 	}
 	return true
 }
 
-// applyModule brings one module to m. A version the host already serves
-// is kept; the warm previous version is restored by a rollback; anything
-// else is fetched by digest and handed to the host's trust path.
+// applyModule brings one module to m: its version, then its A/B split
+// (see split.go).
 func (a *Agent) applyModule(ctx context.Context, sess *concurrency.Session, name string, m ModuleSpec) ModuleApplied {
+	a.endStaleSplit(ctx, name, m)
+	return a.applySplit(ctx, name, m, a.applyVersion(ctx, sess, name, m))
+}
+
+// applyVersion brings module name's active version to m's. A version the
+// host already serves is kept; the warm previous version is restored by a
+// rollback; anything else is fetched by digest and handed to the host's
+// trust path.
+func (a *Agent) applyVersion(ctx context.Context, sess *concurrency.Session, name string, m ModuleSpec) ModuleApplied {
 	pin, err := parseDigest(m.Digest)
 	if err != nil {
 		return ModuleApplied{Result: ResultRefused, Check: "spec", Error: err.Error()}
@@ -486,7 +494,7 @@ func (a *Agent) observe(spec Spec, results map[string]ModuleApplied, source stri
 	}
 	for _, st := range a.opts.Host.Status() {
 		if st.Active != nil {
-			ap.Modules[st.Name] = ModuleApplied{Result: ResultOK, Version: st.Active.Version, Digest: st.Active.Digest}
+			ap.Modules[st.Name] = ModuleApplied{Result: ResultOK, Version: st.Active.Version, Digest: st.Active.Digest, B: a.splitApplied(st.Name)}
 		}
 	}
 	var missing []string

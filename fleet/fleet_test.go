@@ -2,8 +2,6 @@ package fleet_test
 
 import (
 	"context"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -11,15 +9,14 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/hotswapgo/hotswap/fleet"
-	"github.com/hotswapgo/hotswap/internal/testhost"
 )
 
 // TestRolloutAcksAndLeaseExpiry rolls v1 out to three instances in waves,
 // checks every instance's applied state, and that an instance whose lease
 // ends (it stopped, or it died) leaves the group.
 func TestRolloutAcksAndLeaseExpiry(t *testing.T) {
-	e := newEnv(t, 1)
-	v1 := e.artifact(testhost.V1, "v1", false)
+	e := newEnv(t, 0)
+	v1 := e.artifact(gV1, "v1", false)
 	var ins []*instance
 	for _, id := range []string{"a", "b", "c"} {
 		ins = append(ins, e.startInstance(id, nil, nil, nil))
@@ -70,9 +67,9 @@ func TestRolloutAcksAndLeaseExpiry(t *testing.T) {
 // checks on every instance: the rollout halts at its first wave of one
 // instance, no other instance is touched, and every instance serves v1.
 func TestBadWaveHaltsAndReverts(t *testing.T) {
-	e := newEnv(t, 1)
-	v1 := e.artifact(testhost.V1, "v1", false)
-	bad := e.artifact(testhost.TrapInit, "bad", false)
+	e := newEnv(t, 0)
+	v1 := e.artifact(gV1, "v1", false)
+	bad := e.artifact(gBad, "bad", false)
 	var ins []*instance
 	for _, id := range []string{"a", "b", "c", "d"} {
 		ins = append(ins, e.startInstance(id, nil, nil, nil))
@@ -111,9 +108,9 @@ func TestBadWaveHaltsAndReverts(t *testing.T) {
 // refused, reported with its failed check in the applied state, and never
 // loaded.
 func TestUntrustedArtifactsRefused(t *testing.T) {
-	e := newEnv(t, 1)
-	v1 := e.artifact(testhost.V1, "v1", false)
-	unsigned := e.artifact(testhost.V2, "v2", true)
+	e := newEnv(t, 0)
+	v1 := e.artifact(gV1, "v1", false)
+	unsigned := e.artifact(gV2, "v2", true)
 	mismatched := v1
 	mismatched.Digest = unsigned.Digest // pin v2's digest, serve v1's bytes
 	mismatched.Version = "v2-pin"
@@ -161,31 +158,12 @@ func TestUntrustedArtifactsRefused(t *testing.T) {
 // TestControllerFailover kills the leading controller in the middle of a
 // rollout; the other one takes over and finishes it.
 func TestControllerFailover(t *testing.T) {
-	e := newEnv(t, 1)
-	v1 := e.artifact(testhost.V1, "v1", false)
-	v2 := e.artifact(testhost.V2, "v2", false)
+	e := newEnv(t, 0)
+	v1 := e.artifact(gV1, "v1", false)
+	v2 := e.artifact(gV2, "v2", false)
 	// v2 is served over HTTP, held until the leader died, so the rollout
 	// is in its first wave when it dies.
-	gate := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, ".wasm") {
-			select {
-			case <-gate:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		http.ServeFile(w, r, e.dir+r.URL.Path)
-	}))
-	defer srv.Close()
-	defer func() {
-		select {
-		case <-gate:
-		default:
-			close(gate)
-		}
-	}()
-	v2.URL = srv.URL + "/v2.wasm"
+	v2, openV2 := e.gated(v2)
 	for _, id := range []string{"a", "b", "c"} {
 		e.startInstance(id, nil, nil, nil)
 	}
@@ -209,7 +187,7 @@ func TestControllerFailover(t *testing.T) {
 		t.Fatalf("rollout leader = %s, wave %d; want first, in wave 1 (its instance fetches v2 until the gate opens)", st.Rollout.Leader, st.Rollout.Wave+1)
 	}
 	leaderCli.Close() // the leader dies: its lease runs out
-	close(gate)
+	openV2()
 	st = e.until("v2 done", phase(rev, fleet.Done))
 	if st.Rollout.Leader != "second" {
 		t.Errorf("rollout finished by %s; want second", st.Rollout.Leader)
@@ -222,11 +200,16 @@ func TestControllerFailover(t *testing.T) {
 // and when etcd is back it reconciles to the desired state set meanwhile.
 func TestEtcdDown(t *testing.T) {
 	e := newEnv(t, 1)
-	v1 := e.artifact(testhost.V1, "v1", false)
-	v2 := e.artifact(testhost.V2, "v2", false)
-	in := e.startInstance("a", nil, nil, nil)
+	v1 := e.artifact(gV1, "v1", false)
+	v2 := e.artifact(gV2, "v2", false)
+	// The agent and the controller before the outage use a client of
+	// their own, closed before etcd stops: a member stopping under a
+	// client's open streams (keep-alives, watches) waits etcd's request
+	// timeout (10 s) for them.
+	before := e.client(e.etcd.Endpoints()...)
+	in := e.startInstance("a", nil, before, nil)
 	e.until("registered", func(st fleet.Status) bool { return len(st.Applied) == 1 })
-	_, stopController := e.controller("c1", e.cli)
+	_, stopController := e.controller("c1", before)
 	rev := e.set(fleet.Desired{Spec: spec(v1)})
 	e.until("v1 done", phase(rev, fleet.Done))
 	if v := in.quote(t); v != "v1" {
@@ -239,6 +222,7 @@ func TestEtcdDown(t *testing.T) {
 	rev = e.set(fleet.Desired{Spec: spec(v2)})
 	e.until("v2 stable", phase(rev, fleet.Done))
 	stopController()
+	before.Close()
 
 	// etcd goes down: the instance restarts from its last-known-good v1.
 	e.etcd.Stop(0)
@@ -269,55 +253,69 @@ func TestEtcdDown(t *testing.T) {
 	}
 }
 
-// TestWatchCompactionResync cuts an agent off its etcd member while the
-// group moves on and the history it would watch is compacted: the agent
-// resyncs from a fresh read, under the same lease, and acks.
+// TestWatchCompactionResync cuts an agent off etcd while the group moves
+// on and the history it would watch is compacted: the agent resyncs from a
+// fresh read, under the same lease, and acks.
 func TestWatchCompactionResync(t *testing.T) {
-	e := newEnv(t, 3)
-	v1 := e.artifact(testhost.V1, "v1", false)
-	v2 := e.artifact(testhost.V2, "v2", false)
-	eps := e.etcd.Endpoints()
-	others := e.client(eps[1:]...)
-	e.group, _ = fleet.OpenGroup(others, "", "pricing-svc")
-	// A long lease: it outlives the member's downtime, so only the watch
-	// can bring the news.
-	in := e.startInstance("a", nil, e.client(eps[0]), func(o *fleet.AgentOptions) { o.LeaseTTL = 60 * time.Second })
+	e := newEnv(t, 0)
+	v1 := e.artifact(gV1, "v1", false)
+	v2 := e.artifact(gV2, "v2", false)
+	l := newLink(t, e.etcd.Endpoints()[0])
+	// A long lease: it outlives the cut, so only the watch can bring the
+	// news.
+	in := e.startInstance("a", nil, e.client(l.endpoint()), func(o *fleet.AgentOptions) { o.LeaseTTL = 60 * time.Second })
 	e.until("registered", func(st fleet.Status) bool { return len(st.Applied) == 1 })
-	e.controller("c1", others)
+	e.controller("c1", e.cli)
 	rev := e.set(fleet.Desired{Spec: spec(v1)})
 	e.until("v1 done", phase(rev, fleet.Done))
-	lease := appliedLease(t, others)
+	lease := appliedLease(t, e.cli, e.name)
+	// The agent reports again on the events of the rollout's end; cut it
+	// once it went quiet (500 ms without a report), in its watch, so the
+	// news reach it only through a watch that resumes into compacted
+	// history.
+	for quiet, deadline := false, time.Now().Add(wait); !quiet; {
+		_, next := in.agent.Applied()
+		select {
+		case <-next:
+		case <-time.After(500 * time.Millisecond):
+			quiet = true
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent kept reporting for %v", wait)
+		}
+	}
 
-	e.etcd.Stop(0)
+	l.setCut(true)
 	rev = e.set(fleet.Desired{Spec: spec(v2)})
 	e.until("v2 in its wave", func(st fleet.Status) bool { return len(st.Targets) == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	resp, err := others.Put(ctx, "/unrelated", "x")
+	resp, err := e.cli.Put(ctx, "/unrelated", "x")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := others.Compact(ctx, resp.Header.Revision); err != nil {
+	if _, err := e.cli.Compact(ctx, resp.Header.Revision); err != nil {
 		t.Fatalf("Compact() = %v", err)
 	}
-	if err := e.etcd.Restart(ctx, 0); err != nil {
-		t.Fatalf("Restart(0) = %v", err)
+	if got := in.serves(); got != hexOf(v1) {
+		t.Fatalf("instance serves %s while cut off; want v1", got)
 	}
+	l.setCut(false)
 	e.until("v2 done", phase(rev, fleet.Done))
 	if got := in.serves(); got != hexOf(v2) {
 		t.Errorf("instance serves %s; want v2", got)
 	}
-	if got := appliedLease(t, others); got != lease {
+	if got := appliedLease(t, e.cli, e.name); got != lease {
 		t.Errorf("applied lease = %x; want the same lease %x (a resync, not a new session)", got, lease)
 	}
 }
 
 // appliedLease returns the lease of instance a's applied state.
-func appliedLease(t *testing.T, cli *clientv3.Client) int64 {
+func appliedLease(t *testing.T, cli *clientv3.Client, group string) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	resp, err := cli.Get(ctx, fleet.DefaultPrefix+"/pricing-svc/applied/a")
+	resp, err := cli.Get(ctx, fleet.DefaultPrefix+"/"+group+"/applied/a")
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("Get(applied/a) = %v, %v; want one key", resp, err)
 	}

@@ -15,6 +15,7 @@ func FuzzRecords(f *testing.F) {
 	f.Add([]byte(`{"revision":3,"phase":"running","members":["a","b"],"sizes":[1,2],"wave":1}`))
 	f.Add([]byte(`{"revision":3,"phase":"running","members":["a"],"sizes":[5],"wave":-1}`))
 	f.Add([]byte(`{"waves":["NaN%","1e400","0"]}`))
+	f.Add([]byte(`{"spec":{"modules":{"pricing":{"version":"v1","digest":"sha256:` + zeros + `","url":"file:///a","b":{"version":"v2","digest":"` + zeros[:63] + `1","url":"file:///b","weight":1e308}}}}}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		if d, err := decode[Desired]("desired", raw); err == nil {
 			if d.Spec.Validate() == nil {

@@ -3,9 +3,13 @@ package fleet_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,11 +21,13 @@ import (
 	"github.com/hotswapgo/hotswap/fleet"
 	"github.com/hotswapgo/hotswap/fleet/etcdnode"
 	"github.com/hotswapgo/hotswap/host"
+	"github.com/hotswapgo/hotswap/internal/guestbuild"
 	"github.com/hotswapgo/hotswap/internal/testhost"
 )
 
 func TestMain(m *testing.M) {
 	code := testhost.Main(m)
+	shared.close()
 	if code == 0 {
 		if err := goleak.Find(leakOptions()...); err != nil {
 			fmt.Fprintf(os.Stderr, "goroutines leaked: %v\n", err)
@@ -45,31 +51,81 @@ func leakOptions() []goleak.Option {
 }
 
 // Short leases, so lease expiry and failover take seconds; long enough
-// that keep-alives of a loaded -race run arrive in time.
+// that keep-alives of a loaded -race run arrive in time (etcd sends them
+// every third of the TTL).
 const (
-	ttl = 5 * time.Second
-	// wait bounds every wait of these tests: generous, as a -race compile
-	// of a guest on a machine loaded by other work took minutes.
-	wait = 5 * time.Minute
+	ttl = 3 * time.Second
+	// wait bounds every wait of these tests: generous, for a machine
+	// loaded by other work.
+	wait = 2 * time.Minute
 )
 
-// warmOnce compiles the guests once per test process into the shared
-// compilation cache: a -race compile of a guest takes tens of seconds on a
-// loaded machine, and instances that all compile it cold at once would
-// make every wait of the tests about the compiler.
-var warmOnce sync.Once
+// The guests of these tests: internal/testguests/cquote, a C module that
+// compiles and loads in milliseconds (the fleet's logic is under test, not
+// the Go SDK), answering quote with the version it was built as.
+const (
+	gV1  = "v1"
+	gV2  = "v2"
+	gV3  = "v3"
+	gBad = "bad"  // traps in _initialize: refused at its init check
+	gErr = "fail" // every quote fails: a canary of it aborts
+)
 
-func warm(t *testing.T) {
-	warmOnce.Do(func() {
-		fix := testhost.NewFixture(t)
-		h := fix.Host(t, testhost.HostOptions{Dev: true, NoClose: true})
-		defer testhost.CloseHost(t, h)
-		for _, pkg := range []string{testhost.V1, testhost.V2, testhost.TrapInit} {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-			h.LoadArtifact(ctx, "pricing", pkg, testhost.Guest(t, pkg), nil) // TrapInit fails after its compile
-			cancel()
+// guest returns the bytes of one of the guests above.
+func guest(t *testing.T, which string) []byte {
+	t.Helper()
+	flags := []string{fmt.Sprintf("-DVERSION=%q", which)}
+	switch which {
+	case gBad:
+		flags = append(flags, "-DTRAPINIT")
+	case gErr:
+		flags = append(flags, "-DFAILQUOTE")
+	}
+	b, err := guestbuild.CBytes("internal/testguests/cquote/quote.c", flags...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// groups numbers the tests' groups: a group of its own for every run of
+// a test (with -count, a test runs more than once on the shared member).
+var groups atomic.Int64
+
+// shared is one etcd member the tests that never stop etcd share, each in
+// its own group: starting a member costs seconds.
+var shared sharedCluster
+
+type sharedCluster struct {
+	once sync.Once
+	dir  string
+	c    *etcdnode.Cluster
+	err  error
+}
+
+func (s *sharedCluster) get(t *testing.T) *etcdnode.Cluster {
+	t.Helper()
+	s.once.Do(func() {
+		if s.dir, s.err = os.MkdirTemp("", "hotswap-fleet-etcd-"); s.err != nil {
+			return
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		s.c, s.err = etcdnode.Start(ctx, etcdnode.Options{Dir: s.dir, Members: 1})
 	})
+	if s.err != nil {
+		t.Fatalf("start the shared etcd: %v", s.err)
+	}
+	return s.c
+}
+
+func (s *sharedCluster) close() {
+	if s.c != nil {
+		s.c.Close()
+	}
+	if s.dir != "" {
+		os.RemoveAll(s.dir)
+	}
 }
 
 // env is an etcd cluster on loopback and the artifacts of the tests.
@@ -77,24 +133,33 @@ type env struct {
 	t      *testing.T
 	etcd   *etcdnode.Cluster
 	cli    *clientv3.Client
+	name   string // the group's
 	group  *fleet.Group
 	signer *artifact.Signer
 	dir    string // artifacts
 }
 
+// newEnv returns the environment of a test. members 0 shares one etcd
+// member between the tests, each in a group of its own; a test that stops
+// members asks for its own cluster of members.
 func newEnv(t *testing.T, members int) *env {
 	t.Helper()
-	warm(t)
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	c, err := etcdnode.Start(ctx, etcdnode.Options{Dir: t.TempDir(), Members: members})
-	if err != nil {
-		t.Fatalf("etcdnode.Start() = %v", err)
+	var c *etcdnode.Cluster
+	if members == 0 {
+		c = shared.get(t)
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		var err error
+		if c, err = etcdnode.Start(ctx, etcdnode.Options{Dir: t.TempDir(), Members: members}); err != nil {
+			t.Fatalf("etcdnode.Start() = %v", err)
+		}
+		t.Cleanup(c.Close)
 	}
-	t.Cleanup(c.Close)
-	e := &env{t: t, etcd: c, signer: testhost.Signer(t, testhost.TrustedSeed), dir: t.TempDir()}
+	e := &env{t: t, etcd: c, name: fmt.Sprintf("%s.%d", strings.ReplaceAll(t.Name(), "/", "."), groups.Add(1)), signer: testhost.Signer(t, testhost.TrustedSeed), dir: t.TempDir()}
 	e.cli = e.client(c.Endpoints()...)
-	if e.group, err = fleet.OpenGroup(e.cli, "", "pricing-svc"); err != nil {
+	var err error
+	if e.group, err = fleet.OpenGroup(e.cli, "", e.name); err != nil {
 		t.Fatal(err)
 	}
 	return e
@@ -111,11 +176,11 @@ func (e *env) client(endpoints ...string) *clientv3.Client {
 	return cli
 }
 
-// artifact writes guest pkg as version (signed unless unsigned) and
+// artifact writes guest which as version (signed unless unsigned) and
 // returns its module spec.
-func (e *env) artifact(pkg, version string, unsigned bool) fleet.ModuleSpec {
+func (e *env) artifact(which, version string, unsigned bool) fleet.ModuleSpec {
 	e.t.Helper()
-	payload := testhost.Guest(e.t, pkg)
+	payload := guest(e.t, which)
 	p := filepath.Join(e.dir, version+".wasm")
 	if err := os.WriteFile(p, payload, 0o644); err != nil {
 		e.t.Fatal(err)
@@ -159,7 +224,7 @@ func (e *env) startInstance(id string, fix *testhost.Fixture, cli *clientv3.Clie
 	if err := h.RestoreModules(ctx); err != nil {
 		e.t.Fatalf("RestoreModules() = %v", err)
 	}
-	opts := fleet.AgentOptions{Client: cli, Host: h, Group: "pricing-svc", Instance: id, LeaseTTL: ttl,
+	opts := fleet.AgentOptions{Client: cli, Host: h, Group: e.name, Instance: id, LeaseTTL: ttl,
 		RequestTimeout: time.Second, Retry: 100 * time.Millisecond, Logger: testhost.Logger(e.t)}
 	if mod != nil {
 		mod(&opts)
@@ -196,7 +261,7 @@ func (in *instance) stop(t *testing.T) {
 // or until the returned cancel.
 func (e *env) controller(name string, cli *clientv3.Client) (*fleet.Controller, context.CancelFunc) {
 	e.t.Helper()
-	c, err := fleet.NewController(fleet.ControllerOptions{Client: cli, Group: "pricing-svc", Name: name, LeaseTTL: ttl,
+	c, err := fleet.NewController(fleet.ControllerOptions{Client: cli, Group: e.name, Name: name, LeaseTTL: ttl,
 		RequestTimeout: time.Second, Tick: 100 * time.Millisecond, Logger: testhost.Logger(e.t)})
 	if err != nil {
 		e.t.Fatal(err)
@@ -283,5 +348,81 @@ func hexOf(m fleet.ModuleSpec) string {
 func phase(rev int64, p fleet.Phase) func(fleet.Status) bool {
 	return func(st fleet.Status) bool {
 		return st.Rollout != nil && st.Rollout.Revision == rev && st.Rollout.Phase == p
+	}
+}
+
+// link is a TCP relay to an etcd endpoint that a test can cut: every
+// connection through it closes and new ones are refused until mend. An
+// agent behind it is cut off its etcd while etcd runs on (stopping a
+// member instead waits etcd's request timeout for its clients' streams).
+type link struct {
+	ln     net.Listener
+	target string
+	wg     sync.WaitGroup
+	mu     sync.Mutex // protects conns and cut
+	conns  map[net.Conn]bool
+	cut    bool
+}
+
+// newLink relays to endpoint ("http://host:port") until the test ends,
+// and returns the link; its endpoint is l.endpoint().
+func newLink(t *testing.T, endpoint string) *link {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &link{ln: ln, target: strings.TrimPrefix(endpoint, "http://"), conns: map[net.Conn]bool{}}
+	l.wg.Go(l.accept)
+	t.Cleanup(func() {
+		ln.Close()
+		l.setCut(true)
+		l.wg.Wait()
+	})
+	return l
+}
+
+func (l *link) endpoint() string { return "http://" + l.ln.Addr().String() }
+
+func (l *link) accept() {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.DialTimeout("tcp", l.target, 2*time.Second)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		l.mu.Lock()
+		if l.cut {
+			l.mu.Unlock()
+			c.Close()
+			up.Close()
+			continue
+		}
+		l.conns[c], l.conns[up] = true, true
+		l.mu.Unlock()
+		pipe := func(dst, src net.Conn) {
+			io.Copy(dst, src)
+			dst.Close()
+			src.Close()
+		}
+		l.wg.Go(func() { pipe(up, c) })
+		l.wg.Go(func() { pipe(c, up) })
+	}
+}
+
+// setCut cuts the link (closing every connection through it) or mends it.
+func (l *link) setCut(cut bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cut = cut
+	if cut {
+		for c := range l.conns {
+			c.Close()
+		}
+		clear(l.conns)
 	}
 }

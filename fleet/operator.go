@@ -146,6 +146,10 @@ func describeSpec(s Spec) string {
 		m := s.Modules[name]
 		d, _ := parseDigest(m.Digest)
 		fmt.Fprintf(&b, " %s=%s@%s", name, cmpOr(m.Version, "?"), d.Short())
+		if m.B != nil {
+			bd, _ := parseDigest(m.B.Digest)
+			fmt.Fprintf(&b, " (B %s@%s at %g%%)", cmpOr(m.B.Version, "?"), bd.Short(), m.B.Weight)
+		}
 	}
 	return b.String()
 }

@@ -48,6 +48,32 @@ type ModuleSpec struct {
 	// Canary, if set, makes each instance run the version as a canary
 	// beside the one it serves, and ack only once it was promoted.
 	Canary *CanaryPolicy `json:"canary,omitempty"`
+	// B, if set, is a second version every instance runs beside this one,
+	// A, for a fleet-wide A/B split (see SplitSpec). A module with a B
+	// version takes no canary policy.
+	B *SplitSpec `json:"b,omitempty"`
+}
+
+// SplitSpec is the B version of a fleet-wide A/B split of a module and its
+// weight. Every instance loads B beside A and sends each call with a
+// routing key (module.Module.CallKey) to B when the key's hash falls below
+// the weight. The hash is salted by the group, the module and B's digest
+// (SplitSalt), the same on every instance, so a key goes to the same
+// version on every instance that applied the spec; raising the weight
+// moves only keys from A to B, and a weight change reloads nothing.
+type SplitSpec struct {
+	// Version, Digest and URL locate and pin B as ModuleSpec's do A.
+	Version string `json:"version"`
+	Digest  string `json:"digest"`
+	URL     string `json:"url"`
+	// Weight is B's share of the keyed calls, in percent: 0 to 100.
+	Weight float64 `json:"weight"`
+}
+
+// SplitSalt is the salt of the routing-key hash of module's A/B split in
+// group with B pinned at digest (hex): the same on every instance.
+func SplitSalt(group, module, digest string) string {
+	return "hotswap-fleet-split\x00" + group + "\x00" + module + "\x00" + digest
 }
 
 // CanaryPolicy is the part of a canary.Policy that travels through etcd.
@@ -76,6 +102,12 @@ func (s Spec) ID() string {
 	for _, name := range slices.Sorted(maps.Keys(s.Modules)) {
 		d, _ := artifact.ParseDigest(strings.TrimPrefix(s.Modules[name].Digest, "sha256:"))
 		fmt.Fprintf(h, "%s=%s\n", name, d.Hex())
+		if b := s.Modules[name].B; b != nil {
+			// Only a spec with a split hashes it: the IDs of the others
+			// stay what they were.
+			bd, _ := artifact.ParseDigest(strings.TrimPrefix(b.Digest, "sha256:"))
+			fmt.Fprintf(h, "%s.b=%s@%g\n", name, bd.Hex(), b.Weight)
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
@@ -92,18 +124,43 @@ func (s Spec) Validate() error {
 		if _, err := parseDigest(m.Digest); err != nil {
 			return fmt.Errorf("module %s: %w", name, err)
 		}
-		if strings.HasPrefix(m.URL, OCIScheme) {
-			if _, err := parseOCIURL(m.URL, true); err != nil {
-				return fmt.Errorf("module %s: %w", name, err)
+		if err := validURL(m.URL); err != nil {
+			return fmt.Errorf("module %s: %w", name, err)
+		}
+		if b := m.B; b != nil {
+			bd, err := parseDigest(b.Digest)
+			if err != nil {
+				return fmt.Errorf("module %s: B: %w", name, err)
 			}
-		} else if !strings.HasPrefix(m.URL, "file://") && !strings.HasPrefix(m.URL, "https://") && !strings.HasPrefix(m.URL, "http://") {
-			return fmt.Errorf("%w: module %s: URL %q is not file://, http://, https:// or oci://", ErrInvalid, name, m.URL)
+			if err := validURL(b.URL); err != nil {
+				return fmt.Errorf("module %s: B: %w", name, err)
+			}
+			if a, _ := parseDigest(m.Digest); a == bd {
+				return fmt.Errorf("%w: module %s: B pins A's digest %s", ErrInvalid, name, b.Digest)
+			}
+			if !(b.Weight >= 0 && b.Weight <= 100) {
+				return fmt.Errorf("%w: module %s: B's weight %v is not between 0 and 100", ErrInvalid, name, b.Weight)
+			}
+			if m.Canary != nil {
+				return fmt.Errorf("%w: module %s: a module with a B version takes no canary policy", ErrInvalid, name)
+			}
 		}
 		if m.Canary != nil {
 			if err := m.Canary.Policy().Validate(); err != nil {
 				return fmt.Errorf("%w: module %s: canary: %v", ErrInvalid, name, err)
 			}
 		}
+	}
+	return nil
+}
+
+func validURL(u string) error {
+	if strings.HasPrefix(u, OCIScheme) {
+		_, err := parseOCIURL(u, true)
+		return err
+	}
+	if !strings.HasPrefix(u, "file://") && !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
+		return fmt.Errorf("%w: URL %q is not file://, http://, https:// or oci://", ErrInvalid, u)
 	}
 	return nil
 }
@@ -296,6 +353,17 @@ type ModuleApplied struct {
 	Error  string `json:"error,omitempty"`
 	// Canary is the last canary's state and its last verdict, if any.
 	Canary string `json:"canary,omitempty"`
+	// B is the B version the module serves beside this one, if it runs
+	// an A/B split.
+	B *SplitApplied `json:"b,omitempty"`
+}
+
+// SplitApplied is the B version of an A/B split an instance runs.
+type SplitApplied struct {
+	Version string `json:"version,omitempty"`
+	Digest  string `json:"digest,omitempty"`
+	// Weight is B's share of the keyed calls, in percent.
+	Weight float64 `json:"weight"`
 }
 
 // Applied is an instance's report, under its lease.

@@ -158,6 +158,7 @@ type Host struct {
 	started   time.Time
 	proc      processState   // generation, parent and upgrade state; see Process
 	canaries  canaries       // the modules' canaries; see canary.go
+	splits    splits         // the modules' A/B splits; see split.go
 	closed    atomic.Bool    // set by Close: changes are refused from then on
 	state     *kvState       // the modules' host-kept state and its file; see state.go
 	slotsMu   sync.Mutex     // protects slots

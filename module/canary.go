@@ -41,6 +41,22 @@ type Canary struct {
 // slot to the returned Canary. It fails for a rollback, and with
 // ErrNotFound when no version is active to compare with.
 func (p *Prepared) Canary(w float64) (*Canary, error) {
+	return p.canary(keyBucket(p.digest, 0), w)
+}
+
+// Split makes the prepared version serve share w (0 to 1) of the module's
+// calls beside the active version, as Canary does, with the buckets of
+// routing keys salted by salt instead of by the version's digest: every
+// process whose module splits with the same salt sends a routing key to
+// the same version at the same weight, and SetWeight moves only the keys
+// between the old and the new weight (a fleet-wide A/B split). The split
+// is a Canary that no analysis drives: it serves until the caller promotes
+// or aborts it, and holds the module's change slot until then.
+func (p *Prepared) Split(salt string, w float64) (*Canary, error) {
+	return p.canary(keyBucket(salt, 0), w)
+}
+
+func (p *Prepared) canary(salt uint64, w float64) (*Canary, error) {
 	r, m := p.reg, p.m
 	switch {
 	case p.done:
@@ -53,7 +69,7 @@ func (p *Prepared) Canary(w float64) (*Canary, error) {
 		return nil, fmt.Errorf("canary %s@%s: weight %v is not between 0 and 1", m.name, p.name, w)
 	}
 	p.done = true
-	c := &Canary{reg: r, m: m, v: newVersion(m, p.name, p.digest, p.code), stable: p.from, salt: keyBucket(p.digest, 0)}
+	c := &Canary{reg: r, m: m, v: newVersion(m, p.name, p.digest, p.code), stable: p.from, salt: salt}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()

@@ -3,7 +3,22 @@
 // store, etcd client and agent, all in this process, every instance
 // serving calls all along.
 //
-//	go run ./bench/fleet [-instances 50] [-runs 6]
+//	go run ./bench/fleet [-instances 50] [-runs 6] [-guest c|go]
+//
+// The module the fleet moves is, by default, the C quote guest
+// (internal/testguests/cquote: a few KiB, compiled by wazero in
+// milliseconds), built as v1, v2 and a "bad" version whose init traps.
+// -guest go moves the Go pricing guests instead (about 2 MB each): then
+// each instance compiles each version itself (about 0.7 s of one core
+// here), and on this 2-core machine the 50 compiles of a set queue behind
+// one another, which measures the machine's cores rather than the fleet
+// (on 50 machines they run in parallel): on this loaded 2-core machine the
+// first load of the Go guest on 50 instances did not finish within the
+// 5-minute budget (12 instances still compiling). The field guest says
+// which ran.
+// Every instance has its own wazero compilation cache directory, as on
+// its own machine: sharing one between the in-process instances would hide
+// the compile of every instance but the first.
 //
 // It reports:
 //   - converge_ms_p50, converge_ms_max: from `fleet set` (one wave of every
@@ -15,9 +30,12 @@
 //     waves (1, 10%, 50%, 100%) of an artifact whose init traps on every
 //     instance must halt at its first wave, touching one instance, and
 //     every instance must serve the previous version afterwards.
-//   - etcd_member_killed_converged: one etcd member is stopped while a
-//     rollout in the default waves is in its first wave; the rollout must
-//     still complete on every instance.
+//   - etcd_member_killed_converged: a rollout in the default waves is
+//     paused in its first wave, one etcd member is stopped (member_stop_ms:
+//     a stop waits up to etcd's request timeout for its clients' streams),
+//     and the rollout resumed: it must complete on every instance without
+//     the member; killed_rollout_ms is from the resume to the end,
+//     instances_moved_after_kill how many instances it moved meanwhile.
 //   - failed_calls: calls that failed on any instance, from the first
 //     convergence to the end.
 package main
@@ -31,6 +49,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,12 +77,24 @@ var request = []byte(`{"item":"apple","qty":12}`)
 func main() {
 	n := flag.Int("instances", 50, "instances")
 	runs := flag.Int("runs", 6, "fleet sets measured for converge_ms")
+	guest := flag.String("guest", "c", "the module's language: c (the C quote guest) or go (the Go pricing guests)")
 	flag.Parse()
+	if *guest != "c" && *guest != "go" {
+		log.Fatalf("-guest %q: want c or go", *guest)
+	}
+	// Every wait below is bounded; this bounds the whole run too, and
+	// says where it hung.
+	watchdog := time.AfterFunc(budget*4, func() {
+		fmt.Fprintf(os.Stderr, "bench/fleet: no result within %v; goroutines:\n", budget*4)
+		pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+		os.Exit(2)
+	})
+	defer watchdog.Stop()
 	scratch, err := os.MkdirTemp("", "hotswap-bench-fleet-")
 	if err != nil {
 		log.Fatal(err)
 	}
-	err = run(scratch, *n, *runs)
+	err = run(scratch, *n, *runs, *guest)
 	os.RemoveAll(scratch)
 	guestbuild.Cleanup()
 	if err != nil {
@@ -74,6 +105,7 @@ func main() {
 type result struct {
 	Instances                 int     `json:"instances"`
 	Mode                      string  `json:"mode"`
+	Guest                     string  `json:"guest"`
 	ConvergeMsP50             float64 `json:"converge_ms_p50"`
 	ConvergeMsMax             float64 `json:"converge_ms_max"`
 	ConvergeColdMs            float64 `json:"converge_cold_ms"`
@@ -85,6 +117,8 @@ type result struct {
 	Calls                     int64   `json:"calls"`
 	EtcdMemberKilledConverged bool    `json:"etcd_member_killed_converged"`
 	KilledRolloutMs           float64 `json:"killed_rollout_ms"`
+	MovedAfterKill            int     `json:"instances_moved_after_kill"`
+	MemberStopMs              float64 `json:"member_stop_ms"`
 }
 
 type instance struct {
@@ -94,7 +128,7 @@ type instance struct {
 	done   chan error
 }
 
-func run(scratch string, n, runs int) error {
+func run(scratch string, n, runs int, lang string) error {
 	ctx := context.Background()
 	cluster, err := etcdnode.Start(ctx, etcdnode.Options{Dir: filepath.Join(scratch, "etcd"), Members: 3})
 	if err != nil {
@@ -124,7 +158,7 @@ func run(scratch string, n, runs int) error {
 		{"v2", "./examples/pricing/guests/v2"},
 		{"bad", "./examples/pricing/guests/broken/trapinit"},
 	} {
-		payload, err := benchutil.Guest(g.pkg, "")
+		payload, err := guestBytes(lang, g.version, g.pkg)
 		if err != nil {
 			return err
 		}
@@ -140,23 +174,25 @@ func run(scratch string, n, runs int) error {
 	}
 
 	// Instances.
-	cache := filepath.Join(scratch, "wazero-cache")
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	newBackend := func() (*wasm.Backend, error) {
+	newBackend := func(cache string) (*wasm.Backend, error) {
 		return wasm.New(wasm.Options{CacheDir: cache, Default: wasm.ModuleConfig{Grants: []wasm.Capability{wasm.CapKV},
 			RequiredHandlers: []string{"quote"}, CallTimeout: 30 * time.Second,
 			// One pre-warmed instance per version: 50 instances share
 			// this machine's 2 cores.
 			MinInstances: 1}})
 	}
-	if err := warmCache(ctx, filepath.Join(scratch, "warm"), arts, newBackend); err != nil {
-		return err
-	}
 	var ins []*instance
 	defer func() {
 		for _, in := range ins {
 			in.cancel()
-			<-in.done
+		}
+		for i, in := range ins {
+			select {
+			case <-in.done:
+			case <-time.After(30 * time.Second):
+				log.Printf("agent i%02d: Run did not return within 30 s of its cancel", i)
+			}
 			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			in.host.Close(cctx)
 			cancel()
@@ -168,7 +204,7 @@ func run(scratch string, n, runs int) error {
 		if _, err := artifact.WritePublicKey(filepath.Join(state, "trust"), signer.PublicKey()); err != nil {
 			return err
 		}
-		b, err := newBackend()
+		b, err := newBackend(filepath.Join(state, "wazero-cache"))
 		if err != nil {
 			return err
 		}
@@ -222,7 +258,8 @@ func run(scratch string, n, runs int) error {
 	if _, err := waitStatus(g, "every instance registered", func(st fleet.Status) bool { return len(st.Applied) == n }); err != nil {
 		return err
 	}
-	res := result{Instances: n, Mode: "in-process: one host, store, etcd client and agent per instance; compilation cache shared and pre-warmed", Runs: runs}
+	res := result{Instances: n, Guest: lang, Runs: runs,
+		Mode: "in-process: one host, store, compilation cache, etcd client and agent per instance"}
 
 	set := func(version string, waves []string) (int64, time.Time, error) {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -243,10 +280,21 @@ func run(scratch string, n, runs int) error {
 		if err != nil {
 			return 0, err
 		}
-		if st.Rollout != nil && st.Rollout.Phase != fleet.Done && st.Rollout.Phase != fleet.Running {
+		took := time.Since(t0)
+		if st.Rollout != nil && st.Rollout.Revision == rev && st.Rollout.Phase != fleet.Done && st.Rollout.Phase != fleet.Running {
 			return 0, fmt.Errorf("set %s: rollout %s: %s", version, st.Rollout.Phase, st.Rollout.Reason)
 		}
-		return time.Since(t0), nil
+		// Every instance acked: that is convergence. The controller makes
+		// the spec stable a tick later; the next set must come after that,
+		// or it replaces an unfinished rollout, and its revert goes back
+		// to the stable spec before this one (a set once stalled here,
+		// waiting for a revert to this version).
+		if _, err := waitStatus(g, version+" stable", func(st fleet.Status) bool {
+			return st.Rollout != nil && st.Rollout.Revision == rev && st.Rollout.Phase.Ended()
+		}); err != nil {
+			return 0, err
+		}
+		return took, nil
 	}
 	// The first load (not measured) in waves of 10%: 50 first
 	// instantiations at once on 2 cores ran past the guest's init deadline.
@@ -328,9 +376,13 @@ func run(scratch string, n, runs int) error {
 	res.BadWaveHalted = st.Rollout.Phase == fleet.Halted && st.Rollout.Wave == 0 && serveAll(ins, specs[current])
 	log.Printf("bad rollout: %s at wave %d: %s", st.Rollout.Phase, st.Rollout.Wave+1, st.Rollout.Reason)
 
-	// A member killed during a rollout.
+	// A member killed during a rollout. Stopping a member waits etcd's
+	// request timeout (10 s here) for the streams of its clients, serving
+	// them meanwhile, while a rollout takes a few seconds: so the rollout
+	// is paused in its first wave, the member stopped, and the rollout
+	// resumed once the member is gone; its later waves run without it.
 	next := map[string]string{"v1": "v2", "v2": "v1"}[current]
-	rev, t0, err := set(next, fleet.DefaultWaves())
+	rev, _, err = set(next, fleet.DefaultWaves())
 	if err != nil {
 		return err
 	}
@@ -339,8 +391,30 @@ func run(scratch string, n, runs int) error {
 	}); err != nil {
 		return err
 	}
+	command := func(c fleet.Command) error {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_, err := g.Command(cctx, c, "bench")
+		return err
+	}
+	if err := command(fleet.Pause); err != nil {
+		return fmt.Errorf("pause rollout %d: %w", rev, err)
+	}
+	st, err = waitStatus(g, "rollout paused", func(st fleet.Status) bool {
+		return st.Rollout != nil && st.Rollout.Revision == rev && st.Rollout.Phase == fleet.Paused
+	})
+	if err != nil {
+		return err
+	}
+	movedBefore := st.Rollout.Sizes[st.Rollout.Wave]
+	t0 := time.Now()
 	cluster.Stop(0)
-	log.Printf("etcd member m0 stopped during rollout %d", rev)
+	res.MemberStopMs = float64(time.Since(t0).Microseconds()) / 1000
+	log.Printf("etcd member m0 stopped during rollout %d (paused in wave %d, %d of %d instances moved)", rev, st.Rollout.Wave+1, movedBefore, n)
+	t0 = time.Now()
+	if err := command(fleet.Resume); err != nil {
+		return fmt.Errorf("resume rollout %d with a member down: %w", rev, err)
+	}
 	st, err = waitStatus(g, "rollout with a member killed ended", func(st fleet.Status) bool {
 		return st.Rollout != nil && st.Rollout.Revision == rev && st.Rollout.Phase.Ended() && st.Converged(specs[next])
 	})
@@ -349,6 +423,7 @@ func run(scratch string, n, runs int) error {
 	} else {
 		res.EtcdMemberKilledConverged = st.Rollout.Phase == fleet.Done && len(st.Applied) == n && serveAll(ins, specs[next])
 		res.KilledRolloutMs = float64(time.Since(t0).Microseconds()) / 1000
+		res.MovedAfterKill = n - movedBefore
 	}
 
 	close(stopCalls)
@@ -395,26 +470,15 @@ func waitStatus(g *fleet.Group, what string, ok func(fleet.Status) bool) (fleet.
 	return last, fmt.Errorf("%s: not within %v (last error %v); last status:\n%s", what, budget, lastErr, last)
 }
 
-// warmCache compiles every artifact once into the compilation cache the
-// instances share. 50 instances on 2 cores would otherwise compile each
-// version 50 times over one another, which measures this machine's cores
-// rather than the fleet: on 50 machines each compiles once, in parallel.
-func warmCache(ctx context.Context, state, arts string, newBackend func() (*wasm.Backend, error)) error {
-	b, err := newBackend()
-	if err != nil {
-		return err
+// guestBytes returns version of the module in lang: the C quote guest
+// built as version, or the Go pricing guest pkg.
+func guestBytes(lang, version, pkg string) ([]byte, error) {
+	if lang == "go" {
+		return benchutil.Guest(pkg, "")
 	}
-	h, err := host.New(host.Options{Backend: b, StateDir: state, Development: true, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		return err
+	flags := []string{fmt.Sprintf("-DVERSION=%q", version)}
+	if version == "bad" {
+		flags = append(flags, "-DTRAPINIT")
 	}
-	defer h.Close(ctx)
-	for _, v := range []string{"v1", "v2", "bad"} {
-		payload, err := os.ReadFile(filepath.Join(arts, v+".wasm"))
-		if err != nil {
-			return err
-		}
-		h.LoadArtifact(ctx, "warm", v, payload, nil) // bad fails after its compile
-	}
-	return nil
+	return guestbuild.CBytes("internal/testguests/cquote/quote.c", flags...)
 }

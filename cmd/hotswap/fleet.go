@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -106,13 +107,16 @@ func newFleetSetCmd(f *fleetFlags, verb string) *cobra.Command {
 		timeout time.Duration
 		pins    []string
 		reg     registryFlags
+		bs      []string // MODULE=URL: B versions
+		weights []string // MODULE=PERCENT: B's weights
+		noB     []string // modules whose B goes
 	)
 	short, defWaves := "Set the group's module versions: every instance at once", []string{"100%"}
 	if verb == "rollout" {
 		short, defWaves = "Roll module versions out to the group in waves, halting on the first bad one", fleet.DefaultWaves()
 	}
 	cmd := &cobra.Command{
-		Use:   verb + " MODULE=URL... [--pin MODULE=sha256:DIGEST]",
+		Use:   verb + " [MODULE=URL...] [--pin MODULE=sha256:DIGEST] [--b MODULE=URL --weight MODULE=PERCENT] [--no-b MODULE]",
 		Short: short,
 		Long: short + `.
 
@@ -120,9 +124,20 @@ Each URL (file://, http:// or https://) names an artifact; its manifest is at
 URL.manifest. An oci:// URL (printed by hotswap fleet push) names both in an OCI
 registry. The digest pinned in etcd is the one the manifest states (read here,
 not trusted: each instance verifies the signature itself), or the one given
-with --pin. Modules not named keep their desired version.`,
-		Args: usageArgs(cobra.MinimumNArgs(1)),
+with --pin. Modules not named keep their desired version.
+
+--b MODULE=URL adds a B version beside the module's version (A) for a
+fleet-wide A/B split: every instance runs both and sends a call with a
+routing key to B when the key's hash falls below B's weight, the same hash
+on every instance. --weight MODULE=PERCENT sets B's weight (0 to 100; a
+change moves only the keys between the old and the new weight and reloads
+nothing); --no-b MODULE ends the split. A B version's digest is pinned as
+A's (--pin MODULE.b=sha256:DIGEST).`,
+		Args: usageArgs(cobra.ArbitraryArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 && len(bs) == 0 && len(weights) == 0 && len(noB) == 0 {
+				return usageError{errors.New("name at least one MODULE=URL, or --b, --weight or --no-b")}
+			}
 			return f.withGroup(cmd, func(ctx context.Context, _ *clientv3.Client, g *fleet.Group) error {
 				st, err := g.Status(ctx)
 				if err != nil {
@@ -149,7 +164,11 @@ with --pin. Modules not named keep their desired version.`,
 					if err != nil {
 						return fmt.Errorf("%s %s: %w", verb, name, err)
 					}
+					m.B = spec.Modules[name].B // a new A keeps its B
 					spec.Modules[name] = m
+				}
+				if err := setSplits(ctx, reg, spec, bs, weights, noB, pinned); err != nil {
+					return err
 				}
 				w := waves
 				if !cmd.Flags().Changed("waves") {
@@ -166,9 +185,60 @@ with --pin. Modules not named keep their desired version.`,
 	}
 	cmd.Flags().StringSliceVar(&waves, "waves", defWaves, `wave sizes: a count ("1") or a share ("10%")`)
 	cmd.Flags().DurationVar(&timeout, "wave-timeout", fleet.DefaultWaveTimeout, "halt a wave whose instances did not all ack in time")
-	cmd.Flags().StringSliceVar(&pins, "pin", nil, "MODULE=sha256:DIGEST: pin this digest instead of reading the manifest")
+	cmd.Flags().StringSliceVar(&pins, "pin", nil, "MODULE=sha256:DIGEST (MODULE.b=… for B): pin this digest instead of reading the manifest")
+	cmd.Flags().StringSliceVar(&bs, "b", nil, "MODULE=URL: a B version beside the module's version, for a fleet-wide A/B split")
+	cmd.Flags().StringSliceVar(&weights, "weight", nil, "MODULE=PERCENT: B's share of the keyed calls, 0 to 100")
+	cmd.Flags().StringSliceVar(&noB, "no-b", nil, "MODULE: end the module's A/B split")
 	reg.register(cmd)
 	return cmd
+}
+
+// setSplits applies the --b, --weight and --no-b flags to spec.
+func setSplits(ctx context.Context, reg registryFlags, spec fleet.Spec, bs, weights, noB []string, pinned map[string]string) error {
+	for _, b := range bs {
+		name, url, ok := strings.Cut(b, "=")
+		if !ok {
+			return usageError{fmt.Errorf("--b %q: want MODULE=URL", b)}
+		}
+		m, ok := spec.Modules[name]
+		if !ok {
+			return usageError{fmt.Errorf("--b %s: the module has no version to split with: name it as MODULE=URL", name)}
+		}
+		bm, err := moduleSpec(ctx, reg, url, pinned[name+".b"])
+		if err != nil {
+			return fmt.Errorf("B of %s: %w", name, err)
+		}
+		var w float64
+		if m.B != nil {
+			w = m.B.Weight // a new B keeps the weight unless --weight says otherwise
+		}
+		m.B = &fleet.SplitSpec{Version: bm.Version, Digest: bm.Digest, URL: bm.URL, Weight: w}
+		spec.Modules[name] = m
+	}
+	for _, arg := range weights {
+		name, pct, ok := strings.Cut(arg, "=")
+		w, err := strconv.ParseFloat(strings.TrimSuffix(pct, "%"), 64)
+		if !ok || err != nil || !(w >= 0 && w <= 100) {
+			return usageError{fmt.Errorf("--weight %q: want MODULE=PERCENT, 0 to 100", arg)}
+		}
+		m := spec.Modules[name]
+		if m.B == nil {
+			return usageError{fmt.Errorf("--weight %s: the module has no B version: give one with --b", name)}
+		}
+		b := *m.B
+		b.Weight = w
+		m.B = &b
+		spec.Modules[name] = m
+	}
+	for _, name := range noB {
+		m, ok := spec.Modules[name]
+		if !ok || m.B == nil {
+			return usageError{fmt.Errorf("--no-b %s: the module has no B version", name)}
+		}
+		m.B = nil
+		spec.Modules[name] = m
+	}
+	return nil
 }
 
 // moduleSpec reads the manifest beside url for the digest and version to
