@@ -371,10 +371,10 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 // TestOCIRollout rolls a version out of a real registry to an instance,
 // then refuses one whose pin is not the registry's payload.
 func TestOCIRollout(t *testing.T) {
-	e := newEnv(t, 1)
+	e := newEnv(t, 0)
 	o := newOCIEnv(t)
-	v1 := e.artifact(testhost.V1, "v1", false)
-	v2 := e.artifact(testhost.V2, "v2", false)
+	v1 := e.artifact(gV1, "v1", false)
+	v2 := e.artifact(gV2, "v2", false)
 	ov1 := o.push(strings.TrimPrefix(v1.URL, "file://"), "pricing:v1", false)
 	ov2 := o.push(strings.TrimPrefix(v2.URL, "file://"), "pricing:v2", false)
 	if ov1.Digest != v1.Digest || ov1.Version != "v1" {
