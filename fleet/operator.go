@@ -132,6 +132,10 @@ func (st Status) String() string {
 	}
 	for _, ap := range st.Applied {
 		fmt.Fprintf(&b, "instance %s: spec %s %s, %s, from %s", ap.Instance, cmpOr(ap.Spec, "-"), ap.Result, ap.Health, ap.Source)
+		if bin := ap.Binary; bin != nil {
+			d, _ := parseDigest(bin.Digest)
+			fmt.Fprintf(&b, ", binary %s@%s pid %d", cmpOr(bin.Version, "?"), d.Short(), ap.PID)
+		}
 		if f := ap.Failure(); f != "" {
 			fmt.Fprintf(&b, ": %s", f)
 		}
@@ -146,6 +150,10 @@ func describeSpec(s Spec) string {
 		m := s.Modules[name]
 		d, _ := parseDigest(m.Digest)
 		fmt.Fprintf(&b, " %s=%s@%s", name, cmpOr(m.Version, "?"), d.Short())
+	}
+	if bin := s.Binary; bin != nil {
+		d, _ := parseDigest(bin.Digest)
+		fmt.Fprintf(&b, " binary=%s@%s", cmpOr(bin.Version, "?"), d.Short())
 	}
 	return b.String()
 }
