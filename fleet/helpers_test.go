@@ -21,6 +21,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(envHelper) == "agent" {
+		os.Exit(runAgentHelper())
+	}
 	code := testhost.Main(m)
 	if code == 0 {
 		if err := goleak.Find(leakOptions()...); err != nil {

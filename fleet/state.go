@@ -79,7 +79,9 @@ type BinarySpec struct {
 }
 
 // source is the binary as a fetchable artifact.
-func (b BinarySpec) source() ModuleSpec { return ModuleSpec{Version: b.Version, Digest: b.Digest, URL: b.URL} }
+func (b BinarySpec) source() ModuleSpec {
+	return ModuleSpec{Version: b.Version, Digest: b.Digest, URL: b.URL}
+}
 
 // Spec is what an instance runs: module versions and, optionally, the
 // version of its binary.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
@@ -87,7 +88,7 @@ func newFleetCmd() *cobra.Command {
 	f := &fleetFlags{}
 	cmd := &cobra.Command{
 		Use:   "fleet",
-		Short: "Roll module versions out to a group of instances through etcd",
+		Short: "Roll module and binary versions out to a group of instances through etcd",
 		Long: `Desired state per service group lives in etcd. Every instance runs a fleet
 agent that applies its assignment through its host's trust path and writes what
 it applied under its lease; a leader-elected controller moves rollouts in waves
@@ -96,31 +97,39 @@ and halts and reverts the first wave that goes bad. See docs/fleet.md.`,
 	f.register(cmd)
 	cmd.AddCommand(newFleetSetCmd(f, "set"), newFleetSetCmd(f, "rollout"),
 		newFleetCommandCmd(f, fleet.Pause), newFleetCommandCmd(f, fleet.Resume), newFleetCommandCmd(f, fleet.Abort),
-		newFleetStatusCmd(f), newFleetControllerCmd(f), newFleetEtcdCmd())
+		newFleetStatusCmd(f), newFleetControllerCmd(f), newFleetAgentCmd(f), newFleetEtcdCmd())
 	return cmd
 }
 
 func newFleetSetCmd(f *fleetFlags, verb string) *cobra.Command {
 	var (
-		waves   []string
-		timeout time.Duration
-		pins    []string
+		waves     []string
+		timeout   time.Duration
+		pins      []string
+		binary    string
+		binaryPin string
 	)
-	short, defWaves := "Set the group's module versions: every instance at once", []string{"100%"}
+	short, defWaves := "Set the group's module and binary versions: every instance at once", []string{"100%"}
 	if verb == "rollout" {
-		short, defWaves = "Roll module versions out to the group in waves, halting on the first bad one", fleet.DefaultWaves()
+		short, defWaves = "Roll module and binary versions out to the group in waves, halting on the first bad one", fleet.DefaultWaves()
 	}
 	cmd := &cobra.Command{
-		Use:   verb + " MODULE=URL... [--pin MODULE=sha256:DIGEST]",
+		Use:   verb + " [MODULE=URL...] [--binary URL] [--pin MODULE=sha256:DIGEST]",
 		Short: short,
 		Long: short + `.
 
 Each URL (file://, http:// or https://) names an artifact; its manifest is at
 URL.manifest. The digest pinned in etcd is the one the manifest states (read
 here, not trusted: each instance verifies the signature itself), or the one
-given with --pin. Modules not named keep their desired version.`,
-		Args: usageArgs(cobra.MinimumNArgs(1)),
+given with --pin (--binary-pin for the binary). Modules not named keep their
+desired version, and the binary its desired version unless --binary is given.
+An instance upgrades its binary first and loads the modules in the new
+process (see docs/fleet.md).`,
+		Args: usageArgs(cobra.ArbitraryArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 && binary == "" {
+				return usageError{errors.New("name at least one MODULE=URL or --binary URL")}
+			}
 			return f.withGroup(cmd, func(ctx context.Context, _ *clientv3.Client, g *fleet.Group) error {
 				st, err := g.Status(ctx)
 				if err != nil {
@@ -129,6 +138,7 @@ given with --pin. Modules not named keep their desired version.`,
 				spec := fleet.Spec{Modules: map[string]fleet.ModuleSpec{}}
 				if st.Desired != nil {
 					maps.Copy(spec.Modules, st.Desired.Spec.Modules)
+					spec.Binary = st.Desired.Spec.Binary
 				}
 				pinned := map[string]string{}
 				for _, p := range pins {
@@ -149,6 +159,13 @@ given with --pin. Modules not named keep their desired version.`,
 					}
 					spec.Modules[name] = m
 				}
+				if binary != "" {
+					m, err := moduleSpec(ctx, binary, binaryPin)
+					if err != nil {
+						return fmt.Errorf("%s binary: %w", verb, err)
+					}
+					spec.Binary = &fleet.BinarySpec{Version: m.Version, Digest: m.Digest, URL: m.URL}
+				}
 				w := waves
 				if !cmd.Flags().Changed("waves") {
 					w = defWaves
@@ -165,6 +182,8 @@ given with --pin. Modules not named keep their desired version.`,
 	cmd.Flags().StringSliceVar(&waves, "waves", defWaves, `wave sizes: a count ("1") or a share ("10%")`)
 	cmd.Flags().DurationVar(&timeout, "wave-timeout", fleet.DefaultWaveTimeout, "halt a wave whose instances did not all ack in time")
 	cmd.Flags().StringSliceVar(&pins, "pin", nil, "MODULE=sha256:DIGEST: pin this digest instead of reading the manifest")
+	cmd.Flags().StringVar(&binary, "binary", "", "URL of the service binary every instance should run (its manifest at URL.manifest)")
+	cmd.Flags().StringVar(&binaryPin, "binary-pin", "", "sha256:DIGEST: pin this binary digest instead of reading the manifest")
 	return cmd
 }
 
@@ -266,6 +285,52 @@ func newFleetControllerCmd(f *fleetFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "name in the election (defaults to host-pid)")
+	return cmd
+}
+
+func newFleetAgentCmd(f *fleetFlags) *cobra.Command {
+	var id, binaryDir string
+	cmd := &cobra.Command{
+		Use:   "agent --id INSTANCE [--socket PATH] [--binary-dir DIR]",
+		Short: "Run a fleet agent beside a service (a sidecar), applying through its control socket, until interrupted",
+		Long: `Run a fleet agent beside a service: it watches the instance's assignment in
+etcd, fetches each artifact by digest, and hands it to the service over its
+control socket (--socket), which verifies it through its own trust path. A
+binary is written into --binary-dir (default: the socket's directory, which
+the service must be able to read) for the service's upgrade. What it applied
+is written under its lease in etcd. See docs/fleet.md.`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.group == "" || id == "" {
+				return usageError{errors.New("--group and --id are required")}
+			}
+			ctl := controlClient(cmd)
+			if binaryDir == "" {
+				binaryDir = filepath.Dir(ctl.Socket())
+			}
+			dir, err := filepath.Abs(binaryDir)
+			if err != nil {
+				return usageError{fmt.Errorf("--binary-dir: %w", err)}
+			}
+			cli, err := f.client()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			a, err := fleet.NewAgent(fleet.AgentOptions{Client: cli, Service: fleet.SocketService(ctl, dir), Group: f.group,
+				Instance: id, Prefix: f.prefix, Logger: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))})
+			if err != nil {
+				return usageError{err}
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "agent %s of group %s: service at %s\n", id, f.group, ctl.Socket())
+			if err := a.Run(cmd.Context()); !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&id, "id", os.Getenv("HOTSWAP_FLEET_INSTANCE"), "instance name in the group ($HOTSWAP_FLEET_INSTANCE)")
+	cmd.Flags().StringVar(&binaryDir, "binary-dir", "", "where a fetched binary is written for the service to verify (default: the socket's directory)")
 	return cmd
 }
 
