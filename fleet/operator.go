@@ -120,6 +120,9 @@ func (st Status) Converged(spec Spec) bool {
 func (st Status) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "group %s (revision %d)\n", st.Group, st.Revision)
+	if d := st.Desired; d != nil {
+		fmt.Fprintf(&b, "desired: spec %s by %s%s\n", d.Spec.ID(), d.Writer, describeSpec(d.Spec))
+	}
 	if st.Stable != nil {
 		fmt.Fprintf(&b, "stable: spec %s from rollout %d%s\n", st.Stable.Spec.ID(), st.Stable.Rollout, describeSpec(st.Stable.Spec))
 	}
