@@ -21,8 +21,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envHelper) == "agent" {
+	switch os.Getenv(envHelper) {
+	case "agent":
 		os.Exit(runAgentHelper())
+	case "service":
+		os.Exit(runServiceHelper())
 	}
 	code := testhost.Main(m)
 	if code == 0 {

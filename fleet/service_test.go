@@ -1,10 +1,12 @@
 package fleet_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -35,6 +37,7 @@ const (
 	envEtcd     = "FLEET_TEST_ETCD"   // etcd endpoints, comma separated
 	envState    = "FLEET_TEST_STATE"  // the host's state directory
 	envInstance = "FLEET_TEST_INSTANCE"
+	envSocket   = "FLEET_TEST_SOCKET" // the control socket of a "service" helper
 )
 
 // group is the service group of every test.
@@ -87,6 +90,51 @@ func runAgentHelper() int {
 	case <-time.After(10 * time.Second):
 		return fail(errors.New("agent did not stop"))
 	}
+	return 0
+}
+
+// runServiceHelper is a service without an agent: a host whose control
+// API answers on the socket envSocket names, for a sidecar agent in the
+// test process. It upgrades to binaries the sidecar hands it (its
+// successor, the same helper, inherits the socket) and exits once a
+// successor took over, after the upgrade's caller got its answer.
+func runServiceHelper() int {
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, "fleet service helper:", err); return 1 }
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	state := os.Getenv(envState)
+	b, err := wasm.New(wasm.Options{CacheDir: filepath.Join(state, "cache")})
+	if err != nil {
+		return fail(err)
+	}
+	h, err := host.New(host.Options{Backend: b, StateDir: state, Service: "svc",
+		Upgrade: &upgrade.Options{NoSignals: true, Probation: 300 * time.Millisecond}})
+	if err != nil {
+		return fail(err)
+	}
+	defer h.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ln, err := control.Listen(ctx, h, os.Getenv(envSocket))
+	if err != nil {
+		return fail(err)
+	}
+	srv, err := control.New(h, control.Options{})
+	if err != nil {
+		return fail(err)
+	}
+	go srv.Serve(ln)
+	if err := h.Upgrader().Ready(); err != nil {
+		return fail(err)
+	}
+	select {
+	case <-h.Upgrader().Exit():
+	case <-term:
+	case <-time.After(2 * time.Minute): // never outlive the test
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	srv.Shutdown(sctx)
 	return 0
 }
 
@@ -350,13 +398,13 @@ func TestBinaryRefusedOrFailed(t *testing.T) {
 }
 
 // stopProcess ends pid (SIGTERM, then SIGKILL) and waits until it is
-// gone, bounded.
+// gone (or a zombie: an orphan is reaped by whoever adopted it), bounded.
 func stopProcess(t *testing.T, pid int) {
 	t.Helper()
 	syscall.Kill(pid, syscall.SIGTERM)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) || zombie(pid) {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -365,5 +413,92 @@ func stopProcess(t *testing.T, pid int) {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func zombie(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...: comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(stat, ')')
+	return i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z'
+}
+
+// TestSidecarBinaryUpgrade pins a new binary for a service run as its own
+// process, with the agent beside it (in the test process) talking to its
+// control socket: the sidecar fetches the binary, hands it over through
+// the shared directory, the service verifies it and upgrades; the new
+// process answers on the same socket, and the sidecar acks the new binary
+// and pid.
+func TestSidecarBinaryUpgrade(t *testing.T) {
+	e := newEnv(t, 1)
+	fix := testhost.NewFixture(t)
+	socket := testhost.SocketPath(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), envHelper+"=service", envState+"="+fix.State, envSocket+"="+socket)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			t.Errorf("service helper %d did not exit", cmd.Process.Pid)
+			<-exited
+		}
+	})
+	ctl := control.NewClient(socket)
+	var before *control.Status
+	for deadline := time.Now().Add(wait); before == nil; {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		st, err := ctl.Status(ctx)
+		cancel()
+		if err == nil {
+			before = st
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the service did not answer on %s: %v", socket, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	self, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := binaryArtifact(t, e.dir, e.signer, "2", append(self, "\nfleet sidecar test binary v2\n"...))
+	a, err := fleet.NewAgent(fleet.AgentOptions{Client: e.cli, Service: fleet.SocketService(ctl, t.TempDir()),
+		Group: group, Instance: "svc-0", LeaseTTL: ttl, RequestTimeout: 5 * time.Second, Retry: 100 * time.Millisecond, Logger: testhost.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAgent(t, a)
+	e.until("registered", func(st fleet.Status) bool { return len(st.Applied) == 1 })
+	e.controller("c1", e.cli)
+	want := fleet.Spec{Binary: v2}
+	rev := e.set(fleet.Desired{Spec: want, Writer: "alice"})
+	st := e.until("binary rolled out", phase(rev, fleet.Done))
+	ap, _ := instanceOf(st, "svc-0")
+	if b := ap.Binary; ap.Spec != want.ID() || ap.Result != fleet.ResultOK || b == nil || b.Version != "2" || b.Digest != hexDigest(v2.Digest) ||
+		ap.PID == before.Process.PID || ap.PID == 0 {
+		t.Errorf("applied = %+v, binary %+v; want binary 2 %s acked from a new process (was pid %d)", ap, ap.Binary, v2.Digest, before.Process.PID)
+	}
+	t.Cleanup(func() { stopProcess(t, ap.PID) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	after, err := ctl.Status(ctx)
+	if err != nil || after.Process.PID != ap.PID || after.Process.Generation != 2 || after.Process.Binary.Digest != hexDigest(v2.Digest) {
+		t.Errorf("service status after = %+v, %v; want pid %d, generation 2, binary %s", after.Process, err, ap.PID, v2.Digest)
 	}
 }
