@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -79,6 +80,19 @@ func runAgentHelper() int {
 	if err := h.Upgrader().Ready(); err != nil {
 		return fail(err)
 	}
+	if dieInProbation() {
+		// Once the agent reported, die before the parent commits.
+		deadline := time.After(5 * time.Second)
+	reported:
+		for ap, next := a.Applied(); ap.Source != "etcd"; ap, next = a.Applied() {
+			select {
+			case <-next:
+			case <-deadline:
+				break reported
+			}
+		}
+		os.Exit(7)
+	}
 	select {
 	case <-h.Upgrader().Exit():
 	case <-term:
@@ -91,6 +105,25 @@ func runAgentHelper() int {
 		return fail(errors.New("agent did not stop"))
 	}
 	return 0
+}
+
+// dieMarker, at the end of a helper's binary, makes it die during its
+// parent's probation.
+const dieMarker = "\nfleet test: die in probation\n"
+
+func dieInProbation() bool {
+	f, err := os.Open("/proc/self/exe")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	tail := make([]byte, len(dieMarker))
+	fi, err := f.Stat()
+	if err != nil || fi.Size() < int64(len(tail)) {
+		return false
+	}
+	_, err = f.ReadAt(tail, fi.Size()-int64(len(tail)))
+	return err == nil && string(tail) == dieMarker
 }
 
 // runServiceHelper is a service without an agent: a host whose control
@@ -278,11 +311,11 @@ func binaryArtifact(t *testing.T, dir string, s *artifact.Signer, version string
 // upgradableInstance starts instance id in this test process: a host
 // whose binary upgrades start the test binary's helper (runAgentHelper)
 // over the same state directory, and its embedded agent.
-func (e *env) upgradableInstance(id string) (*host.Host, *fleet.Agent, *running) {
+func (e *env) upgradableInstance(id string, probation time.Duration) (*host.Host, *fleet.Agent, *running) {
 	e.t.Helper()
 	fix := testhost.NewFixture(e.t)
 	h := fix.Host(e.t, testhost.HostOptions{Module: &wasm.ModuleConfig{}, Upgrade: &upgrade.Options{NoSignals: true,
-		Probation: 500 * time.Millisecond, UpgradeTimeout: 2 * time.Minute,
+		Probation: probation, UpgradeTimeout: 2 * time.Minute,
 		Env: []string{envHelper + "=agent", envEtcd + "=" + strings.Join(e.etcd.Endpoints(), ","), envState + "=" + fix.State, envInstance + "=" + id}}})
 	a, err := fleet.NewAgent(fleet.AgentOptions{Client: e.cli, Host: h, Group: group, Instance: id, LeaseTTL: ttl,
 		RequestTimeout: time.Second, Retry: 100 * time.Millisecond, Logger: testhost.Logger(e.t)})
@@ -299,7 +332,7 @@ func (e *env) upgradableInstance(id string) (*host.Host, *fleet.Agent, *running)
 // once its parent committed, and loads the module there.
 func TestBinaryUpgradeAckedByNewProcess(t *testing.T) {
 	e := newEnv(t, 1)
-	h, _, ran := e.upgradableInstance("a")
+	h, _, ran := e.upgradableInstance("a", 500*time.Millisecond)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -349,16 +382,26 @@ func TestBinaryUpgradeAckedByNewProcess(t *testing.T) {
 // TestBinaryRefusedOrFailed pins binaries that must not take over: one
 // whose bytes are not the pin and an unsigned one are refused before
 // anything runs; a signed one whose process exits during init fails at
-// stage init and the parent keeps serving. Each halts the rollout, and
-// the instance reports from the same process throughout.
+// stage init; one whose process dies during probation (after its agent
+// reported) fails at stage probation, and its agent never acked. Each
+// halts the rollout; the old process serves and reports throughout.
 func TestBinaryRefusedOrFailed(t *testing.T) {
 	e := newEnv(t, 1)
-	h, a, _ := e.upgradableInstance("a")
+	h, a, _ := e.upgradableInstance("a", 10*time.Second)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
 	script := []byte("#!/bin/sh\necho 'fleet test: no config' >&2\nexit 3\n")
 	crashes := binaryArtifact(t, e.dir, e.signer, "crashes", script)
 	unsigned := binaryArtifact(t, e.dir, nil, "unsigned", append(script, '#'))
 	mismatched := *crashes
 	mismatched.Version, mismatched.Digest = "mismatched", unsigned.Digest
+	dies := binaryArtifact(t, e.dir, e.signer, "dies", append(self, dieMarker...))
 	e.until("registered", func(st fleet.Status) bool { return len(st.Applied) == 1 })
 	e.controller("c1", e.cli)
 
@@ -367,13 +410,16 @@ func TestBinaryRefusedOrFailed(t *testing.T) {
 		bin     *fleet.BinarySpec
 		result  fleet.Result
 		check   string
-		started bool // a new process was started
+		outcome upgrade.Outcome
+		err     string // in the last upgrade's error; "" if no process started
 	}{
-		{"digest mismatch", &mismatched, fleet.ResultRefused, "digest", false},
-		{"unsigned", unsigned, fleet.ResultRefused, "policy", false},
-		{"exits during init", crashes, fleet.ResultFailed, "init", true},
+		{"digest mismatch", &mismatched, fleet.ResultRefused, "digest", upgrade.Failed, ""},
+		{"unsigned", unsigned, fleet.ResultRefused, "policy", upgrade.Failed, ""},
+		{"exits during init", crashes, fleet.ResultFailed, "init", upgrade.Failed, "no config"},
+		{"dies during probation", dies, fleet.ResultFailed, "probation", upgrade.RolledBack, "exit status 7"},
 	} {
 		before := h.Process().LastUpgrade
+		reports := watchApplied(t, e, "a")
 		rev := e.set(fleet.Desired{Spec: fleet.Spec{Binary: tc.bin}, Writer: "mallory"})
 		st := e.until(tc.name+": halted", phase(rev, fleet.Halted))
 		if want := fmt.Sprintf("binary %s (check %s)", tc.result, tc.check); !strings.Contains(st.Rollout.Reason, want) {
@@ -384,16 +430,52 @@ func TestBinaryRefusedOrFailed(t *testing.T) {
 		}
 		last := h.Process().LastUpgrade
 		switch {
-		case !tc.started && tc.check == "digest" && last != before:
-			t.Errorf("%s: an upgrade was attempted (%+v); want none", tc.name, last)
-		case !tc.started && tc.check != "digest" && (last == nil || last.PID != 0):
+		case tc.check == "digest" && last != before:
+			t.Errorf("%s: an upgrade was attempted (%+v); want none: the fetched bytes are not the pin", tc.name, last)
+		case tc.check == "digest":
+		case tc.err == "" && (last == nil || last.PID != 0):
 			t.Errorf("%s: last upgrade = %+v; want one refused before any process started", tc.name, last)
-		case tc.started && (last == nil || last.PID == 0 || last.Outcome != upgrade.Failed || !strings.Contains(fmt.Sprint(last.Err), "no config")):
-			t.Errorf("%s: last upgrade = %+v; want a process started that failed, with its stderr", tc.name, last)
+		case tc.err != "" && (last == nil || last.PID == 0 || last.Outcome != tc.outcome || !strings.Contains(fmt.Sprint(last.Err), tc.err)):
+			t.Errorf("%s: last upgrade = %+v; want a process started, %v, error with %q", tc.name, last, tc.outcome, tc.err)
+		}
+		for _, ap := range reports() {
+			if ap.PID != os.Getpid() && ap.Result == fleet.ResultOK {
+				t.Errorf("%s: process %d acked %+v (binary %+v); want no ack from a process that never took over", tc.name, ap.PID, ap, ap.Binary)
+			}
 		}
 		if p := h.Process(); p.PID != os.Getpid() || p.Binary.Digest == hexDigest(tc.bin.Digest) {
 			t.Errorf("%s: process = %+v; want this process on its own binary", tc.name, p)
 		}
+	}
+}
+
+// watchApplied records every applied report of instance id from now on;
+// the returned function stops and returns them.
+func watchApplied(t *testing.T, e *env, id string) func() []fleet.Applied {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ch := e.cli.Watch(ctx, fleet.DefaultPrefix+"/"+group+"/applied/"+id)
+	var got []fleet.Applied
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for wr := range ch {
+			for _, ev := range wr.Events {
+				var ap fleet.Applied
+				if json.Unmarshal(ev.Kv.Value, &ap) == nil {
+					got = append(got, ap)
+				}
+			}
+		}
+	}()
+	return func() []fleet.Applied {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Errorf("watch of applied/%s did not end", id)
+		}
+		return got
 	}
 }
 
