@@ -292,6 +292,21 @@ func activeDigest(h *host.Host, name string) string {
 	return ""
 }
 
+// testBinary returns the path and bytes of the running test binary, which
+// the helpers above make a service of.
+func testBinary(t *testing.T) (string, []byte) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return exe, self
+}
+
 // binaryArtifact writes payload into dir as the service's binary,
 // version, signed by s unless s is nil, and returns its spec.
 func binaryArtifact(t *testing.T, dir string, s *artifact.Signer, version string, payload []byte) *fleet.BinarySpec {
@@ -333,14 +348,7 @@ func (e *env) upgradableInstance(id string, probation time.Duration) (*host.Host
 func TestBinaryUpgradeAckedByNewProcess(t *testing.T) {
 	e := newEnv(t, 1)
 	h, _, ran := e.upgradableInstance("a", 500*time.Millisecond)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	self, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, self := testBinary(t)
 	// Bytes after the ELF image change the digest, not the program.
 	v2 := binaryArtifact(t, e.dir, e.signer, "2", append(self, "\nfleet test binary v2\n"...))
 	echo := echoArtifact(t, e.dir, e.signer, "v1")
@@ -388,14 +396,7 @@ func TestBinaryUpgradeAckedByNewProcess(t *testing.T) {
 func TestBinaryRefusedOrFailed(t *testing.T) {
 	e := newEnv(t, 1)
 	h, a, _ := e.upgradableInstance("a", 10*time.Second)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	self, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, self := testBinary(t)
 	script := []byte("#!/bin/sh\necho 'fleet test: no config' >&2\nexit 3\n")
 	crashes := binaryArtifact(t, e.dir, e.signer, "crashes", script)
 	unsigned := binaryArtifact(t, e.dir, nil, "unsigned", append(script, '#'))
@@ -518,10 +519,7 @@ func TestSidecarBinaryUpgrade(t *testing.T) {
 	e := newEnv(t, 1)
 	fix := testhost.NewFixture(t)
 	socket := testhost.SocketPath(t)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+	exe, self := testBinary(t)
 	cmd := exec.Command(exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), envHelper+"=service", envState+"="+fix.State, envSocket+"="+socket)
 	cmd.Stderr = os.Stderr
@@ -554,10 +552,6 @@ func TestSidecarBinaryUpgrade(t *testing.T) {
 			t.Fatalf("the service did not answer on %s: %v", socket, err)
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-	self, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
 	}
 	v2 := binaryArtifact(t, e.dir, e.signer, "2", append(self, "\nfleet sidecar test binary v2\n"...))
 	a, err := fleet.NewAgent(fleet.AgentOptions{Client: e.cli, Service: fleet.SocketService(ctl, t.TempDir()),
