@@ -81,10 +81,14 @@ func runAgentHelper() int {
 		return fail(err)
 	}
 	if dieInProbation() {
-		// Once the agent reported, die before the parent commits.
+		// Once the agent reported how its apply went (not the report
+		// before the work), die before the parent commits.
 		deadline := time.After(5 * time.Second)
+		applied := func(ap fleet.Applied) bool {
+			return ap.Source == "etcd" && ap.Binary != nil && (ap.Binary.Check == "probation" || ap.Result != fleet.ResultPending)
+		}
 	reported:
-		for ap, next := a.Applied(); ap.Source != "etcd"; ap, next = a.Applied() {
+		for ap, next := a.Applied(); !applied(ap); ap, next = a.Applied() {
 			select {
 			case <-next:
 			case <-deadline:
