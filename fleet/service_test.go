@@ -10,7 +10,9 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -81,18 +83,17 @@ func runAgentHelper() int {
 		return fail(err)
 	}
 	if dieInProbation() {
-		// Once the agent reported how its apply went (not the report
-		// before the work), die before the parent commits.
-		deadline := time.After(5 * time.Second)
-		applied := func(ap fleet.Applied) bool {
-			return ap.Source == "etcd" && ap.Binary != nil && (ap.Binary.Check == "probation" || ap.Result != fleet.ResultPending)
-		}
-	reported:
-		for ap, next := a.Applied(); !applied(ap); ap, next = a.Applied() {
-			select {
-			case <-next:
-			case <-deadline:
-				break reported
+		// Once the agent's report of how its apply went (not the one
+		// before the work) is in etcd, die before the parent commits.
+		key := fleet.DefaultPrefix + "/" + group + "/applied/" + os.Getenv(envInstance)
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			gctx, gcancel := context.WithTimeout(context.Background(), time.Second)
+			resp, err := cli.Get(gctx, key)
+			gcancel()
+			var ap fleet.Applied
+			if err == nil && len(resp.Kvs) == 1 && json.Unmarshal(resp.Kvs[0].Value, &ap) == nil && ap.PID == os.Getpid() &&
+				ap.Binary != nil && (ap.Binary.Check == "probation" || ap.Result != fleet.ResultPending) {
+				break
 			}
 		}
 		os.Exit(7)
@@ -443,7 +444,10 @@ func TestBinaryRefusedOrFailed(t *testing.T) {
 		case tc.err != "" && (last == nil || last.PID == 0 || last.Outcome != tc.outcome || !strings.Contains(fmt.Sprint(last.Err), tc.err)):
 			t.Errorf("%s: last upgrade = %+v; want a process started, %v, error with %q", tc.name, last, tc.outcome, tc.err)
 		}
-		for _, ap := range reports() {
+		final := func(ap fleet.Applied) bool {
+			return ap.PID == os.Getpid() && ap.Spec == (fleet.Spec{Binary: tc.bin}).ID() && ap.Result == tc.result
+		}
+		for _, ap := range reports(final) {
 			if ap.PID != os.Getpid() && ap.Result == fleet.ResultOK {
 				t.Errorf("%s: process %d acked %+v (binary %+v); want no ack from a process that never took over", tc.name, ap.PID, ap, ap.Binary)
 			}
@@ -454,33 +458,50 @@ func TestBinaryRefusedOrFailed(t *testing.T) {
 	}
 }
 
-// watchApplied records every applied report of instance id from now on;
-// the returned function stops and returns them.
-func watchApplied(t *testing.T, e *env, id string) func() []fleet.Applied {
+// watchApplied records every applied report of instance id from now on.
+// The returned function waits (bounded) for a report that satisfies last,
+// so that every report written before it was seen too (a watch delivers in
+// order), then stops and returns them.
+func watchApplied(t *testing.T, e *env, id string) func(last func(fleet.Applied) bool) []fleet.Applied {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	ch := e.cli.Watch(ctx, fleet.DefaultPrefix+"/"+group+"/applied/"+id)
+	var mu sync.Mutex // protects got
 	var got []fleet.Applied
-	done := make(chan struct{})
+	seen := make(chan struct{}, 1)
 	go func() {
-		defer close(done)
 		for wr := range ch {
 			for _, ev := range wr.Events {
 				var ap fleet.Applied
 				if json.Unmarshal(ev.Kv.Value, &ap) == nil {
+					mu.Lock()
 					got = append(got, ap)
+					mu.Unlock()
+					select {
+					case seen <- struct{}{}:
+					default:
+					}
 				}
 			}
 		}
 	}()
-	return func() []fleet.Applied {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Errorf("watch of applied/%s did not end", id)
+	return func(last func(fleet.Applied) bool) []fleet.Applied {
+		defer cancel()
+		deadline := time.After(wait)
+		for {
+			mu.Lock()
+			reports := slices.Clone(got)
+			mu.Unlock()
+			if slices.ContainsFunc(reports, last) {
+				return reports
+			}
+			select {
+			case <-seen:
+			case <-deadline:
+				t.Errorf("watch of applied/%s: no such report within %v; got %+v", id, wait, reports)
+				return reports
+			}
 		}
-		return got
 	}
 }
 
