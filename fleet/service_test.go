@@ -46,16 +46,23 @@ const (
 // group is the service group of every test.
 const group = "pricing-svc"
 
+// helperHost is a helper's host over the state directory envState names,
+// with binary upgrades (probation: upgrade.Options.Probation).
+func helperHost(probation time.Duration) (*host.Host, error) {
+	state := os.Getenv(envState)
+	b, err := wasm.New(wasm.Options{CacheDir: filepath.Join(state, "cache")})
+	if err != nil {
+		return nil, err
+	}
+	return host.New(host.Options{Backend: b, StateDir: state, Service: "svc",
+		Upgrade: &upgrade.Options{NoSignals: true, Probation: probation}})
+}
+
 func runAgentHelper() int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "fleet agent helper:", err); return 1 }
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
-	state := os.Getenv(envState)
-	b, err := wasm.New(wasm.Options{CacheDir: filepath.Join(state, "cache")})
-	if err != nil {
-		return fail(err)
-	}
-	h, err := host.New(host.Options{Backend: b, StateDir: state, Service: "svc", Upgrade: &upgrade.Options{NoSignals: true}})
+	h, err := helperHost(0)
 	if err != nil {
 		return fail(err)
 	}
@@ -140,13 +147,7 @@ func runServiceHelper() int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "fleet service helper:", err); return 1 }
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM)
-	state := os.Getenv(envState)
-	b, err := wasm.New(wasm.Options{CacheDir: filepath.Join(state, "cache")})
-	if err != nil {
-		return fail(err)
-	}
-	h, err := host.New(host.Options{Backend: b, StateDir: state, Service: "svc",
-		Upgrade: &upgrade.Options{NoSignals: true, Probation: 300 * time.Millisecond}})
+	h, err := helperHost(300 * time.Millisecond)
 	if err != nil {
 		return fail(err)
 	}
