@@ -1,9 +1,11 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -338,18 +340,29 @@ func (c *Client) CanaryFile(ctx context.Context, module, path string, policy Can
 		return nil, fmt.Errorf("canary %s: %w", module, err)
 	}
 	defer a.f.Close()
+	return c.canary(ctx, module, filepath.Base(path), a.manifest, a.f, a.size, policy, follow, progress)
+}
+
+// Canary is CanaryFile for an artifact already in memory: req's payload
+// and manifest, verified by the service.
+func (c *Client) Canary(ctx context.Context, module string, req LoadRequest, policy CanaryPolicy, follow bool, progress func(Progress)) (*CanaryResult, error) {
+	return c.canary(ctx, module, req.Label, req.Manifest, bytes.NewReader(req.Payload), int64(len(req.Payload)), policy, follow, progress)
+}
+
+func (c *Client) canary(ctx context.Context, module, label string, manifest []byte, payload io.Reader, size int64, policy CanaryPolicy,
+	follow bool, progress func(Progress)) (*CanaryResult, error) {
 	pj, err := json.Marshal(policy)
 	if err != nil {
 		return nil, err
 	}
-	h := uploadHeader(filepath.Base(path), a.manifest)
+	h := uploadHeader(label, manifest)
 	h.Set(PolicyHeader, string(pj))
 	p := modulePath(pathCanary, module)
 	if follow {
 		p += "?follow=1"
 	}
 	res := &CanaryResult{Module: module}
-	return res, c.send(ctx, "canary "+module, http.MethodPost, p, h, a.f, a.size, res, progress)
+	return res, c.send(ctx, "canary "+module, http.MethodPost, p, h, payload, size, res, progress)
 }
 
 // CanaryStatus describes module's canary, running or last; with follow,

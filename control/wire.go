@@ -91,6 +91,23 @@ type ProcessStatus struct {
 	ParentPID int           `json:"parent_pid"`
 	StartedAt time.Time     `json:"started_at"`
 	Upgrade   UpgradeStatus `json:"upgrade"`
+	// TakingOver is set in a process started by a binary upgrade until
+	// its parent committed it: the parent may still resume serving.
+	TakingOver bool `json:"taking_over"`
+	// Binary names the running binary.
+	Binary BinaryStatus `json:"binary"`
+}
+
+// BinaryStatus names the binary a process runs.
+type BinaryStatus struct {
+	// Digest is the hex SHA-256 of the running executable; empty if it
+	// could not be read (Error says why).
+	Digest string `json:"digest"`
+	// Version is the version label of the signed manifest with that
+	// digest, in the service's store or beside the executable; empty if
+	// none names it.
+	Version string `json:"version"`
+	Error   string `json:"error,omitempty"`
 }
 
 // Upgrade states.
@@ -309,6 +326,8 @@ func processStatus(p host.ProcessStatus) ProcessStatus {
 		ParentPID:  p.ParentPID,
 		StartedAt:  p.Started,
 		Upgrade:    UpgradeStatus{State: UpgradeDisabled, Last: upgradeAttempt(p.LastUpgrade)},
+		TakingOver: p.TakingOver,
+		Binary:     BinaryStatus{Digest: p.Binary.Digest, Version: p.Binary.Version, Error: p.Binary.Error},
 	}
 	switch {
 	case p.Upgrading:

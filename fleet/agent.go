@@ -1,7 +1,6 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,8 +16,10 @@ import (
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/canary"
+	"github.com/hotswapgo/hotswap/control"
 	"github.com/hotswapgo/hotswap/host"
 	"github.com/hotswapgo/hotswap/module"
+	"github.com/hotswapgo/hotswap/upgrade"
 )
 
 // Defaults of AgentOptions.
@@ -34,7 +35,16 @@ const (
 	// DefaultRetry is the pause after etcd failed or an apply failed for a
 	// reason that may pass (a fetch, a busy module), before trying again.
 	DefaultRetry = time.Second
+	// DefaultMaxBinarySize bounds a fetched binary, held in memory while
+	// it is checked against its pin.
+	DefaultMaxBinarySize = 512 << 20
 )
+
+// ErrReplaced is what Run returns once the agent's own process handed over
+// to a new one through a binary upgrade: the new process's agent reports
+// for the instance from then on, under the same instance name. The lease
+// is left to expire, not revoked, so the instance never leaves its group.
+var ErrReplaced = errors.New("fleet: this process handed over to a new one")
 
 // Assignment is what stable and target/<instance> hold: a spec, and the
 // rollout and writer it comes from, for the audit log.
@@ -50,10 +60,15 @@ type AgentOptions struct {
 	// Client reaches etcd. Required; the caller closes it after Run
 	// returned.
 	Client *clientv3.Client
-	// Host applies and verifies. Required. Call its RestoreModules before
-	// Run, so the instance serves its last-known-good versions whether
-	// etcd answers or not.
+	// Host applies and verifies, in the agent's own process: the same as
+	// Service: HostService(Host). Call its RestoreModules before Run, so
+	// the instance serves its last-known-good versions whether etcd
+	// answers or not. One of Host and Service is required.
 	Host *host.Host
+	// Service applies and verifies: HostService for a host in this
+	// process, SocketService for a service beside it (a sidecar). One of
+	// Host and Service is required.
+	Service Service
 	// Group and Instance name the service group and this instance within
 	// it (letters, digits, '-', '_', '.'). Required.
 	Group, Instance string
@@ -62,18 +77,22 @@ type AgentOptions struct {
 	// LeaseTTL is the lease of the applied state. Defaults to
 	// DefaultLeaseTTL (5s); etcd counts it in whole seconds.
 	LeaseTTL time.Duration
-	// RequestTimeout bounds one etcd request. Defaults to
-	// DefaultRequestTimeout (5s).
+	// RequestTimeout bounds one etcd request, and one status request to
+	// the service. Defaults to DefaultRequestTimeout (5s).
 	RequestTimeout time.Duration
 	// ApplyTimeout bounds one change. Defaults to DefaultApplyTimeout
 	// (10m).
 	ApplyTimeout time.Duration
 	// Retry is the pause before trying again after a failure that may
-	// pass. Defaults to DefaultRetry (1s).
+	// pass, and between looks at a process that waits for its parent to
+	// commit its upgrade. Defaults to DefaultRetry (1s).
 	Retry time.Duration
 	// MaxModuleSize bounds a fetched payload. Defaults to
 	// host.DefaultMaxModuleSize (32 MiB).
 	MaxModuleSize int64
+	// MaxBinarySize bounds a fetched binary. Defaults to
+	// DefaultMaxBinarySize (512 MiB).
+	MaxBinarySize int64
 	// HTTPClient fetches http(s) URLs and talks to OCI registries.
 	// Defaults to http.DefaultClient.
 	HTTPClient *http.Client
@@ -84,10 +103,12 @@ type AgentOptions struct {
 	Logger *slog.Logger
 }
 
-// Agent keeps one instance's modules on what etcd assigns it and reports
-// what it applied. Run drives it; Applied is safe for concurrent use.
+// Agent keeps one instance's binary and modules on what etcd assigns it
+// and reports what it applied. Run drives it; Applied is safe for
+// concurrent use.
 type Agent struct {
 	opts AgentOptions
+	svc  Service
 	keys keys
 	log  *slog.Logger
 
@@ -96,20 +117,25 @@ type Agent struct {
 	reports chan struct{} // closed and replaced at every report
 
 	// Owned by Run.
-	want      Assignment
-	hasWant   bool
-	retryID   string   // the spec whose last apply failed in a way that may pass
-	refused   *Applied // the report of the last spec refused: not tried again
-	refusedIn int64    // in this rollout
+	want     Assignment
+	hasWant  bool
+	retryID  string   // the spec whose last apply failed in a way that may pass, or waits
+	final    *Applied // the report of the last spec that failed for good: not tried again
+	finalIn  int64    // in this rollout
+	replaced bool     // this process handed over to a new one
 }
 
-// NewAgent checks opts and returns an agent; Run starts it.
+// NewAgent checks opts and returns an agent; Run starts it. It asks the
+// service for its state once (bounded by RequestTimeout), so Applied
+// describes the instance before etcd answers.
 func NewAgent(opts AgentOptions) (*Agent, error) {
 	switch {
 	case opts.Client == nil:
 		return nil, errors.New("fleet: AgentOptions.Client is required")
-	case opts.Host == nil:
-		return nil, errors.New("fleet: AgentOptions.Host is required")
+	case opts.Host == nil && opts.Service == nil:
+		return nil, errors.New("fleet: AgentOptions.Host or AgentOptions.Service is required")
+	case opts.Host != nil && opts.Service != nil:
+		return nil, errors.New("fleet: set AgentOptions.Host or AgentOptions.Service, not both")
 	}
 	if err := validName(opts.Group); err != nil {
 		return nil, fmt.Errorf("fleet: group: %w", err)
@@ -125,13 +151,22 @@ func NewAgent(opts AgentOptions) (*Agent, error) {
 	if opts.MaxModuleSize <= 0 {
 		opts.MaxModuleSize = host.DefaultMaxModuleSize
 	}
+	if opts.MaxBinarySize <= 0 {
+		opts.MaxBinarySize = DefaultMaxBinarySize
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{opts: opts, keys: newKeys(opts.Prefix, opts.Group), log: log.With("group", opts.Group, "instance", opts.Instance),
+	svc := opts.Service
+	if svc == nil {
+		svc = HostService(opts.Host)
+	}
+	a := &Agent{opts: opts, svc: svc, keys: newKeys(opts.Prefix, opts.Group), log: log.With("group", opts.Group, "instance", opts.Instance),
 		reports: make(chan struct{})}
-	a.applied = a.observe(Spec{}, nil, "last-known-good")
+	ctx, cancel := context.WithTimeout(context.Background(), opts.RequestTimeout)
+	defer cancel()
+	a.applied = a.observe(a.look(ctx), Spec{}, nil, nil, "last-known-good")
 	return a, nil
 }
 
@@ -151,9 +186,11 @@ func (a *Agent) Applied() (Applied, <-chan struct{}) {
 }
 
 // Run keeps the instance on its assignment until ctx ends, then returns
-// ctx's error. While etcd is unreachable the host keeps serving what it
+// ctx's error. While etcd is unreachable the service keeps serving what it
 // has, and Run keeps trying; once etcd answers it reads its assignment
-// afresh (also after a watch was compacted) and applies it.
+// afresh (also after a watch was compacted) and applies it. Once its own
+// process handed over to a new one (a binary upgrade), Run returns
+// ErrReplaced.
 func (a *Agent) Run(ctx context.Context) error {
 	var sess *concurrency.Session
 	defer func() {
@@ -168,7 +205,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if sess == nil {
 			s, err := a.newSession(ctx)
 			if err != nil {
-				a.log.Warn("fleet: etcd unreachable; serving what the host has", "err", err)
+				a.log.Warn("fleet: etcd unreachable; serving what the service has", "err", err)
 				if !sleep(ctx, a.opts.Retry) {
 					return ctx.Err()
 				}
@@ -177,6 +214,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			sess = s
 		}
 		err := a.follow(ctx, sess)
+		if errors.Is(err, ErrReplaced) {
+			return err
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -197,11 +237,16 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) closeSession(s *concurrency.Session) {
-	// Close revokes the lease, so the instance leaves its group at once;
+	s.Orphan()
+	if a.replaced {
+		// The new process reports under its own lease; until its first
+		// report the instance stays in its group under this one.
+		return
+	}
+	// Revoking the lease makes the instance leave its group at once;
 	// bounded, as etcd may be gone.
 	ctx, cancel := context.WithTimeout(context.Background(), a.opts.RequestTimeout)
 	defer cancel()
-	s.Orphan()
 	a.opts.Client.Revoke(ctx, s.Lease())
 }
 
@@ -312,202 +357,356 @@ func (a *Agent) read(ctx context.Context) (int64, error) {
 
 func (a *Agent) pendingRetry() bool { return a.hasWant && a.retryID == a.want.Spec.ID() }
 
-// apply brings the host to the wanted spec and reports under sess's lease.
-// It returns an error only when the report could not be written.
+// source fetches artifacts as the options say.
+func (a *Agent) source() Source { return Source{HTTPClient: a.opts.HTTPClient, OCI: a.opts.OCI} }
+
+// look asks the service for its state, bounded by RequestTimeout; an
+// unreachable service is described by the error it gave.
+func (a *Agent) look(ctx context.Context) serviceView {
+	rctx, cancel := context.WithTimeout(ctx, a.opts.RequestTimeout)
+	defer cancel()
+	st, err := a.svc.Status(rctx)
+	return serviceView{ServiceStatus: st, err: err}
+}
+
+// serviceView is a status of the service, or why there is none.
+type serviceView struct {
+	ServiceStatus
+	err error
+}
+
+// binaryStep is where a binary change leaves the apply.
+type binaryStep int
+
+const (
+	binaryDone     binaryStep = iota // the binary is the spec's (or the spec pins none): on to the modules
+	binaryWait                       // the process waits for its parent to commit it: look again later
+	binaryRetry                      // failed in a way that may pass: try again later
+	binaryFinal                      // refused or failed for good in this rollout
+	binaryReplaced                   // this process handed over to a new one
+)
+
+// apply brings the service to the wanted spec and reports under sess's
+// lease: the binary first, then, in the process that runs the spec's
+// binary once it serves alone, the modules. It returns an error only when
+// the report could not be written, or ErrReplaced.
 func (a *Agent) apply(ctx context.Context, sess *concurrency.Session) error {
+	v := a.look(ctx)
 	if !a.hasWant {
-		return a.report(ctx, sess, a.observe(Spec{}, nil, "etcd"))
+		return a.report(ctx, sess, a.observe(v, Spec{}, nil, nil, "etcd"))
 	}
 	spec := a.want.Spec
 	id := spec.ID()
-	if a.refused != nil && a.refused.Spec == id && a.refusedIn == a.want.Rollout {
+	if a.final != nil && a.final.Spec == id && a.finalIn == a.want.Rollout {
 		// Refusals are final for a spec within a rollout: report it
 		// again, do not retry. A new rollout of it tries again.
-		ap := *a.refused
+		ap := *a.final
 		ap.Time = time.Now().UTC()
+		if v.PID != 0 {
+			ap.PID = v.PID
+		}
 		return a.report(ctx, sess, ap)
 	}
-	if !a.serves(spec) {
-		// Say so before the work (a fetch, a compile, a canary): the
-		// controller waits for a pending instance.
-		if err := a.report(ctx, sess, a.observe(spec, nil, "etcd")); err != nil {
+	a.retryID = ""
+	if v.err != nil {
+		a.retryID = id
+		return a.report(ctx, sess, a.observe(v, spec, nil, nil, "etcd"))
+	}
+	if !serves(v, spec) {
+		// Say so before the work (a fetch, a compile, an upgrade, a
+		// canary): the controller waits for a pending instance.
+		if err := a.report(ctx, sess, a.observe(v, spec, nil, nil, "etcd")); err != nil {
 			return err
 		}
 	}
-	results := map[string]ModuleApplied{}
-	retryable := false
 	actx, cancel := context.WithTimeout(host.WithActor(ctx, fmt.Sprintf("fleet:%s@%d", cmpOr(a.want.Writer, "controller"), a.want.Rollout)), a.opts.ApplyTimeout)
 	defer cancel()
-	for _, name := range slices.Sorted(maps.Keys(spec.Modules)) {
-		r := a.applyModule(actx, sess, name, spec.Modules[name])
-		if r.Result == ResultFailed {
-			retryable = true
+	bin, step := a.applyBinary(actx, v, spec.Binary)
+	switch step {
+	case binaryReplaced:
+		a.replaced = true
+		return ErrReplaced
+	case binaryDone:
+		if bin != nil && bin.Result == ResultOK && v.Binary.Digest != bin.Digest {
+			v = a.look(ctx) // the new process answers now
 		}
-		results[name] = r
-	}
-	a.retryID = ""
-	if retryable {
+	case binaryWait, binaryRetry:
 		a.retryID = id
 	}
-	ap := a.observe(spec, results, "etcd")
-	a.refused = nil
-	if ap.Result == ResultRefused {
-		a.refused, a.refusedIn = &ap, a.want.Rollout
+	results := map[string]ModuleApplied{}
+	if step == binaryDone {
+		for _, name := range slices.Sorted(maps.Keys(spec.Modules)) {
+			r := a.applyModule(actx, sess, v, name, spec.Modules[name])
+			if r.Result == ResultFailed {
+				a.retryID = id
+			}
+			results[name] = r
+		}
+		v = a.look(ctx)
+	}
+	ap := a.observe(v, spec, results, bin, "etcd")
+	a.final = nil
+	if ap.Result == ResultRefused || step == binaryFinal {
+		a.final, a.finalIn = &ap, a.want.Rollout
 	}
 	return a.report(ctx, sess, ap)
 }
 
-// serves reports whether the host's active versions are those of spec.
-func (a *Agent) serves(spec Spec) bool {
+// serves reports whether the service runs spec: its binary, in a process
+// that serves alone, and its modules' active versions.
+func serves(v serviceView, spec Spec) bool {
+	if b := spec.Binary; b != nil {
+		pin, err := parseDigest(b.Digest)
+		if err != nil || v.Binary.Digest != pin.Hex() || v.TakingOver {
+			return false
+		}
+	}
 	for name, m := range spec.Modules {
 		pin, err := parseDigest(m.Digest)
-		if st := a.status(name); err != nil || st.Active == nil || st.Active.Digest != pin.Hex() || !a.splitServes(name, m) {
+		if st := v.module(name); err != nil || st.Active == nil || st.Active.Digest != pin.Hex() || !splitServes(v, name, m) {
 			return false
 		}
 	}
 	return true
 }
 
+// applyBinary brings the service's binary to b (nil: whatever it runs).
+// A process started by an upgrade waits for its parent to commit it before
+// it counts as running b, and changes nothing meanwhile: if it dies, the
+// parent serves again. Anything else is fetched by digest and handed to
+// the service's upgrade, which verifies it as a binary of the service.
+func (a *Agent) applyBinary(ctx context.Context, v serviceView, b *BinarySpec) (*ModuleApplied, binaryStep) {
+	if b == nil {
+		if v.TakingOver {
+			return nil, binaryWait
+		}
+		return nil, binaryDone
+	}
+	pin, err := parseDigest(b.Digest)
+	if err != nil {
+		return &ModuleApplied{Result: ResultRefused, Check: "spec", Error: err.Error()}, binaryFinal
+	}
+	running := ModuleApplied{Version: v.Binary.Version, Digest: v.Binary.Digest}
+	switch {
+	case v.Binary.Digest == pin.Hex() && v.TakingOver:
+		running.Result, running.Version = ResultPending, cmpOr(running.Version, b.Version)
+		running.Check, running.Error = "probation", "the upgrade is not committed yet"
+		return &running, binaryWait
+	case v.Binary.Digest == pin.Hex():
+		running.Result, running.Version = ResultOK, cmpOr(running.Version, b.Version)
+		return &running, binaryDone
+	case v.TakingOver:
+		// Started by an upgrade to another binary: it cannot upgrade
+		// before its parent committed it.
+		running.Result = ResultPending
+		return &running, binaryWait
+	case !v.Upgrades:
+		running.Result, running.Check = ResultRefused, "upgrade"
+		running.Error = fmt.Sprintf("binary %s: the service runs without binary upgrades", b.Version)
+		return &running, binaryFinal
+	case v.Binary.Digest == "":
+		running.Result, running.Check = ResultFailed, "binary"
+		running.Error = fmt.Sprintf("the running binary is unknown (%s), so it cannot be compared with the pin", v.Binary.Error)
+		return &running, binaryFinal
+	}
+	label := fmt.Sprintf("binary@%s", pin.Short())
+	f, err := a.source().Fetch(ctx, b.source(), a.opts.MaxBinarySize)
+	if err == nil {
+		var up Upgraded
+		if up, err = a.svc.Upgrade(ctx, label, f); err == nil {
+			if up.Replaced {
+				a.log.Info("fleet: binary upgrade committed; the new process reports from now on", "binary", b.Version, "pid", up.PID)
+				return nil, binaryReplaced
+			}
+			return &ModuleApplied{Result: ResultOK, Version: b.Version, Digest: pin.Hex()}, binaryDone
+		}
+	}
+	a.log.Warn("fleet: binary upgrade refused or failed; keeping the running binary", "binary", b.Version, "err", err)
+	r, step := binaryRefusal(err)
+	r.Version, r.Digest = running.Version, running.Digest
+	return &r, step
+}
+
+// binaryRefusal turns a failed binary change into a report. A refusal of
+// the trust path names its check; a new process that did not take over
+// names its stage ("start", "init", "probation") and is final for the
+// rollout (the same binary would fail again); a busy upgrader or a fetch
+// may pass and is retried.
+func binaryRefusal(err error) (ModuleApplied, binaryStep) {
+	check, refused := checkOf(err)
+	var ce *upgrade.ChildError
+	var ctlErr *control.Error
+	switch {
+	case refused:
+		return ModuleApplied{Result: ResultRefused, Check: check, Error: err.Error()}, binaryFinal
+	case errors.Is(err, upgrade.ErrUpgradeInProgress), errors.Is(err, control.ErrBusy):
+		return ModuleApplied{Result: ResultFailed, Check: "busy", Error: err.Error()}, binaryRetry
+	case errors.As(err, &ce) && ce.Stage != "prepare" && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded):
+		return ModuleApplied{Result: ResultFailed, Check: ce.Stage, Error: err.Error()}, binaryFinal
+	case errors.As(err, &ctlErr) && ctlErr.Kind == control.KindUpgradeFailed:
+		return ModuleApplied{Result: ResultFailed, Check: "init", Error: err.Error()}, binaryFinal
+	case errors.As(err, &ctlErr) && ctlErr.Kind == control.KindRolledBack:
+		return ModuleApplied{Result: ResultFailed, Check: "probation", Error: err.Error()}, binaryFinal
+	}
+	return ModuleApplied{Result: ResultFailed, Check: check, Error: err.Error()}, binaryRetry
+}
+
+// checkOf names the check that refused err and reports whether it was a
+// refusal (the artifact failed a check) rather than a failure that may
+// pass; the check of a fetch is "fetch".
+func checkOf(err error) (string, bool) {
+	var ve *artifact.VerifyError
+	var le *module.LoadError
+	var ce *control.Error
+	switch {
+	case errors.As(err, &ve):
+		return string(ve.Check), true
+	case errors.As(err, &le):
+		return le.Check, true
+	case errors.As(err, &ce) && ce.Kind == control.KindRejected:
+		return ce.Check, true
+	case errors.Is(err, ErrInvalid):
+		return "spec", true
+	case errors.Is(err, ErrNoSplits):
+		return "split", true
+	case errors.Is(err, ErrFetch):
+		return "fetch", false
+	}
+	return "", false
+}
+
 // applyModule brings one module to m: its version, then its A/B split
 // (see split.go).
-func (a *Agent) applyModule(ctx context.Context, sess *concurrency.Session, name string, m ModuleSpec) ModuleApplied {
-	a.endStaleSplit(ctx, name, m)
-	return a.applySplit(ctx, name, m, a.applyVersion(ctx, sess, name, m))
+func (a *Agent) applyModule(ctx context.Context, sess *concurrency.Session, v serviceView, name string, m ModuleSpec) ModuleApplied {
+	v = a.endStaleSplit(ctx, v, name, m)
+	return a.applySplit(ctx, v, name, m, a.applyVersion(ctx, sess, v, name, m))
 }
 
 // applyVersion brings module name's active version to m's. A version the
-// host already serves is kept; the warm previous version is restored by a
-// rollback; anything else is fetched by digest and handed to the host's
-// trust path.
-func (a *Agent) applyVersion(ctx context.Context, sess *concurrency.Session, name string, m ModuleSpec) ModuleApplied {
+// service already serves is kept; the warm previous version is restored
+// by a rollback; anything else is fetched by digest and handed to the
+// service's trust path.
+func (a *Agent) applyVersion(ctx context.Context, sess *concurrency.Session, v serviceView, name string, m ModuleSpec) ModuleApplied {
 	pin, err := parseDigest(m.Digest)
 	if err != nil {
 		return ModuleApplied{Result: ResultRefused, Check: "spec", Error: err.Error()}
 	}
-	st := a.status(name)
+	st := v.module(name)
 	if st.Active != nil && st.Active.Digest == pin.Hex() {
-		return a.kept(name, ModuleApplied{Result: ResultOK})
+		return kept(st, ModuleApplied{Result: ResultOK})
 	}
 	if st.Previous != nil && st.Previous.Digest == pin.Hex() {
-		vs, err := a.opts.Host.Rollback(ctx, name)
+		vs, err := a.svc.Rollback(ctx, name)
 		if err == nil {
 			return ModuleApplied{Result: ResultOK, Version: vs.Version, Digest: vs.Digest}
 		}
 		a.log.Warn("fleet: rollback to the warm version failed; fetching it", "module", name, "err", err)
 	}
-	f, err := Source{HTTPClient: a.opts.HTTPClient, OCI: a.opts.OCI}.Fetch(ctx, m, a.opts.MaxModuleSize)
+	f, err := a.source().Fetch(ctx, m, a.opts.MaxModuleSize)
 	if err != nil {
-		return a.refusal(name, err)
+		return a.refusal(st, err)
 	}
 	label := fmt.Sprintf("%s@%s", name, pin.Short())
 	if m.Canary != nil && st.Active != nil {
-		return a.canary(ctx, sess, name, label, m, f)
+		return a.canary(ctx, sess, v, st, label, m, f)
 	}
-	vs, err := a.opts.Host.LoadArtifact(ctx, name, label, f.Payload, f.Manifest)
+	vs, err := a.svc.Load(ctx, name, label, f)
 	if err != nil {
-		return a.refusal(name, err)
+		return a.refusal(st, err)
 	}
 	return ModuleApplied{Result: ResultOK, Version: vs.Version, Digest: vs.Digest}
 }
 
-// canary runs f as a canary of module name and waits for its end,
+// canary runs f as a canary of module st.Name and waits for its end,
 // reporting it pending meanwhile.
-func (a *Agent) canary(ctx context.Context, sess *concurrency.Session, name, label string, m ModuleSpec, f Fetched) ModuleApplied {
-	cs, err := a.opts.Host.CanaryReader(ctx, name, label, f.Manifest, bytes.NewReader(f.Payload), m.Canary.Policy())
-	if err != nil {
-		return a.refusal(name, err)
-	}
-	pending := a.observe(a.want.Spec, map[string]ModuleApplied{name: {Result: ResultPending, Canary: string(cs.State)}}, "etcd")
-	pending.Result = ResultPending
-	if err := a.report(ctx, sess, pending); err != nil {
-		a.log.Warn("fleet: report a pending canary", "module", name, "err", err)
-	}
-	seq := 0
-	for cs.State != canary.Promoted && cs.State != canary.Aborted {
-		var vs []canary.Verdict
-		vs, cs, err = a.opts.Host.WatchCanary(ctx, name, cs.ID, seq)
-		if err != nil {
-			// Out of time: the canary must not outlive the change.
-			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.opts.RequestTimeout)
-			a.opts.Host.CanaryCommand(host.WithActor(actx, "fleet"), name, canary.Abort)
-			cancel()
-			return ModuleApplied{Result: ResultFailed, Check: "canary", Error: fmt.Sprintf("canary of %s: %v", label, err)}
+func (a *Agent) canary(ctx context.Context, sess *concurrency.Session, v serviceView, st module.Status, label string, m ModuleSpec, f Fetched) ModuleApplied {
+	serving := func(state string) {
+		pending := a.observe(v, a.want.Spec, map[string]ModuleApplied{st.Name: {Result: ResultPending, Canary: state}}, nil, "etcd")
+		pending.Result = ResultPending
+		if err := a.report(ctx, sess, pending); err != nil {
+			a.log.Warn("fleet: report a pending canary", "module", st.Name, "err", err)
 		}
-		seq += len(vs)
 	}
-	if err := host.CanaryResult(cs); err != nil {
-		return ModuleApplied{Result: ResultRefused, Check: "canary", Error: err.Error(), Canary: canaryNote(cs)}
-	}
-	return ModuleApplied{Result: ResultOK, Version: cs.Version, Digest: cs.Digest, Canary: canaryNote(cs)}
-}
-
-func canaryNote(cs host.CanaryStatus) string {
-	if cs.Last != nil {
-		return fmt.Sprintf("%s: %s", cs.State, cs.Last)
-	}
-	return string(cs.State)
-}
-
-// refusal turns a failed change into a report: the trust path's and the
-// module's refusals name their check; anything else may pass and is
-// retried.
-func (a *Agent) refusal(name string, err error) ModuleApplied {
-	a.log.Warn("fleet: change refused; keeping what serves", "module", name, "err", err)
-	var ve *artifact.VerifyError
-	var le *module.LoadError
+	end, err := a.svc.Canary(ctx, st.Name, label, f, m.Canary.Policy(), serving)
 	switch {
-	case errors.As(err, &ve):
-		return a.kept(name, ModuleApplied{Result: ResultRefused, Check: string(ve.Check), Error: err.Error()})
-	case errors.As(err, &le):
-		return a.kept(name, ModuleApplied{Result: ResultRefused, Check: le.Check, Error: err.Error()})
-	case errors.Is(err, ErrInvalid):
-		return a.kept(name, ModuleApplied{Result: ResultRefused, Check: "spec", Error: err.Error()})
-	case errors.Is(err, ErrFetch):
-		return a.kept(name, ModuleApplied{Result: ResultFailed, Check: "fetch", Error: err.Error()})
+	case err == nil:
+		return ModuleApplied{Result: ResultOK, Version: end.Version, Digest: end.Digest, Canary: end.Note}
+	case errors.Is(err, canary.ErrAborted):
+		return kept(st, ModuleApplied{Result: ResultRefused, Check: "canary", Error: err.Error(), Canary: end.Note})
+	case errors.Is(err, errCanaryCut):
+		return kept(st, ModuleApplied{Result: ResultFailed, Check: "canary", Error: err.Error(), Canary: end.Note})
 	}
-	return a.kept(name, ModuleApplied{Result: ResultFailed, Error: err.Error()})
+	return a.refusal(st, err)
 }
 
-// kept fills r with the version module name serves.
-func (a *Agent) kept(name string, r ModuleApplied) ModuleApplied {
-	if st := a.status(name); st.Active != nil {
+// refusal turns a failed change of module st.Name into a report: the
+// trust path's and the module's refusals name their check; anything else
+// may pass and is retried.
+func (a *Agent) refusal(st module.Status, err error) ModuleApplied {
+	a.log.Warn("fleet: change refused; keeping what serves", "module", st.Name, "err", err)
+	check, refused := checkOf(err)
+	if refused {
+		return kept(st, ModuleApplied{Result: ResultRefused, Check: check, Error: err.Error()})
+	}
+	return kept(st, ModuleApplied{Result: ResultFailed, Check: check, Error: err.Error()})
+}
+
+// kept fills r with the version st serves.
+func kept(st module.Status, r ModuleApplied) ModuleApplied {
+	if st.Active != nil {
 		r.Version, r.Digest = st.Active.Version, st.Active.Digest
 	}
 	return r
 }
 
-func (a *Agent) status(name string) module.Status {
-	for _, st := range a.opts.Host.Status() {
-		if st.Name == name {
-			return st
-		}
-	}
-	return module.Status{Name: name}
-}
-
-// observe builds a report of spec from results; modules without a result
-// are described as the host serves them.
-func (a *Agent) observe(spec Spec, results map[string]ModuleApplied, source string) Applied {
-	ap := Applied{Instance: a.opts.Instance, Modules: map[string]ModuleApplied{}, Source: source, Time: time.Now().UTC(), Result: ResultOK, Health: "serving"}
-	if len(spec.Modules) > 0 {
+// observe builds a report of spec from results and bin (the binary's, nil
+// if not tried); modules without a result, and the binary, are described
+// as the service serves them.
+func (a *Agent) observe(v serviceView, spec Spec, results map[string]ModuleApplied, bin *ModuleApplied, source string) Applied {
+	ap := Applied{Instance: a.opts.Instance, Modules: map[string]ModuleApplied{}, Source: source, Time: time.Now().UTC(),
+		Result: ResultOK, Health: "serving", PID: v.PID}
+	if len(spec.Modules) > 0 || spec.Binary != nil {
 		ap.Spec = spec.ID()
 	}
-	for _, st := range a.opts.Host.Status() {
-		if st.Active != nil {
-			ap.Modules[st.Name] = ModuleApplied{Result: ResultOK, Version: st.Active.Version, Digest: st.Active.Digest, B: a.splitApplied(st.Name)}
+	if v.err != nil {
+		ap.Result, ap.Health = ResultFailed, fmt.Sprintf("service unreachable: %v", v.err)
+		return ap
+	}
+	merge := func(r Result) {
+		if r != ResultOK && (ap.Result == ResultOK || r != ResultPending) {
+			ap.Result = r
 		}
+	}
+	for _, st := range v.Modules {
+		if st.Active != nil {
+			ap.Modules[st.Name] = ModuleApplied{Result: ResultOK, Version: st.Active.Version, Digest: st.Active.Digest, B: splitApplied(v, st.Name)}
+		}
+	}
+	if v.Binary.Digest != "" {
+		ap.Binary = &ModuleApplied{Result: ResultOK, Version: v.Binary.Version, Digest: v.Binary.Digest}
+	}
+	switch b := spec.Binary; {
+	case bin != nil:
+		ap.Binary = bin
+	case b != nil && ap.Binary != nil:
+		if pin, _ := parseDigest(b.Digest); pin.Hex() != ap.Binary.Digest || v.TakingOver {
+			ap.Binary.Result = ResultPending
+		}
+	case b != nil:
+		ap.Binary = &ModuleApplied{Result: ResultPending}
+	}
+	if ap.Binary != nil {
+		merge(ap.Binary.Result)
 	}
 	var missing []string
 	for _, name := range slices.Sorted(maps.Keys(spec.Modules)) {
 		r, ok := results[name]
 		if !ok {
-			r = a.kept(name, ModuleApplied{Result: ResultPending})
+			r = kept(v.module(name), ModuleApplied{Result: ResultPending})
 		}
 		ap.Modules[name] = r
-		if r.Result != ResultOK && (ap.Result == ResultOK || r.Result != ResultPending) {
-			ap.Result = r.Result
-		}
-		if a.status(name).Active == nil {
+		merge(r.Result)
+		if v.module(name).Active == nil {
 			missing = append(missing, name)
 		}
 	}

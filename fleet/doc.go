@@ -1,5 +1,6 @@
 // Package fleet moves a group of service instances from one set of module
-// versions to another through etcd: the desired state of each group lives
+// versions (and, optionally, one binary version) to another through etcd:
+// the desired state of each group lives
 // in etcd, every instance runs an Agent that applies what it is told and
 // writes back what it applied under its lease, and a leader-elected
 // Controller moves the group through waves, halting and reverting the
@@ -24,7 +25,15 @@
 //
 // An agent never applies an artifact it cannot verify: it fetches the
 // payload and its manifest by URL, checks the payload's digest against the
-// pin in etcd, and hands both to the host, whose trust path (signature,
+// pin in etcd, and hands both to the service, whose trust path (signature,
 // policy, name, kind, self-test) decides. A refusal is written to its
-// applied state with the failed check; what served keeps serving.
+// applied state with the failed check; what served keeps serving. The
+// agent reaches the service through a Service: the host in its own
+// process (HostService, an embedded agent) or the service's control socket
+// (SocketService, a sidecar: hotswap fleet agent).
+//
+// A spec that pins a binary is applied binary first: the agent upgrades
+// the service, and the new process's agent (embedded) or the same sidecar
+// acks the binary once the upgrade committed and then applies the
+// modules; see docs/fleet.md.
 package fleet

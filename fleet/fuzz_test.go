@@ -16,6 +16,7 @@ func FuzzRecords(f *testing.F) {
 	f.Add([]byte(`{"revision":3,"phase":"running","members":["a"],"sizes":[5],"wave":-1}`))
 	f.Add([]byte(`{"waves":["NaN%","1e400","0"]}`))
 	f.Add([]byte(`{"spec":{"modules":{"pricing":{"version":"v1","digest":"sha256:` + zeros + `","url":"file:///a","b":{"version":"v2","digest":"` + zeros[:63] + `1","url":"file:///b","weight":1e308}}}}}`))
+	f.Add([]byte(`{"spec":{"binary":{"version":"2","digest":"` + zeros + `","url":"https://x/svc"}}}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		if d, err := decode[Desired]("desired", raw); err == nil {
 			if d.Spec.Validate() == nil {
@@ -43,6 +44,11 @@ func FuzzRecords(f *testing.F) {
 			for _, m := range a.Spec.Modules {
 				if _, err := parseDigest(m.Digest); err != nil {
 					t.Fatalf("a valid spec holds digest %q: %v", m.Digest, err)
+				}
+			}
+			if b := a.Spec.Binary; b != nil {
+				if _, err := parseDigest(b.Digest); err != nil {
+					t.Fatalf("a valid spec holds binary digest %q: %v", b.Digest, err)
 				}
 			}
 		}

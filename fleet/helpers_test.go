@@ -26,6 +26,12 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	switch os.Getenv(envHelper) {
+	case "agent":
+		os.Exit(runAgentHelper())
+	case "service":
+		os.Exit(runServiceHelper())
+	}
 	code := testhost.Main(m)
 	shared.close()
 	if code == 0 {

@@ -120,6 +120,9 @@ func (st Status) Converged(spec Spec) bool {
 func (st Status) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "group %s (revision %d)\n", st.Group, st.Revision)
+	if d := st.Desired; d != nil {
+		fmt.Fprintf(&b, "desired: spec %s by %s%s\n", d.Spec.ID(), d.Writer, describeSpec(d.Spec))
+	}
 	if st.Stable != nil {
 		fmt.Fprintf(&b, "stable: spec %s from rollout %d%s\n", st.Stable.Spec.ID(), st.Stable.Rollout, describeSpec(st.Stable.Spec))
 	}
@@ -132,6 +135,10 @@ func (st Status) String() string {
 	}
 	for _, ap := range st.Applied {
 		fmt.Fprintf(&b, "instance %s: spec %s %s, %s, from %s", ap.Instance, cmpOr(ap.Spec, "-"), ap.Result, ap.Health, ap.Source)
+		if bin := ap.Binary; bin != nil {
+			d, _ := parseDigest(bin.Digest)
+			fmt.Fprintf(&b, ", binary %s@%s pid %d", cmpOr(bin.Version, "?"), d.Short(), ap.PID)
+		}
 		if f := ap.Failure(); f != "" {
 			fmt.Fprintf(&b, ": %s", f)
 		}
@@ -150,6 +157,10 @@ func describeSpec(s Spec) string {
 			bd, _ := parseDigest(m.B.Digest)
 			fmt.Fprintf(&b, " (B %s@%s at %g%%)", cmpOr(m.B.Version, "?"), bd.Short(), m.B.Weight)
 		}
+	}
+	if bin := s.Binary; bin != nil {
+		d, _ := parseDigest(bin.Digest)
+		fmt.Fprintf(&b, " binary=%s@%s", cmpOr(bin.Version, "?"), d.Short())
 	}
 	return b.String()
 }

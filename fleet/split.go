@@ -1,72 +1,81 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
+	"maps"
 	"math"
-
-	"github.com/hotswapgo/hotswap/host"
 )
 
 // The A/B apply path of an Agent: a module whose spec has a B version runs
-// a host split (host.SplitReader) of B beside A, salted by SplitSalt.
+// a split of B beside A in the service (host.SplitReader), salted by
+// SplitSalt.
 
 // endStaleSplit ends module name's split unless it is the one m asks for
-// beside the A the host serves: a change of weight alone keeps it (the
+// beside the A the service serves: a change of weight alone keeps it (the
 // weight moves without a reload), any other change ends it first, since a
-// split holds the module and A cannot change under it.
-func (a *Agent) endStaleSplit(ctx context.Context, name string, m ModuleSpec) {
-	sp, ok := a.opts.Host.Split(name)
+// split holds the module and A cannot change under it. It returns v
+// without the split it ended.
+func (a *Agent) endStaleSplit(ctx context.Context, v serviceView, name string, m ModuleSpec) serviceView {
+	sp, ok := v.Splits[name]
 	if !ok {
-		return
+		return v
 	}
 	if m.B != nil && sp.StableDigest == hexDigest(m.Digest) && sp.Digest == hexDigest(m.B.Digest) {
-		return
+		return v
 	}
-	if err := a.opts.Host.EndSplit(ctx, name); err != nil && !errors.Is(err, host.ErrNoSplit) {
+	if err := a.svc.EndSplit(ctx, name); err != nil {
 		a.log.Warn("fleet: end a split", "module", name, "err", err)
+		return v
 	}
+	v.Splits = maps.Clone(v.Splits)
+	delete(v.Splits, name)
+	return v
 }
 
 // applySplit brings module name's B to m.B once A serves (r is how A's
 // change went): it sets the weight of the running split, or fetches B by
-// digest and starts the split through the host's trust path. A refused B
-// leaves A serving every call and refuses the module's change.
-func (a *Agent) applySplit(ctx context.Context, name string, m ModuleSpec, r ModuleApplied) ModuleApplied {
+// digest and starts the split through the service's trust path. A refused
+// B leaves A serving every call and refuses the module's change.
+func (a *Agent) applySplit(ctx context.Context, v serviceView, name string, m ModuleSpec, r ModuleApplied) ModuleApplied {
 	if m.B == nil || r.Result != ResultOK {
 		return r
 	}
+	st := v.module(name)
 	w := m.B.Weight / 100
-	if sp, ok := a.opts.Host.Split(name); ok {
+	if sp, ok := v.Splits[name]; ok {
 		if math.Abs(sp.Weight-w) > 1e-9 {
-			if _, err := a.opts.Host.SetSplitWeight(ctx, name, w); err != nil {
-				return a.refusal(name, err)
+			if err := a.svc.SetSplitWeight(ctx, name, w); err != nil {
+				return a.refusal(st, err)
 			}
 		}
-		r.B = a.splitApplied(name)
-		return r
+		return a.withSplit(ctx, name, r)
 	}
 	b := ModuleSpec{Version: m.B.Version, Digest: m.B.Digest, URL: m.B.URL}
-	f, err := Fetch(ctx, a.opts.HTTPClient, b, a.opts.MaxModuleSize)
+	f, err := a.source().Fetch(ctx, b, a.opts.MaxModuleSize)
 	if err != nil {
-		return a.refusal(name, fmt.Errorf("B: %w", err))
+		return a.refusal(st, fmt.Errorf("B: %w", err))
 	}
 	pin, _ := parseDigest(m.B.Digest)
 	label := fmt.Sprintf("%s@%s", name, pin.Short())
 	salt := SplitSalt(a.opts.Group, name, pin.Hex())
-	if _, err := a.opts.Host.SplitReader(ctx, name, label, f.Manifest, bytes.NewReader(f.Payload), salt, w); err != nil {
-		return a.refusal(name, fmt.Errorf("B: %w", err))
+	if err := a.svc.Split(ctx, name, label, f, salt, w); err != nil {
+		return a.refusal(st, fmt.Errorf("B: %w", err))
 	}
-	r.B = a.splitApplied(name)
+	return a.withSplit(ctx, name, r)
+}
+
+// withSplit fills r.B with module name's split as the service reports it
+// now.
+func (a *Agent) withSplit(ctx context.Context, name string, r ModuleApplied) ModuleApplied {
+	r.B = splitApplied(a.look(ctx), name)
 	return r
 }
 
 // splitServes reports whether module name runs the split m asks for: B at
 // its weight, or no split when m has no B.
-func (a *Agent) splitServes(name string, m ModuleSpec) bool {
-	sp, ok := a.opts.Host.Split(name)
+func splitServes(v serviceView, name string, m ModuleSpec) bool {
+	sp, ok := v.Splits[name]
 	if m.B == nil {
 		return !ok
 	}
@@ -74,8 +83,8 @@ func (a *Agent) splitServes(name string, m ModuleSpec) bool {
 }
 
 // splitApplied describes module name's running split, nil if none.
-func (a *Agent) splitApplied(name string) *SplitApplied {
-	sp, ok := a.opts.Host.Split(name)
+func splitApplied(v serviceView, name string) *SplitApplied {
+	sp, ok := v.Splits[name]
 	if !ok {
 		return nil
 	}

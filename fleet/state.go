@@ -90,13 +90,38 @@ func (p CanaryPolicy) Policy() canary.Policy {
 	return canary.Policy{Steps: p.Steps, Interval: p.Interval, MinCalls: p.MinCalls, MaxEmptyWindows: p.MaxEmptyWindows}
 }
 
-// Spec is the set of module versions an instance runs.
+// BinarySpec is the version of the service's binary a group should run.
+// An instance whose running binary has another digest upgrades to it
+// (package upgrade, through its host's trust path) before it touches its
+// modules; see docs/fleet.md.
+type BinarySpec struct {
+	// Version is the manifest's version label, for people; Digest pins it.
+	Version string `json:"version"`
+	// Digest is the sha256 of the binary, "sha256:<hex>" or "<hex>": the
+	// pin.
+	Digest string `json:"digest"`
+	// URL locates the binary (file://, http:// or https://); its manifest
+	// (kind binary, named for the service) is at URL+".manifest".
+	URL string `json:"url"`
+}
+
+// source is the binary as a fetchable artifact.
+func (b BinarySpec) source() ModuleSpec {
+	return ModuleSpec{Version: b.Version, Digest: b.Digest, URL: b.URL}
+}
+
+// Spec is what an instance runs: module versions and, optionally, the
+// version of its binary.
 type Spec struct {
 	Modules map[string]ModuleSpec `json:"modules"`
+	// Binary, if set, pins the service's binary; nil leaves every
+	// instance on the binary it runs.
+	Binary *BinarySpec `json:"binary,omitempty"`
 }
 
 // ID returns a short digest of the spec's pins, equal for two specs that
-// pin the same digests for the same modules.
+// pin the same digests for the same modules (and the same binary, if
+// any).
 func (s Spec) ID() string {
 	h := sha256.New()
 	for _, name := range slices.Sorted(maps.Keys(s.Modules)) {
@@ -109,13 +134,27 @@ func (s Spec) ID() string {
 			fmt.Fprintf(h, "%s.b=%s@%g\n", name, bd.Hex(), b.Weight)
 		}
 	}
+	if s.Binary != nil {
+		// After the modules, with a character no module name has: a spec
+		// without a binary keeps the ID it had before binaries existed.
+		d, _ := artifact.ParseDigest(strings.TrimPrefix(s.Binary.Digest, "sha256:"))
+		fmt.Fprintf(h, "/binary=%s\n", d.Hex())
+	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
-// Validate checks every module name, digest and URL.
+// Validate checks every module name, digest and URL, and the binary's.
 func (s Spec) Validate() error {
-	if len(s.Modules) == 0 {
-		return fmt.Errorf("%w: spec names no module", ErrInvalid)
+	if len(s.Modules) == 0 && s.Binary == nil {
+		return fmt.Errorf("%w: spec names no module and no binary", ErrInvalid)
+	}
+	if b := s.Binary; b != nil {
+		if _, err := parseDigest(b.Digest); err != nil {
+			return fmt.Errorf("binary: %w", err)
+		}
+		if err := validURL(b.URL); err != nil {
+			return fmt.Errorf("binary: %w", err)
+		}
 	}
 	for name, m := range s.Modules {
 		if err := validName(name); err != nil {
@@ -374,6 +413,14 @@ type Applied struct {
 	Spec    string                   `json:"spec"`
 	Result  Result                   `json:"result"`
 	Modules map[string]ModuleApplied `json:"modules"`
+	// Binary is the binary the instance runs and, when the spec pins one,
+	// how the last upgrade to it went (Check names the failed check or
+	// the upgrade's failed stage: "init", "probation", ...). Nil when the
+	// service's binary is unknown to it.
+	Binary *ModuleApplied `json:"binary,omitempty"`
+	// PID is the process of the service that reports: a binary upgrade
+	// changes it, and its new process reports from then on.
+	PID int `json:"pid,omitempty"`
 	// Health is "serving" when every module has an active version, else
 	// what is missing.
 	Health string `json:"health"`
@@ -386,6 +433,9 @@ type Applied struct {
 // Failure returns a one-line account of why the report is not ok.
 func (a Applied) Failure() string {
 	var parts []string
+	if b := a.Binary; b != nil && (b.Result == ResultRefused || b.Result == ResultFailed) {
+		parts = append(parts, fmt.Sprintf("binary %s (check %s): %s", b.Result, cmpOr(b.Check, "-"), b.Error))
+	}
 	for _, name := range slices.Sorted(maps.Keys(a.Modules)) {
 		m := a.Modules[name]
 		if m.Result == ResultRefused || m.Result == ResultFailed {

@@ -152,6 +152,7 @@ type Host struct {
 	appState  []byte // the service's part of the state blob handed over
 	log       *slog.Logger
 	dev       bool
+	stateDir  string // Options.StateDir
 	devTrust  string // Options.DevTrustDir
 	service   string // Options.Service
 	maxModule int64
@@ -216,7 +217,7 @@ func New(opts Options) (*Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("host: open audit log: %w", err)
 	}
-	h := &Host{verifier: verifier, store: store, audit: al, log: log, dev: opts.Development, devTrust: opts.DevTrustDir, service: opts.Service,
+	h := &Host{verifier: verifier, store: store, audit: al, log: log, dev: opts.Development, stateDir: opts.StateDir, devTrust: opts.DevTrustDir, service: opts.Service,
 		maxModule: cmpOr(opts.MaxModuleSize, DefaultMaxModuleSize), started: time.Now(), tracer: tracerOf(opts.TracerProvider),
 		backends: &backends{wasm: opts.Backend, plugins: opts.Plugins}}
 	if h.state, err = newKVState(opts, log); err != nil {
@@ -289,6 +290,10 @@ func (h *Host) Module(name string) *module.Module { return h.reg.Module(name) }
 
 // TrustMode returns "enforce" or "development".
 func (h *Host) TrustMode() string { return h.verifier.Mode().String() }
+
+// StateDir returns the host's state directory (Options.StateDir), private
+// to the service's user.
+func (h *Host) StateDir() string { return h.stateDir }
 
 // DevTrustDir returns Options.DevTrustDir: the development trust root, ""
 // for a service not started for development.

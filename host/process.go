@@ -41,6 +41,9 @@ type processState struct {
 	generation int // 0 means 1: started fresh
 	parentPID  int
 
+	binaryOnce sync.Once
+	binary     BinaryStatus // set once by binaryOnce; see Host.binary
+
 	mu        sync.Mutex // protects upgrading, last and pending
 	upgrading bool
 	last      *upgrade.Result
@@ -65,11 +68,20 @@ type ProcessStatus struct {
 	// LastUpgrade is the outcome of this process's last upgrade attempt,
 	// nil if there was none.
 	LastUpgrade *upgrade.Result
+	// TakingOver is set in a process started by an upgrade until its
+	// parent committed the upgrade (after probation): until then the
+	// parent may resume serving if this process dies.
+	TakingOver bool
+	// Binary names the running binary: its digest, and its version when a
+	// signed manifest names it.
+	Binary BinaryStatus
 }
 
 // Process describes the process the host runs in: its generation, the
-// process it replaced and its upgrade state.
+// process it replaced, its binary and its upgrade state. The first call
+// reads the running executable once, to hash it.
 func (h *Host) Process() ProcessStatus {
+	binary := h.binary()
 	h.proc.mu.Lock()
 	defer h.proc.mu.Unlock()
 	var last *upgrade.Result
@@ -85,6 +97,8 @@ func (h *Host) Process() ProcessStatus {
 		Upgrades:    h.up != nil,
 		Upgrading:   h.proc.upgrading,
 		LastUpgrade: last,
+		TakingOver:  h.up != nil && h.up.TakingOver(),
+		Binary:      binary,
 	}
 }
 

@@ -205,6 +205,16 @@ func New(opts Options) (*Upgrader, error) {
 // HasParent reports whether an upgrade started this process.
 func (u *Upgrader) HasParent() bool { return u.parent != nil }
 
+// TakingOver reports whether an upgrade started this process and its
+// parent has not committed it yet: until then the parent may resume
+// serving (if this process dies during probation), and this process may
+// not upgrade.
+func (u *Upgrader) TakingOver() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.stage == stageChild
+}
+
 // State returns the state blob the parent's Snapshot produced, or nil if
 // this process has no parent or the parent sent none.
 func (u *Upgrader) State() []byte { return u.state }

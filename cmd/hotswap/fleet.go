@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
@@ -88,7 +89,7 @@ func newFleetCmd() *cobra.Command {
 	f := &fleetFlags{}
 	cmd := &cobra.Command{
 		Use:   "fleet",
-		Short: "Roll module versions out to a group of instances through etcd",
+		Short: "Roll module and binary versions out to a group of instances through etcd",
 		Long: `Desired state per service group lives in etcd. Every instance runs a fleet
 agent that applies its assignment through its host's trust path and writes what
 it applied under its lease; a leader-elected controller moves rollouts in waves
@@ -97,26 +98,28 @@ and halts and reverts the first wave that goes bad. See docs/fleet.md.`,
 	f.register(cmd)
 	cmd.AddCommand(newFleetSetCmd(f, "set"), newFleetSetCmd(f, "rollout"),
 		newFleetCommandCmd(f, fleet.Pause), newFleetCommandCmd(f, fleet.Resume), newFleetCommandCmd(f, fleet.Abort),
-		newFleetStatusCmd(f), newFleetControllerCmd(f), newFleetEtcdCmd(), newFleetPushCmd())
+		newFleetStatusCmd(f), newFleetControllerCmd(f), newFleetAgentCmd(f), newFleetEtcdCmd(), newFleetPushCmd())
 	return cmd
 }
 
 func newFleetSetCmd(f *fleetFlags, verb string) *cobra.Command {
 	var (
-		waves   []string
-		timeout time.Duration
-		pins    []string
-		reg     registryFlags
-		bs      []string // MODULE=URL: B versions
-		weights []string // MODULE=PERCENT: B's weights
-		noB     []string // modules whose B goes
+		waves     []string
+		timeout   time.Duration
+		pins      []string
+		reg       registryFlags
+		bs        []string // MODULE=URL: B versions
+		weights   []string // MODULE=PERCENT: B's weights
+		noB       []string // modules whose B goes
+		binary    string
+		binaryPin string
 	)
-	short, defWaves := "Set the group's module versions: every instance at once", []string{"100%"}
+	short, defWaves := "Set the group's module and binary versions: every instance at once", []string{"100%"}
 	if verb == "rollout" {
-		short, defWaves = "Roll module versions out to the group in waves, halting on the first bad one", fleet.DefaultWaves()
+		short, defWaves = "Roll module and binary versions out to the group in waves, halting on the first bad one", fleet.DefaultWaves()
 	}
 	cmd := &cobra.Command{
-		Use:   verb + " [MODULE=URL...] [--pin MODULE=sha256:DIGEST] [--b MODULE=URL --weight MODULE=PERCENT] [--no-b MODULE]",
+		Use:   verb + " [MODULE=URL...] [--binary URL] [--pin MODULE=sha256:DIGEST] [--b MODULE=URL --weight MODULE=PERCENT] [--no-b MODULE]",
 		Short: short,
 		Long: short + `.
 
@@ -124,7 +127,10 @@ Each URL (file://, http:// or https://) names an artifact; its manifest is at
 URL.manifest. An oci:// URL (printed by hotswap fleet push) names both in an OCI
 registry. The digest pinned in etcd is the one the manifest states (read here,
 not trusted: each instance verifies the signature itself), or the one given
-with --pin. Modules not named keep their desired version.
+with --pin (--binary-pin for the binary). Modules not named keep their desired
+version, and the binary its desired version unless --binary is given. An
+instance upgrades its binary first and loads the modules in the new process
+(see docs/fleet.md).
 
 --b MODULE=URL adds a B version beside the module's version (A) for a
 fleet-wide A/B split: every instance runs both and sends a call with a
@@ -135,8 +141,8 @@ nothing); --no-b MODULE ends the split. A B version's digest is pinned as
 A's (--pin MODULE.b=sha256:DIGEST).`,
 		Args: usageArgs(cobra.ArbitraryArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 && len(bs) == 0 && len(weights) == 0 && len(noB) == 0 {
-				return usageError{errors.New("name at least one MODULE=URL, or --b, --weight or --no-b")}
+			if len(args) == 0 && binary == "" && len(bs) == 0 && len(weights) == 0 && len(noB) == 0 {
+				return usageError{errors.New("name at least one MODULE=URL, or --binary, --b, --weight or --no-b")}
 			}
 			return f.withGroup(cmd, func(ctx context.Context, _ *clientv3.Client, g *fleet.Group) error {
 				st, err := g.Status(ctx)
@@ -146,6 +152,7 @@ A's (--pin MODULE.b=sha256:DIGEST).`,
 				spec := fleet.Spec{Modules: map[string]fleet.ModuleSpec{}}
 				if st.Desired != nil {
 					maps.Copy(spec.Modules, st.Desired.Spec.Modules)
+					spec.Binary = st.Desired.Spec.Binary
 				}
 				pinned := map[string]string{}
 				for _, p := range pins {
@@ -170,6 +177,13 @@ A's (--pin MODULE.b=sha256:DIGEST).`,
 				if err := setSplits(ctx, reg, spec, bs, weights, noB, pinned); err != nil {
 					return err
 				}
+				if binary != "" {
+					m, err := moduleSpec(ctx, reg, binary, binaryPin)
+					if err != nil {
+						return fmt.Errorf("%s binary: %w", verb, err)
+					}
+					spec.Binary = &fleet.BinarySpec{Version: m.Version, Digest: m.Digest, URL: m.URL}
+				}
 				w := waves
 				if !cmd.Flags().Changed("waves") {
 					w = defWaves
@@ -190,6 +204,8 @@ A's (--pin MODULE.b=sha256:DIGEST).`,
 	cmd.Flags().StringSliceVar(&weights, "weight", nil, "MODULE=PERCENT: B's share of the keyed calls, 0 to 100")
 	cmd.Flags().StringSliceVar(&noB, "no-b", nil, "MODULE: end the module's A/B split")
 	reg.register(cmd)
+	cmd.Flags().StringVar(&binary, "binary", "", "URL of the service binary every instance should run (its manifest at URL.manifest)")
+	cmd.Flags().StringVar(&binaryPin, "binary-pin", "", "sha256:DIGEST: pin this binary digest instead of reading the manifest")
 	return cmd
 }
 
@@ -346,6 +362,52 @@ func newFleetControllerCmd(f *fleetFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "name in the election (defaults to host-pid)")
+	return cmd
+}
+
+func newFleetAgentCmd(f *fleetFlags) *cobra.Command {
+	var id, binaryDir string
+	cmd := &cobra.Command{
+		Use:   "agent --id INSTANCE [--socket PATH] [--binary-dir DIR]",
+		Short: "Run a fleet agent beside a service (a sidecar), applying through its control socket, until interrupted",
+		Long: `Run a fleet agent beside a service: it watches the instance's assignment in
+etcd, fetches each artifact by digest, and hands it to the service over its
+control socket (--socket), which verifies it through its own trust path. A
+binary is written into --binary-dir (default: the socket's directory, which
+the service must be able to read) for the service's upgrade. What it applied
+is written under its lease in etcd. See docs/fleet.md.`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.group == "" || id == "" {
+				return usageError{errors.New("--group and --id are required")}
+			}
+			ctl := controlClient(cmd)
+			if binaryDir == "" {
+				binaryDir = filepath.Dir(ctl.Socket())
+			}
+			dir, err := filepath.Abs(binaryDir)
+			if err != nil {
+				return usageError{fmt.Errorf("--binary-dir: %w", err)}
+			}
+			cli, err := f.client()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			a, err := fleet.NewAgent(fleet.AgentOptions{Client: cli, Service: fleet.SocketService(ctl, dir), Group: f.group,
+				Instance: id, Prefix: f.prefix, Logger: slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))})
+			if err != nil {
+				return usageError{err}
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "agent %s of group %s: service at %s\n", id, f.group, ctl.Socket())
+			if err := a.Run(cmd.Context()); !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&id, "id", os.Getenv("HOTSWAP_FLEET_INSTANCE"), "instance name in the group ($HOTSWAP_FLEET_INSTANCE)")
+	cmd.Flags().StringVar(&binaryDir, "binary-dir", "", "where a fetched binary is written for the service to verify (default: the socket's directory)")
 	return cmd
 }
 

@@ -99,7 +99,20 @@ func printStatus(w io.Writer, st *control.Status) {
 		fmt.Fprintf(w, " (replaced pid %d)", p.ParentPID)
 	}
 	fmt.Fprintf(w, ", up since %s\n", p.StartedAt.Format(time.RFC3339))
+	switch b := p.Binary; {
+	case b.Digest != "":
+		version := b.Version
+		if version == "" {
+			version = "(no signed manifest)"
+		}
+		fmt.Fprintf(w, "binary   %s sha256:%.12s\n", version, b.Digest)
+	case b.Error != "":
+		fmt.Fprintf(w, "binary   unknown: %s\n", b.Error)
+	}
 	fmt.Fprintf(w, "upgrade  %s", p.Upgrade.State)
+	if p.TakingOver {
+		fmt.Fprint(w, " (taking over: the process it replaced may still resume)")
+	}
 	if l := p.Upgrade.Last; l != nil {
 		fmt.Fprintf(w, "; last attempt %s: %s", l.StartedAt.Format(time.RFC3339), l.Outcome)
 		if l.PID != 0 {
