@@ -87,22 +87,22 @@ func (u *Upgrader) begin() error {
 	switch {
 	case u.closed || u.stage == stageSucceeded:
 		return fmt.Errorf("upgrade: %w", ErrClosed)
-	case u.attempt != attemptIdle:
+	case u.attempt != PhaseIdle:
 		return &InProgressError{PID: u.childPID, Phase: u.attempt.String()}
 	case u.stage == stageChild:
-		return &InProgressError{Phase: "parent probation"}
+		return &InProgressError{Phase: PhaseParentProbation.String()}
 	}
-	u.attempt = attemptStarting
+	u.attempt = PhaseStarting
 	u.wg.Add(1)
 	return nil
 }
 
 // setAttempt moves the running attempt to phase; entering probation pauses
 // every socket.
-func (u *Upgrader) setAttempt(phase attemptPhase, pid int) {
+func (u *Upgrader) setAttempt(phase Phase, pid int) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if phase == attemptProbation {
+	if phase == PhaseProbation {
 		u.pauseAll(true)
 	}
 	u.attempt, u.childPID = phase, pid
@@ -113,10 +113,10 @@ func (u *Upgrader) setAttempt(phase attemptPhase, pid int) {
 func (u *Upgrader) end() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.attempt == attemptProbation && u.stage != stageSucceeded {
+	if u.attempt == PhaseProbation && u.stage != stageSucceeded {
 		u.pauseAll(false)
 	}
-	u.attempt, u.childPID = attemptIdle, 0
+	u.attempt, u.childPID = PhaseIdle, 0
 	u.flushUnlinks()
 }
 
@@ -149,7 +149,7 @@ func (u *Upgrader) run(ctx context.Context, trigger, binary string) (res Result)
 		return res
 	}
 	res.PID = c.pid
-	u.setAttempt(attemptInit, c.pid)
+	u.setAttempt(PhaseWaitReady, c.pid)
 	u.log.Info("upgrade: started new process", "pid", c.pid, "binary", bin, "trigger", trigger)
 
 	if err := u.initChild(ctx, c, deadline.C); err != nil {
@@ -164,7 +164,7 @@ func (u *Upgrader) run(ctx context.Context, trigger, binary string) (res Result)
 	res.Ready = time.Since(res.Started)
 	u.log.Info("upgrade: new process ready", "pid", c.pid, "ready", res.Ready)
 
-	u.setAttempt(attemptProbation, c.pid)
+	u.setAttempt(PhaseProbation, c.pid)
 	probationStart := time.Now()
 	alive := u.probation(c)
 	res.Probation = time.Since(probationStart)

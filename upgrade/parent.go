@@ -115,7 +115,7 @@ func (u *Upgrader) readParent() {
 	u.mu.Lock()
 	u.stage = stageMain
 	ready, closed := u.ready, u.closed
-	if u.attempt == attemptIdle { // an attempt of ours flushes them itself
+	if u.attempt == PhaseIdle { // an attempt of ours flushes them itself
 		u.flushUnlinks()
 	}
 	u.mu.Unlock()

@@ -127,7 +127,7 @@ func (u *Upgrader) register(name string, h handed) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.files[name] = h
-	if u.attempt == attemptProbation {
+	if u.attempt == PhaseProbation {
 		h.pause(true)
 	}
 }
@@ -148,7 +148,7 @@ func (u *Upgrader) forget(name, path string) {
 	delete(u.files, name)
 	switch {
 	case path == "" || u.stage == stageSucceeded:
-	case u.attempt != attemptIdle || u.stage == stageChild:
+	case u.attempt != PhaseIdle || u.stage == stageChild:
 		u.unlinks = append(u.unlinks, path)
 	default:
 		u.removeSocket(path)
