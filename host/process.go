@@ -62,6 +62,14 @@ type ProcessStatus struct {
 	// Upgrading is set from the start of an upgrade attempt until its
 	// outcome is known (after probation).
 	Upgrading bool
+	// UpgradePhase is where this process stands in binary upgrades (see
+	// upgrade.Phase): the phase of a running attempt, or of this process
+	// on either side of a hand-over. upgrade.PhaseIdle when upgrades are
+	// off.
+	UpgradePhase upgrade.Phase
+	// UpgradePID is the new process of the running attempt, from
+	// upgrade.PhaseWaitReady to upgrade.PhaseProbation; else 0.
+	UpgradePID int
 	// LastUpgrade is the outcome of this process's last upgrade attempt,
 	// nil if there was none.
 	LastUpgrade *upgrade.Result
@@ -70,6 +78,11 @@ type ProcessStatus struct {
 // Process describes the process the host runs in: its generation, the
 // process it replaced and its upgrade state.
 func (h *Host) Process() ProcessStatus {
+	var phase upgrade.Phase
+	var pid int
+	if h.up != nil {
+		phase, pid = h.up.Phase()
+	}
 	h.proc.mu.Lock()
 	defer h.proc.mu.Unlock()
 	var last *upgrade.Result
@@ -78,13 +91,15 @@ func (h *Host) Process() ProcessStatus {
 		last = &r
 	}
 	return ProcessStatus{
-		PID:         os.Getpid(),
-		Generation:  h.generation(),
-		ParentPID:   h.proc.parentPID,
-		Started:     h.started,
-		Upgrades:    h.up != nil,
-		Upgrading:   h.proc.upgrading,
-		LastUpgrade: last,
+		PID:          os.Getpid(),
+		Generation:   h.generation(),
+		ParentPID:    h.proc.parentPID,
+		Started:      h.started,
+		Upgrades:     h.up != nil,
+		Upgrading:    h.proc.upgrading,
+		UpgradePhase: phase,
+		UpgradePID:   pid,
+		LastUpgrade:  last,
 	}
 }
 

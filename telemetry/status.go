@@ -58,8 +58,12 @@ type ProcessSnapshot struct {
 	ParentPID  int       `json:"parent_pid"`
 	Started    time.Time `json:"started"`
 	Upgrades   bool      `json:"upgrades"`
-	// Phase is "" when no upgrade runs, else "in progress".
+	// Phase is where the process stands in binary upgrades, an
+	// upgrade.Phase: "idle", "starting", "waiting for ready", "probation",
+	// "parent probation" or "handed over".
 	Phase string `json:"upgrade_phase"`
+	// UpgradePID is the new process of the running upgrade, once started.
+	UpgradePID int `json:"upgrade_pid,omitempty"`
 	// LastUpgrade is the outcome of the last upgrade attempt.
 	LastUpgrade string `json:"last_upgrade,omitempty"`
 }
@@ -90,10 +94,8 @@ type VersionSnapshot struct {
 func Snapshot(ctx context.Context, h *host.Host) StatusSnapshot {
 	s := StatusSnapshot{Time: time.Now(), TrustMode: h.TrustMode(), Modules: []ModuleSnapshot{}}
 	p := h.Process()
-	s.Process = ProcessSnapshot{PID: p.PID, Generation: p.Generation, ParentPID: p.ParentPID, Started: p.Started, Upgrades: p.Upgrades}
-	if p.Upgrading {
-		s.Process.Phase = "in progress"
-	}
+	s.Process = ProcessSnapshot{PID: p.PID, Generation: p.Generation, ParentPID: p.ParentPID, Started: p.Started,
+		Upgrades: p.Upgrades, Phase: p.UpgradePhase.String(), UpgradePID: p.UpgradePID}
 	if p.LastUpgrade != nil {
 		s.Process.LastUpgrade = p.LastUpgrade.Outcome.String()
 	}
