@@ -131,6 +131,18 @@ type Options struct {
 	// call (module.Options.ProfileLabels), so a CPU profile splits host
 	// time by module version. Defaults to false.
 	ProfileLabels bool
+	// TraceCalls is the share (0 to 1) of module calls without a parent
+	// span that get a span of their own, SpanCall, carrying the module,
+	// version and handler (with TracerProvider; see
+	// docs/observability.md). Once it is above 0, a call whose context
+	// carries a sampled span always gets one and a call whose span is not
+	// sampled never does, as with OpenTelemetry's ParentBased sampler; the
+	// provider's own sampler still applies. It costs every call an
+	// interface call, a context lookup and a random draw, and a traced
+	// call its span (see docs/observability.md). Defaults to 0: no call
+	// spans, whatever the context, and calls pay nothing for them;
+	// telemetry.DefaultTraceCalls is a share for a host that wants them.
+	TraceCalls float64
 
 	// Durability says when changes to the modules' host-kept state reach
 	// StateDir/state.db (see state.go and docs/state.md). Defaults to
@@ -173,6 +185,9 @@ type Host struct {
 func New(opts Options) (*Host, error) {
 	if opts.Backend == nil {
 		return nil, errors.New("host: Options.Backend is required")
+	}
+	if !(opts.TraceCalls >= 0 && opts.TraceCalls <= 1) {
+		return nil, fmt.Errorf("host: TraceCalls %v is not a share between 0 and 1", opts.TraceCalls)
 	}
 	if opts.MaxModuleSize < 0 {
 		return nil, fmt.Errorf("host: MaxModuleSize %d is negative", opts.MaxModuleSize)
@@ -223,7 +238,7 @@ func New(opts Options) (*Host, error) {
 		return nil, err
 	}
 	h.reg, err = module.New(module.Options{Backend: h.backends, Logger: log, DrainTimeout: opts.DrainTimeout, State: h.state.newKV,
-		TimeCalls: opts.TimeCalls, ProfileLabels: opts.ProfileLabels})
+		TimeCalls: opts.TimeCalls, ProfileLabels: opts.ProfileLabels, CallTracer: newCallTracer(opts.TracerProvider, opts.TraceCalls)})
 	if err != nil {
 		al.Close()
 		return nil, fmt.Errorf("host: %w", err)
