@@ -572,6 +572,9 @@ func (h *Host) History(ctx context.Context, f audit.Filter) ([]audit.Event, erro
 	return h.audit.Read(ctx, f)
 }
 
+// AuditPath returns the path of the host's audit log, StateDir/audit.log.
+func (h *Host) AuditPath() string { return h.audit.Path() }
+
 // Upgrader returns the process's upgrader, or nil when Options.Upgrade was
 // not set. Take listeners from it and call its Ready once serving.
 func (h *Host) Upgrader() *upgrade.Upgrader { return h.up }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -223,4 +224,73 @@ func processesUsing(dir string) []string {
 		}
 	}
 	return pids
+}
+
+// TestStatusAuditTailCached checks that the status feed reads the audit
+// log again only when it changed: an edit that keeps the file's size and
+// time is not seen (the tail was kept), a new event is.
+func TestStatusAuditTailCached(t *testing.T) {
+	r := newRig(t, testhost.HostOptions{})
+	r.load(t, r.v1)
+	addr := serve(t, telemetry.AdminHandler(r.h, r.reg))
+	get := func() telemetry.StatusSnapshot {
+		t.Helper()
+		res, err := http.Get("http://" + addr + "/status.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var snap telemetry.StatusSnapshot
+		if err := json.NewDecoder(res.Body).Decode(&snap); err != nil {
+			t.Fatal(err)
+		}
+		return snap
+	}
+	targets := func(s telemetry.StatusSnapshot) []string {
+		var out []string
+		for _, e := range s.Audit {
+			out = append(out, e.Target)
+		}
+		return out
+	}
+	first := get()
+	if len(first.Audit) == 0 || first.Audit[0].Target != "pricing" {
+		t.Fatalf("audit tail = %v; want the load of pricing", targets(first))
+	}
+
+	// Rename the target in place, keeping the file's size and times.
+	path := r.h.AuditPath()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := bytes.ReplaceAll(data, []byte(`"target":"pricing"`), []byte(`"target":"pricinX"`))
+	if bytes.Equal(edited, data) {
+		t.Fatalf("the audit log names no target pricing:\n%s", data)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(edited, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := os.Chtimes(path, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if got := targets(get()); !slices.Equal(got, targets(first)) {
+		t.Errorf("audit tail after an edit that kept the file's size and time = %v; want the kept %v", got, targets(first))
+	}
+
+	// A new event changes the file: the tail is read again.
+	r.load(t, r.v2)
+	second := get()
+	if len(second.Audit) < 2 || second.Audit[0].Target != "pricing" || second.Audit[len(second.Audit)-1].Target != "pricinX" {
+		t.Errorf("audit tail after a new event = %v; want it first, and the edited events read again", targets(second))
+	}
 }
