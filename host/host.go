@@ -269,7 +269,7 @@ func New(opts Options) (*Host, error) {
 			"parent_pid", h.proc.parentPID)
 	}
 	if h.devTrust != "" {
-		log.Warn("development trust root: keys in it are trusted", "dir", h.devTrust)
+		log.Warn("development trust root: keys in it are trusted", logkey.Path, h.devTrust)
 	}
 	return h, nil
 }
@@ -447,7 +447,7 @@ func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put 
 			// It never served: it takes no place in the store.
 			if d, derr := artifact.ParseDigest(p.Digest()); derr == nil {
 				if rerr := h.store.Remove(context.WithoutCancel(ctx), c.ev.Target, d); rerr != nil {
-					h.log.Error("remove a version that failed to activate from the store", "module", c.ev.Target, "err", rerr)
+					h.log.Error("remove a version that failed to activate from the store", logkey.Module, c.ev.Target, logkey.Err, rerr)
 				}
 			}
 		}
@@ -470,11 +470,11 @@ func (h *Host) rememberActive(ctx context.Context, name, digest, fromDigest stri
 		return // not from the store (registry used directly): nothing to remember
 	}
 	if err := h.store.SetCurrent(ctx, name, cur); err != nil {
-		h.log.Error("record current version", "module", name, "err", err)
+		h.log.Error("record current version", logkey.Module, name, logkey.Err, err)
 	}
 	if d, err := artifact.ParseDigest(fromDigest); !rollback && err == nil && d != cur {
 		if err := h.store.SetLastKnownGood(ctx, name, d); err != nil {
-			h.log.Error("record last-known-good version", "module", name, "err", err)
+			h.log.Error("record last-known-good version", logkey.Module, name, logkey.Err, err)
 		}
 	}
 }
@@ -658,7 +658,7 @@ func (c *change) refuse(err error) error {
 		result = audit.ResultCanceled
 	}
 	if aerr := c.record(result, err); aerr != nil {
-		c.h.log.Error("audit a refusal", "err", aerr)
+		c.h.log.Error("audit a refusal", logkey.Err, aerr)
 	}
 	c.count(result, err)
 	c.endSpan(string(result), err)
@@ -682,7 +682,7 @@ func (c *change) allow() error {
 // fail records that the change, allowed, failed to take effect.
 func (c *change) fail(err error) error {
 	if aerr := c.record(audit.ResultFailed, err); aerr != nil {
-		c.h.log.Error("audit a failure", "err", aerr)
+		c.h.log.Error("audit a failure", logkey.Err, aerr)
 	}
 	c.count(audit.ResultFailed, err)
 	c.endSpan(ResultFailed, err)

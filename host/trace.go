@@ -13,6 +13,7 @@ import (
 
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/canary"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/module"
 )
 
@@ -35,18 +36,18 @@ const (
 
 // Span attributes, named like the log keys (see docs/observability.md).
 const (
-	attrModule     = attribute.Key("hotswap.module")
-	attrVersion    = attribute.Key("hotswap.version")
-	attrDigest     = attribute.Key("hotswap.digest")
+	attrModule     = attribute.Key("hotswap." + logkey.Module)
+	attrVersion    = attribute.Key("hotswap." + logkey.Version)
+	attrDigest     = attribute.Key("hotswap." + logkey.Digest)
 	attrArtifact   = attribute.Key("hotswap.artifact")
-	attrCheck      = attribute.Key("hotswap.check")
+	attrCheck      = attribute.Key("hotswap." + logkey.Check)
 	attrResult     = attribute.Key("hotswap.result")
-	attrPID        = attribute.Key("hotswap.pid")
-	attrGeneration = attribute.Key("hotswap.generation")
+	attrPID        = attribute.Key("hotswap." + logkey.PID)
+	attrGeneration = attribute.Key("hotswap." + logkey.Generation)
 	attrStep       = attribute.Key("hotswap.canary.step")
 	attrWeight     = attribute.Key("hotswap.canary.weight")
 	attrDetail     = attribute.Key("hotswap.detail")
-	attrHandler    = attribute.Key("hotswap.handler")
+	attrHandler    = attribute.Key("hotswap." + logkey.Handler)
 	attrFailure    = attribute.Key("hotswap.failure") // a failed call's module.FailureKind
 )
 

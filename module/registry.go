@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // DefaultDrainTimeout bounds how long a retired version may keep finishing
@@ -311,10 +313,10 @@ func (r *Registry) retire(m *Module, v *version) {
 		case <-v.drained:
 		case <-t.C:
 			r.log.Warn("drain deadline passed; closing version under running calls",
-				"module", m.name, "version", v.name, "in_flight", v.inFlight())
+				logkey.Module, m.name, logkey.Version, v.name, "in_flight", v.inFlight())
 		}
 		if err := v.code.Close(context.Background()); err != nil {
-			r.log.Warn("close version", "module", m.name, "version", v.name, "err", err)
+			r.log.Warn("close version", logkey.Module, m.name, logkey.Version, v.name, logkey.Err, err)
 		}
 		m.mu.Lock()
 		m.draining = slices.DeleteFunc(m.draining, func(d *version) bool { return d == v })

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // Upgrade starts a new process of this service, hands it the sockets,
@@ -65,7 +67,7 @@ func (u *Upgrader) upgrade(ctx context.Context, trigger, binary string) (Result,
 	res := u.run(ctx, trigger, binary)
 	u.end()
 
-	attrs := []any{"trigger", res.Trigger, "outcome", res.Outcome.String(), "pid", res.PID, "binary", res.Binary, "ready", res.Ready}
+	attrs := []any{"trigger", res.Trigger, "outcome", res.Outcome.String(), logkey.PID, res.PID, "binary", res.Binary, "ready", res.Ready}
 	switch res.Outcome {
 	case Committed:
 		u.log.Info("upgrade: new process took over", attrs...)
@@ -125,12 +127,12 @@ func (u *Upgrader) end() {
 func (u *Upgrader) run(ctx context.Context, trigger, binary string) (res Result) {
 	res = Result{Trigger: trigger, Started: time.Now(), Outcome: Failed}
 	if err := sdNotify(u.notify, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec())); err != nil {
-		u.log.Warn("upgrade: notify systemd", "err", err)
+		u.log.Warn("upgrade: notify systemd", logkey.Err, err)
 	}
 	defer func() {
 		if res.Outcome != Committed {
 			if err := sdNotify(u.notify, "READY=1"); err != nil {
-				u.log.Warn("upgrade: notify systemd", "err", err)
+				u.log.Warn("upgrade: notify systemd", logkey.Err, err)
 			}
 		}
 	}()
@@ -150,7 +152,7 @@ func (u *Upgrader) run(ctx context.Context, trigger, binary string) (res Result)
 	}
 	res.PID = c.pid
 	u.setAttempt(PhaseWaitReady, c.pid)
-	u.log.Info("upgrade: started new process", "pid", c.pid, "binary", bin, "trigger", trigger)
+	u.log.Info("upgrade: started new process", logkey.PID, c.pid, "binary", bin, "trigger", trigger)
 
 	if err := u.initChild(ctx, c, deadline.C); err != nil {
 		grace := time.Duration(0)
@@ -162,7 +164,7 @@ func (u *Upgrader) run(ctx context.Context, trigger, binary string) (res Result)
 		return res
 	}
 	res.Ready = time.Since(res.Started)
-	u.log.Info("upgrade: new process ready", "pid", c.pid, "ready", res.Ready)
+	u.log.Info("upgrade: new process ready", logkey.PID, c.pid, "ready", res.Ready)
 
 	u.setAttempt(PhaseProbation, c.pid)
 	probationStart := time.Now()
@@ -278,15 +280,15 @@ func (u *Upgrader) commit(c *child) {
 	u.stage = stageSucceeded
 	u.mu.Unlock()
 	if err := c.commit(); err != nil {
-		u.log.Warn("upgrade: tell new process to commit", "pid", c.pid, "err", err)
+		u.log.Warn("upgrade: tell new process to commit", logkey.PID, c.pid, logkey.Err, err)
 	}
 	if u.opts.PIDFile != "" {
 		if err := writePIDFile(u.opts.PIDFile, c.pid); err != nil {
-			u.log.Error("upgrade: pidfile", "err", err)
+			u.log.Error("upgrade: pidfile", logkey.Err, err)
 		}
 	}
 	if err := sdNotify(u.notify, fmt.Sprintf("MAINPID=%d\nREADY=1", c.pid)); err != nil {
-		u.log.Warn("upgrade: notify systemd", "err", err)
+		u.log.Warn("upgrade: notify systemd", logkey.Err, err)
 	}
 	u.exitOnce.Do(func() { close(u.exit) })
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"syscall"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // handed is a socket or file that is passed to every new process.
@@ -169,7 +171,7 @@ func (u *Upgrader) flushUnlinks() {
 // removeSocket unlinks a unix socket path. u.mu is held.
 func (u *Upgrader) removeSocket(path string) {
 	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-		u.log.Warn("upgrade: remove unix socket", "path", path, "err", err)
+		u.log.Warn("upgrade: remove unix socket", logkey.Path, path, logkey.Err, err)
 	}
 }
 

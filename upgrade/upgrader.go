@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // Protocol environment and descriptor layout of a process started by an
@@ -307,7 +309,7 @@ func (u *Upgrader) signalLoop() {
 				defer u.wg.Done()
 				// Errors are logged and passed to OnResult by upgrade.
 				if _, err := u.upgrade(context.Background(), s.String(), ""); errors.Is(err, ErrUpgradeInProgress) {
-					u.log.Warn("upgrade: signal ignored", "signal", s.String(), "err", err)
+					u.log.Warn("upgrade: signal ignored", "signal", s.String(), logkey.Err, err)
 				}
 			}()
 		case <-u.closing:

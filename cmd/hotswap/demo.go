@@ -21,6 +21,7 @@ import (
 	"github.com/hotswapgo/hotswap/examples/pricing"
 	"github.com/hotswapgo/hotswap/host"
 	"github.com/hotswapgo/hotswap/internal/dropdir"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/internal/statedir"
 	"github.com/hotswapgo/hotswap/module/goplugin"
 	"github.com/hotswapgo/hotswap/module/wasm"
@@ -180,12 +181,12 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	up := h.Upgrader()
 	if !up.HasParent() {
 		if err := signSelf(ctx, signer, binary); err != nil {
-			log.Warn("could not sign this binary; upgrades will be refused", "err", err)
+			log.Warn("could not sign this binary; upgrades will be refused", logkey.Err, err)
 		}
 	}
 
 	if err := h.RestoreModules(ctx); err != nil {
-		log.Warn("restore modules", "err", err)
+		log.Warn("restore modules", logkey.Err, err)
 	}
 	if h.Module(pricing.Module).Status().Active == nil {
 		if _, err := h.LoadFile(host.WithActor(ctx, "demo"), pricing.Module, arts["v1"]); err != nil {
@@ -220,7 +221,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		}, upgrade.HTTPOptions{Logger: log})
 		go func() {
 			if err := admin.Serve(aln); err != nil {
-				log.Warn("admin listener stopped", "err", err)
+				log.Warn("admin listener stopped", logkey.Err, err)
 			}
 		}()
 	}
@@ -260,7 +261,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 			fmt.Fprintf(stdout, "%s@%s now serves (from %s)\n", name, st.Version, filepath.Base(path))
 		})
 		if err != nil {
-			log.Error("drop directory watch stopped", "err", err)
+			log.Error("drop directory watch stopped", logkey.Err, err)
 		}
 	}()
 
@@ -288,11 +289,11 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := srv.Drain(dctx); err != nil {
-		log.Warn("drain", "err", err)
+		log.Warn("drain", logkey.Err, err)
 	}
 	if admin != nil {
 		if err := admin.Drain(dctx); err != nil {
-			log.Warn("drain admin listener", "err", err)
+			log.Warn("drain admin listener", logkey.Err, err)
 		}
 	}
 	return nil
