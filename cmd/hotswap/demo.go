@@ -49,6 +49,7 @@ type demoOptions struct {
 	admin         string // "" for no admin listener
 	dev           bool
 	profileLabels bool
+	traceCalls    float64 // share of module calls traced (host.Options.TraceCalls)
 	devTrust      string
 }
 
@@ -80,6 +81,8 @@ $` + host.StateDirEnv + `, else hotswap/ in the user configuration directory.`,
 		"address of the status page, /metrics and /debug/pprof (loopback only: it exposes profiles); empty for none")
 	cmd.Flags().BoolVar(&o.profileLabels, "profile-labels", false,
 		"set pprof labels module and version around every module call")
+	cmd.Flags().Float64Var(&o.traceCalls, "trace-calls", 0, fmt.Sprintf(
+		"share of module calls without a parent span that get a span, when OTEL_* turns tracing on (e.g. %v); 0 for none", telemetry.DefaultTraceCalls))
 	cmd.Flags().StringVar(&o.devTrust, "dev-trust", "", "development trust root: also trust the keys in DIR (made by hotswap watch)")
 	return cmd
 }
@@ -162,7 +165,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		ProfileLabels: o.profileLabels,
 	}
 	if tp != nil {
-		hopts.TracerProvider = tp
+		hopts.TracerProvider, hopts.TraceCalls = tp, o.traceCalls
 		defer func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
