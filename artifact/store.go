@@ -15,6 +15,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // DefaultKeep is how many versions of each name a Store keeps unless
@@ -270,7 +272,7 @@ func (s *Store) commit(ctx context.Context, m Manifest, raw []byte, tmp string) 
 		return fail(err)
 	}
 	for _, d := range pruned {
-		s.log.Info("pruned artifact version", "name", m.Name, "digest", "sha256:"+d)
+		s.log.Info("pruned artifact version", "name", m.Name, logkey.Digest, d)
 		if err := os.Remove(filepath.Join(nameDir, d+ManifestSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fail(fmt.Errorf("prune: %w", err))
 		}
@@ -341,7 +343,7 @@ func (s *Store) Remove(ctx context.Context, name string, d Digest) error {
 	if err := s.sweep(); err != nil {
 		return fail(err)
 	}
-	s.log.Info("removed artifact version", "name", name, "digest", d.String())
+	s.log.Info("removed artifact version", "name", name, logkey.Digest, d.Hex())
 	return nil
 }
 

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // DefaultMaxPayloadSize is the largest payload a Verifier accepts unless
@@ -438,7 +440,7 @@ func (v *Verifier) verified(artifact string, sm *SignedManifest, raw, payload []
 
 func (v *Verifier) warnUnsigned(artifact string, m Manifest) {
 	v.log.Warn("accepting unsigned artifact (trust=development)",
-		"artifact", artifact, "name", m.Name, "version", m.Version, "digest", m.Digest.String())
+		"artifact", artifact, "name", m.Name, logkey.Version, m.Version, logkey.Digest, m.Digest.Hex())
 }
 
 // synthesize makes an unsigned manifest for a payload that has none

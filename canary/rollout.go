@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/module"
 )
 
@@ -426,7 +427,7 @@ func (r *Rollout) recordAnyway(v Verdict) {
 		return
 	}
 	if err := r.record(v); err != nil {
-		r.log.Error("canary: record a verdict", "decision", v.Decision, "err", err)
+		r.log.Error("canary: record a verdict", "decision", v.Decision, logkey.Err, err)
 	}
 }
 

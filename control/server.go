@@ -18,6 +18,7 @@ import (
 
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/host"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/module"
 )
 
@@ -165,9 +166,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := s.admit(p); err != nil {
 		refusal := fmt.Errorf("%s %s: %w", r.Method, r.URL.Path, err)
 		if aerr := s.h.AuditRefusal(ctx, ActionConnect, "control", refusal); aerr != nil {
-			s.log.Error("control: audit a refused peer", "err", aerr)
+			s.log.Error("control: audit a refused peer", logkey.Err, aerr)
 		}
-		s.log.Warn("control: peer refused", "peer", p.actor(), "request", r.Method+" "+r.URL.Path, "err", err)
+		s.log.Warn("control: peer refused", "peer", p.actor(), "request", r.Method+" "+r.URL.Path, logkey.Err, err)
 		w.Header().Set("Connection", "close")
 		writeJSON(w, http.StatusForbidden, &Outcome{Error: &Error{Kind: KindForbidden, Message: err.Error()}})
 		return
@@ -214,7 +215,7 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// Some lines were corrupt (a torn last line after a crash); the
 		// rest is worth showing.
-		s.log.Warn("control: read history", "err", err)
+		s.log.Warn("control: read history", logkey.Err, err)
 	}
 	if events == nil {
 		events = []audit.Event{}
@@ -423,10 +424,10 @@ func (s *Server) badRequest(w http.ResponseWriter, r *http.Request, code int, re
 			audited = fmt.Errorf("%w (and %d more malformed requests not recorded before this one)", err, left)
 		}
 		if aerr := s.h.AuditRefusal(r.Context(), ActionRequest, "control", audited); aerr != nil {
-			s.log.Error("control: audit a malformed request", "err", aerr)
+			s.log.Error("control: audit a malformed request", logkey.Err, aerr)
 		}
 	}
-	s.log.Warn("control: malformed request", "request", r.Method+" "+r.URL.Path, "err", err)
+	s.log.Warn("control: malformed request", "request", r.Method+" "+r.URL.Path, logkey.Err, err)
 	o := res.outcome()
 	o.OK, o.Error = false, &Error{Kind: KindBadRequest, Message: err.Error()}
 	writeJSON(w, code, res)

@@ -11,6 +11,7 @@ import (
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/canary"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
@@ -186,7 +187,7 @@ func (hc *hostCanary) record(v canary.Verdict) error {
 	hc.traceVerdict(v)
 	if err := c.h.audit.Record(c.ctx, ev); err != nil {
 		err = fmt.Errorf("canary %s refused: audit log: %w", ev.Target, err)
-		c.h.log.Error("canary verdict not recorded", "module", ev.Target, "decision", v.Decision, "err", err)
+		c.h.log.Error("canary verdict not recorded", logkey.Module, ev.Target, "decision", v.Decision, logkey.Err, err)
 		return err
 	}
 	return nil
@@ -202,12 +203,12 @@ func (hc *hostCanary) watch() {
 		stable, stableDigest := hc.mc.Stable()
 		h.stats.countSwap(name, 0, 0)
 		h.rememberActive(context.Background(), name, hc.mc.Digest(), stableDigest, false)
-		h.log.Info("canary promoted", "module", name, "version", hc.mc.Version(), "from", stable)
+		h.log.Info("canary promoted", logkey.Module, name, logkey.Version, hc.mc.Version(), logkey.From, stable)
 	} else if d, err := artifact.ParseDigest(hc.mc.Digest()); err == nil {
 		// Aborted: like a refused load, it takes no place in the store
 		// (Remove keeps it if it is the current or last-known-good one).
 		if err := h.store.Remove(context.Background(), name, d); err != nil {
-			h.log.Error("remove an aborted canary from the store", "module", name, "err", err)
+			h.log.Error("remove an aborted canary from the store", logkey.Module, name, logkey.Err, err)
 		}
 	}
 	h.canaries.end(name, hc, true)

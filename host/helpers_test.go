@@ -171,6 +171,7 @@ type hostOptions struct {
 	upgrade        *upgrade.Options
 	noClose        bool // the test closes the host itself
 	tracer         trace.TracerProvider
+	traceCalls     float64 // Options.TraceCalls
 }
 
 // open returns a host over the fixture's state directory with a fresh wasm
@@ -183,7 +184,7 @@ func (f *fixture) open(t *testing.T, o hostOptions) *host.Host {
 		t.Fatal(err)
 	}
 	h, err := host.New(host.Options{Backend: b, StateDir: f.state, Development: o.dev, Upgrade: o.upgrade, Service: cmp.Or(o.service, "svc"),
-		FollowSymlinks: o.followSymlinks, MaxModuleSize: o.maxModuleSize, TracerProvider: o.tracer,
+		FollowSymlinks: o.followSymlinks, MaxModuleSize: o.maxModuleSize, TracerProvider: o.tracer, TraceCalls: o.traceCalls,
 		Logger: testLogger(), DrainTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatalf("New() = %v", err)

@@ -131,6 +131,18 @@ type Options struct {
 	// call (module.Options.ProfileLabels), so a CPU profile splits host
 	// time by module version. Defaults to false.
 	ProfileLabels bool
+	// TraceCalls is the share (0 to 1) of module calls without a parent
+	// span that get a span of their own, SpanCall, carrying the module,
+	// version and handler (with TracerProvider; see
+	// docs/observability.md). Once it is above 0, a call whose context
+	// carries a sampled span always gets one and a call whose span is not
+	// sampled never does, as with OpenTelemetry's ParentBased sampler; the
+	// provider's own sampler still applies. It costs every call an
+	// interface call, a context lookup and a random draw, and a traced
+	// call its span (see docs/observability.md). Defaults to 0: no call
+	// spans, whatever the context, and calls pay nothing for them;
+	// telemetry.DefaultTraceCalls is a share for a host that wants them.
+	TraceCalls float64
 
 	// Durability says when changes to the modules' host-kept state reach
 	// StateDir/state.db (see state.go and docs/state.md). Defaults to
@@ -175,6 +187,9 @@ type Host struct {
 func New(opts Options) (*Host, error) {
 	if opts.Backend == nil {
 		return nil, errors.New("host: Options.Backend is required")
+	}
+	if !(opts.TraceCalls >= 0 && opts.TraceCalls <= 1) {
+		return nil, fmt.Errorf("host: TraceCalls %v is not a share between 0 and 1", opts.TraceCalls)
 	}
 	if opts.MaxModuleSize < 0 {
 		return nil, fmt.Errorf("host: MaxModuleSize %d is negative", opts.MaxModuleSize)
@@ -225,7 +240,7 @@ func New(opts Options) (*Host, error) {
 		return nil, err
 	}
 	h.reg, err = module.New(module.Options{Backend: h.backends, Logger: log, DrainTimeout: opts.DrainTimeout, State: h.state.newKV,
-		TimeCalls: opts.TimeCalls, ProfileLabels: opts.ProfileLabels})
+		TimeCalls: opts.TimeCalls, ProfileLabels: opts.ProfileLabels, CallTracer: newCallTracer(opts.TracerProvider, opts.TraceCalls)})
 	if err != nil {
 		al.Close()
 		return nil, fmt.Errorf("host: %w", err)
@@ -256,7 +271,7 @@ func New(opts Options) (*Host, error) {
 			"parent_pid", h.proc.parentPID)
 	}
 	if h.devTrust != "" {
-		log.Warn("development trust root: keys in it are trusted", "dir", h.devTrust)
+		log.Warn("development trust root: keys in it are trusted", logkey.Path, h.devTrust)
 	}
 	return h, nil
 }
@@ -438,7 +453,7 @@ func (h *Host) activate(ctx context.Context, c *change, p *module.Prepared, put 
 			// It never served: it takes no place in the store.
 			if d, derr := artifact.ParseDigest(p.Digest()); derr == nil {
 				if rerr := h.store.Remove(context.WithoutCancel(ctx), c.ev.Target, d); rerr != nil {
-					h.log.Error("remove a version that failed to activate from the store", "module", c.ev.Target, "err", rerr)
+					h.log.Error("remove a version that failed to activate from the store", logkey.Module, c.ev.Target, logkey.Err, rerr)
 				}
 			}
 		}
@@ -461,11 +476,11 @@ func (h *Host) rememberActive(ctx context.Context, name, digest, fromDigest stri
 		return // not from the store (registry used directly): nothing to remember
 	}
 	if err := h.store.SetCurrent(ctx, name, cur); err != nil {
-		h.log.Error("record current version", "module", name, "err", err)
+		h.log.Error("record current version", logkey.Module, name, logkey.Err, err)
 	}
 	if d, err := artifact.ParseDigest(fromDigest); !rollback && err == nil && d != cur {
 		if err := h.store.SetLastKnownGood(ctx, name, d); err != nil {
-			h.log.Error("record last-known-good version", "module", name, "err", err)
+			h.log.Error("record last-known-good version", logkey.Module, name, logkey.Err, err)
 		}
 	}
 }
@@ -563,6 +578,9 @@ func (h *Host) History(ctx context.Context, f audit.Filter) ([]audit.Event, erro
 	return h.audit.Read(ctx, f)
 }
 
+// AuditPath returns the path of the host's audit log, StateDir/audit.log.
+func (h *Host) AuditPath() string { return h.audit.Path() }
+
 // Upgrader returns the process's upgrader, or nil when Options.Upgrade was
 // not set. Take listeners from it and call its Ready once serving.
 func (h *Host) Upgrader() *upgrade.Upgrader { return h.up }
@@ -646,7 +664,7 @@ func (c *change) refuse(err error) error {
 		result = audit.ResultCanceled
 	}
 	if aerr := c.record(result, err); aerr != nil {
-		c.h.log.Error("audit a refusal", "err", aerr)
+		c.h.log.Error("audit a refusal", logkey.Err, aerr)
 	}
 	c.count(result, err)
 	c.endSpan(string(result), err)
@@ -670,7 +688,7 @@ func (c *change) allow() error {
 // fail records that the change, allowed, failed to take effect.
 func (c *change) fail(err error) error {
 	if aerr := c.record(audit.ResultFailed, err); aerr != nil {
-		c.h.log.Error("audit a failure", "err", aerr)
+		c.h.log.Error("audit a failure", logkey.Err, aerr)
 	}
 	c.count(audit.ResultFailed, err)
 	c.endSpan(ResultFailed, err)

@@ -575,8 +575,8 @@ func TestUpgradeRefusesUnverifiedBinary(t *testing.T) {
 				t.Errorf("the refused binary was executed (marker: %v)", err)
 			}
 			p := h.Process()
-			if p.Upgrading || p.LastUpgrade == nil || p.LastUpgrade.Err == nil {
-				t.Errorf("Process() = %+v; want not upgrading, last upgrade failed", p)
+			if p.Upgrading || p.UpgradePhase != upgrade.PhaseIdle || p.LastUpgrade == nil || p.LastUpgrade.Err == nil {
+				t.Errorf("Process() = %+v; want not upgrading (phase idle), last upgrade failed", p)
 			}
 			want := []event{{Actor: "carol", Action: "upgrade", Target: "process", Artifact: path, Result: "refused", Error: ve.Error()}}
 			if got := events(history(t, h)); !slices.Equal(got, want) {
@@ -642,8 +642,9 @@ func TestUpgradeCommitted(t *testing.T) {
 	if res.Binary != stored {
 		t.Errorf("executed %s; want the store's copy %s", res.Binary, stored)
 	}
-	if p := h.Process(); p.Upgrading || p.LastUpgrade == nil || p.LastUpgrade.Outcome != upgrade.Committed || p.LastUpgrade.PID != res.PID {
-		t.Errorf("Process() = %+v; want the last upgrade committed to pid %d", p, res.PID)
+	if p := h.Process(); p.Upgrading || p.UpgradePhase != upgrade.PhaseHandedOver || p.LastUpgrade == nil ||
+		p.LastUpgrade.Outcome != upgrade.Committed || p.LastUpgrade.PID != res.PID {
+		t.Errorf("Process() = %+v; want handed over, the last upgrade committed to pid %d", p, res.PID)
 	}
 	select {
 	case <-h.Upgrader().Exit():

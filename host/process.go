@@ -65,6 +65,14 @@ type ProcessStatus struct {
 	// Upgrading is set from the start of an upgrade attempt until its
 	// outcome is known (after probation).
 	Upgrading bool
+	// UpgradePhase is where this process stands in binary upgrades (see
+	// upgrade.Phase): the phase of a running attempt, or of this process
+	// on either side of a hand-over. upgrade.PhaseIdle when upgrades are
+	// off.
+	UpgradePhase upgrade.Phase
+	// UpgradePID is the new process of the running attempt, from
+	// upgrade.PhaseWaitReady to upgrade.PhaseProbation; else 0.
+	UpgradePID int
 	// LastUpgrade is the outcome of this process's last upgrade attempt,
 	// nil if there was none.
 	LastUpgrade *upgrade.Result
@@ -82,6 +90,11 @@ type ProcessStatus struct {
 // reads the running executable once, to hash it.
 func (h *Host) Process() ProcessStatus {
 	binary := h.binary()
+	var phase upgrade.Phase
+	var pid int
+	if h.up != nil {
+		phase, pid = h.up.Phase()
+	}
 	h.proc.mu.Lock()
 	defer h.proc.mu.Unlock()
 	var last *upgrade.Result
@@ -90,15 +103,17 @@ func (h *Host) Process() ProcessStatus {
 		last = &r
 	}
 	return ProcessStatus{
-		PID:         os.Getpid(),
-		Generation:  h.generation(),
-		ParentPID:   h.proc.parentPID,
-		Started:     h.started,
-		Upgrades:    h.up != nil,
-		Upgrading:   h.proc.upgrading,
-		LastUpgrade: last,
-		TakingOver:  h.up != nil && h.up.TakingOver(),
-		Binary:      binary,
+		PID:          os.Getpid(),
+		Generation:   h.generation(),
+		ParentPID:    h.proc.parentPID,
+		Started:      h.started,
+		Upgrades:     h.up != nil,
+		Upgrading:    h.proc.upgrading,
+		UpgradePhase: phase,
+		UpgradePID:   pid,
+		LastUpgrade:  last,
+		TakingOver:   h.up != nil && h.up.TakingOver(),
+		Binary:       binary,
 	}
 }
 

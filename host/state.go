@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/internal/statedb"
 	"github.com/hotswapgo/hotswap/module"
 )
@@ -253,7 +254,7 @@ func (s *kvState) takeOver(ctx context.Context) {
 			var base map[string]map[string][]byte
 			if base, err = db.Load(); err == nil {
 				s.attach(db, base)
-				s.log.Info("took the module state file over from the previous process", "file", s.path, "waited", time.Since(start))
+				s.log.Info("took the module state file over from the previous process", logkey.Path, s.path, "waited", time.Since(start))
 				return
 			}
 			db.Close()
@@ -262,12 +263,12 @@ func (s *kvState) takeOver(ctx context.Context) {
 			s.mu.Lock()
 			s.takeErr = err
 			s.mu.Unlock()
-			s.log.Error("cannot take the module state file over: module state stays in memory only", "file", s.path, "err", err)
+			s.log.Error("cannot take the module state file over: module state stays in memory only", logkey.Path, s.path, logkey.Err, err)
 			return
 		}
 		if now := time.Now(); now.After(warn) {
 			s.log.Warn("still waiting for the previous process to release the module state file; writes since this process started are in memory only",
-				"file", s.path, "waited", now.Sub(start).Round(time.Second))
+				logkey.Path, s.path, "waited", now.Sub(start).Round(time.Second))
 			warn = now.Add(takeoverWarn)
 		}
 		select {

@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"math/rand/v2"
 	"os"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/hotswapgo/hotswap/audit"
 	"github.com/hotswapgo/hotswap/canary"
+	"github.com/hotswapgo/hotswap/internal/logkey"
+	"github.com/hotswapgo/hotswap/module"
 )
 
 // tracerName is the instrumentation scope of the host's spans.
@@ -28,21 +31,24 @@ const (
 	SpanCanaryStep   = "canary step"      // one step of a canary's rollout
 	SpanUpgrade      = "hotswap.upgrade"  // a binary upgrade: verify, hand over
 	SpanUpgradeChild = "hotswap.upgrade.child"
+	SpanCall         = "hotswap.call" // one module call (Options.TraceCalls)
 )
 
 // Span attributes, named like the log keys (see docs/observability.md).
 const (
-	attrModule     = attribute.Key("hotswap.module")
-	attrVersion    = attribute.Key("hotswap.version")
-	attrDigest     = attribute.Key("hotswap.digest")
+	attrModule     = attribute.Key("hotswap." + logkey.Module)
+	attrVersion    = attribute.Key("hotswap." + logkey.Version)
+	attrDigest     = attribute.Key("hotswap." + logkey.Digest)
 	attrArtifact   = attribute.Key("hotswap.artifact")
-	attrCheck      = attribute.Key("hotswap.check")
+	attrCheck      = attribute.Key("hotswap." + logkey.Check)
 	attrResult     = attribute.Key("hotswap.result")
-	attrPID        = attribute.Key("hotswap.pid")
-	attrGeneration = attribute.Key("hotswap.generation")
+	attrPID        = attribute.Key("hotswap." + logkey.PID)
+	attrGeneration = attribute.Key("hotswap." + logkey.Generation)
 	attrStep       = attribute.Key("hotswap.canary.step")
 	attrWeight     = attribute.Key("hotswap.canary.weight")
 	attrDetail     = attribute.Key("hotswap.detail")
+	attrHandler    = attribute.Key("hotswap." + logkey.Handler)
+	attrFailure    = attribute.Key("hotswap.failure") // a failed call's module.FailureKind
 )
 
 func tracerOf(tp trace.TracerProvider) trace.Tracer {
@@ -165,4 +171,44 @@ func (hc *hostCanary) traceVerdict(v canary.Verdict) {
 	if c.stepSpan != nil {
 		c.stepSpan.AddEvent(string(v.Decision), trace.WithAttributes(append(attrs, attrDetail.String(v.Reason))...))
 	}
+}
+
+// callTracer gives module calls their spans (Options.TraceCalls): every
+// call whose context carries a sampled span, none whose span is not
+// sampled, and a share of the calls without a parent.
+type callTracer struct {
+	tracer trace.Tracer
+	share  float64 // of the calls without a parent, 0 < share ≤ 1
+}
+
+// newCallTracer returns the registry's call tracer: nil (no call spans)
+// unless tp is set and share is above 0.
+func newCallTracer(tp trace.TracerProvider, share float64) module.CallTracer {
+	if tp == nil || share <= 0 {
+		return nil
+	}
+	return &callTracer{tracer: tp.Tracer(tracerName), share: share}
+}
+
+func (t *callTracer) StartCall(ctx context.Context, mod, version, handler string) (context.Context, bool) {
+	if parent := trace.SpanContextFromContext(ctx); parent.IsValid() {
+		if !parent.IsSampled() {
+			return ctx, false
+		}
+	} else if t.share < 1 && rand.Float64() >= t.share {
+		return ctx, false
+	}
+	ctx, _ = t.tracer.Start(ctx, SpanCall, trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(
+		attrModule.String(mod), attrVersion.String(version), attrHandler.String(handler)))
+	return ctx, true
+}
+
+func (t *callTracer) EndCall(ctx context.Context, err error, kind module.FailureKind) {
+	span := trace.SpanFromContext(ctx)
+	if err != nil {
+		span.SetAttributes(attrFailure.String(kind.String()))
+		span.RecordError(err)
+		span.SetStatus(codes.Error, kind.String())
+	}
+	span.End()
 }

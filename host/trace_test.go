@@ -1,20 +1,28 @@
 package host_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/host"
+	"github.com/hotswapgo/hotswap/module"
+	"github.com/hotswapgo/hotswap/module/wasm"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
 
@@ -173,5 +181,110 @@ func TestUpgradeSpanSharesTraceWithChild(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("the new process recorded spans %+v; want one named %s", rep.Spans, host.SpanUpgradeChild)
+	}
+}
+
+// TestCallSpans checks the spans of module calls: which calls get one
+// (the share of calls without a parent; always under a sampled parent,
+// never under an unsampled one; none while TraceCalls is 0), what they
+// carry, and how a failed call ends its span.
+func TestCallSpans(t *testing.T) {
+	tp, exp := tracing(t)
+	f := newFixture(t)
+	v1 := f.signed(t, f.trusted, "pricing-v1.wasm", guest(t, "v1"), artifact.Manifest{Version: "v1"})
+	unsampled := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}})) // valid, not sampled
+	const calls = 20
+	tests := []struct {
+		name      string
+		share     float64
+		parent    bool            // call under a sampled span of the test's
+		ctx       context.Context // else call with this (nil: Background)
+		wantSpans int
+	}{
+		{name: "all", share: 1, wantSpans: calls},
+		{name: "all under a sampled parent", share: 1, parent: true, wantSpans: calls},
+		{name: "all under an unsampled parent", share: 1, ctx: unsampled},
+		{name: "tiny share", share: 1e-12},
+		{name: "tiny share under a sampled parent", share: 1e-12, parent: true, wantSpans: calls},
+		{name: "off under a sampled parent", share: 0, parent: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := f.open(t, hostOptions{tracer: tp, traceCalls: tt.share})
+			mustLoad(t, h, "alice", v1)
+			ctx := cmp.Or(tt.ctx, context.Background())
+			var parent trace.Span
+			if tt.parent {
+				ctx, parent = tp.Tracer("test").Start(ctx, "request")
+			}
+			exp.Reset()
+			for range calls {
+				if _, err := quote(ctx, h.Module("pricing")); err != nil {
+					t.Fatalf("quote: %v", err)
+				}
+			}
+			var got tracetest.SpanStubs
+			for _, s := range exp.GetSpans() {
+				if s.Name == host.SpanCall {
+					got = append(got, s)
+				}
+			}
+			if len(got) != tt.wantSpans {
+				t.Fatalf("%d call spans of %d calls; want %d", len(got), calls, tt.wantSpans)
+			}
+			for _, s := range got {
+				if m, v, hd := attr(s, "hotswap.module"), attr(s, "hotswap.version"), attr(s, "hotswap.handler"); m != "pricing" || v != "v1" || hd != "quote" {
+					t.Errorf("call span module %q, version %q, handler %q; want pricing, v1, quote", m, v, hd)
+				}
+				if s.Status.Code == codes.Error {
+					t.Errorf("call span status = %v; want not an error", s.Status)
+				}
+				switch {
+				case parent != nil && s.Parent.SpanID() != parent.SpanContext().SpanID():
+					t.Errorf("call span's parent = %v; want the request span %v", s.Parent.SpanID(), parent.SpanContext().SpanID())
+				case parent != nil && s.SpanContext.TraceID() != parent.SpanContext().TraceID():
+					t.Errorf("call span in trace %v; want the request's %v", s.SpanContext.TraceID(), parent.SpanContext().TraceID())
+				case parent == nil && s.Parent.IsValid():
+					t.Errorf("call span has parent %v; want a root span", s.Parent.SpanID())
+				}
+			}
+		})
+	}
+
+	t.Run("failed call", func(t *testing.T) {
+		h := f.open(t, hostOptions{tracer: tp, traceCalls: 1})
+		mustLoad(t, h, "alice", v1)
+		exp.Reset()
+		_, err := h.Module("pricing").Call(context.Background(), "quote", []byte(`{"item":"","qty":1}`))
+		if !errors.Is(err, module.ErrGuest) {
+			t.Fatalf("Call(no item) = %v; want %v", err, module.ErrGuest)
+		}
+		spans := exp.GetSpans()
+		if len(spans) != 1 || spans[0].Name != host.SpanCall {
+			t.Fatalf("spans = %v; want one %s", names(spans), host.SpanCall)
+		}
+		s := spans[0]
+		if s.Status.Code != codes.Error || s.Status.Description != "guest" || attr(s, "hotswap.failure") != "guest" {
+			t.Errorf("failed call span: status %v, failure %q; want an error of kind guest", s.Status, attr(s, "hotswap.failure"))
+		}
+		if len(s.Events) != 1 || s.Events[0].Name != "exception" || !strings.Contains(fmt.Sprint(s.Events[0].Attributes), "item is required") {
+			t.Errorf("failed call span events = %+v; want the error recorded", s.Events)
+		}
+	})
+}
+
+func TestTraceCallsValidated(t *testing.T) {
+	f := newFixture(t)
+	b, err := wasm.New(wasm.Options{CacheDir: cacheDir(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	for _, share := range []float64{-0.1, 1.5, math.NaN()} {
+		if h, err := host.New(host.Options{Backend: b, StateDir: f.state, TraceCalls: share}); err == nil {
+			closeHost(t, h)
+			t.Errorf("New(TraceCalls: %v) = nil error; want a refusal", share)
+		}
 	}
 }

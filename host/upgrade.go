@@ -10,6 +10,7 @@ import (
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
 
@@ -160,11 +161,11 @@ func (h *Host) upgradeResult(res upgrade.Result) {
 	ctx := context.Background()
 	if prev, err := h.store.Current(m.Name); err == nil && prev.Manifest.Digest != m.Digest {
 		if err := h.store.SetLastKnownGood(ctx, m.Name, prev.Manifest.Digest); err != nil {
-			h.log.Error("record last-known-good binary", "err", err)
+			h.log.Error("record last-known-good binary", logkey.Err, err)
 		}
 	}
 	if err := h.store.SetCurrent(ctx, m.Name, m.Digest); err != nil {
-		h.log.Error("record current binary", "err", err)
+		h.log.Error("record current binary", logkey.Err, err)
 	}
 }
 
@@ -172,7 +173,7 @@ func (h *Host) upgradeResult(res upgrade.Result) {
 // (unless it is the current or the last-known-good one there).
 func (h *Host) forgetBinary(e artifact.Entry) {
 	if err := h.store.Remove(context.Background(), e.Manifest.Name, e.Manifest.Digest); err != nil {
-		h.log.Error("remove a binary that did not take over from the store", "err", err)
+		h.log.Error("remove a binary that did not take over from the store", logkey.Err, err)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/audit"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 type actorKey struct{}
@@ -67,7 +68,7 @@ func (c *change) refuse(err error) error {
 		result = audit.ResultCanceled
 	}
 	c.record(result, err)
-	c.s.log.Warn("eBPF change "+string(result), "action", c.ev.Action, "slot", c.ev.Target, "to", c.ev.To, "err", err)
+	c.s.log.Warn("eBPF change "+string(result), "action", c.ev.Action, logkey.Slot, c.ev.Target, "to", c.ev.To, logkey.Err, err)
 	return err
 }
 
@@ -83,7 +84,7 @@ func (c *change) allow() error {
 // fail records that the change, allowed, failed to take effect.
 func (c *change) fail(err error) error {
 	c.record(audit.ResultFailed, err)
-	c.s.log.Warn("eBPF change failed", "action", c.ev.Action, "slot", c.ev.Target, "to", c.ev.To, "err", err)
+	c.s.log.Warn("eBPF change failed", "action", c.ev.Action, logkey.Slot, c.ev.Target, "to", c.ev.To, logkey.Err, err)
 	return err
 }
 
@@ -94,7 +95,7 @@ func (c *change) record(result audit.Result, err error) error {
 		ev.Error = err.Error()
 	}
 	if aerr := c.s.opts.Audit.Record(c.ctx, ev); aerr != nil {
-		c.s.log.Error("audit an eBPF change", "slot", ev.Target, "result", result, "err", aerr)
+		c.s.log.Error("audit an eBPF change", logkey.Slot, ev.Target, "result", result, logkey.Err, aerr)
 		return aerr
 	}
 	return nil

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"sync"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // Canary is a prepared version serving a share of its module's calls beside
@@ -83,8 +85,8 @@ func (p *Prepared) canary(salt uint64, w float64) (*Canary, error) {
 	m.mu.Unlock()
 	m.route.Store(r.canaryRoute(c.v, c.salt, w))
 	r.mu.Unlock()
-	r.log.Info("module canary serving", "module", m.name, "version", p.name, "stable", p.from.name,
-		"weight", w, "digest", p.digest, "prepared_in", p.took)
+	r.log.Info("module canary serving", logkey.Module, m.name, logkey.Version, p.name, "stable", p.from.name,
+		"weight", w, logkey.Digest, p.digest, "prepared_in", p.took)
 	return c, nil
 }
 
@@ -170,7 +172,7 @@ func (c *Canary) Promote(ctx context.Context) (VersionStatus, error) {
 	m.route.Store(r.baseRoute())
 	r.mu.Unlock()
 	m.busy.Store(false)
-	r.log.Info("module canary promoted", "module", m.name, "version", c.v.name, "from", c.stable.name, "digest", c.v.digest)
+	r.log.Info("module canary promoted", logkey.Module, m.name, logkey.Version, c.v.name, logkey.From, c.stable.name, logkey.Digest, c.v.digest)
 	return *c.v.status(), nil
 }
 
@@ -186,7 +188,7 @@ func (c *Canary) Abort() {
 	}
 	c.done = true
 	c.retire()
-	c.reg.log.Info("module canary aborted", "module", c.m.name, "version", c.v.name, "stable", c.stable.name)
+	c.reg.log.Info("module canary aborted", logkey.Module, c.m.name, logkey.Version, c.v.name, "stable", c.stable.name)
 }
 
 // retire takes the canary out of the route, drains and closes it, and

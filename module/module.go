@@ -23,8 +23,9 @@ type Module struct {
 	// canary while it runs.
 	busy atomic.Bool
 	// route, when set, splits calls between the active version and a
-	// canary and picks the calls that are timed; nil while neither applies,
-	// and then a call pays one atomic load for it.
+	// canary, picks the calls that are timed, and says whether calls are
+	// labelled or traced; nil while none of these applies, and then a call
+	// pays one atomic load for it.
 	route atomic.Pointer[route]
 
 	mu       sync.Mutex // protects previous, draining, canary
@@ -103,14 +104,18 @@ func (m *Module) appendRouted(ctx context.Context, r *route, bucket uint64, dst 
 	if r.labels {
 		pprof.SetGoroutineLabels(v.labels)
 	}
+	callCtx, traced := ctx, false
+	if r.spans != nil {
+		callCtx, traced = r.spans.StartCall(ctx, m.name, v.name, handler)
+	}
 	var out []byte
 	var err error
 	if r.timed(bucket) {
 		start := m.reg.clock()
-		out, err = v.code.AppendCall(ctx, dst, handler, in)
+		out, err = v.code.AppendCall(callCtx, dst, handler, in)
 		v.stats.observe(m.reg.clock() - start)
 	} else {
-		out, err = v.code.AppendCall(ctx, dst, handler, in)
+		out, err = v.code.AppendCall(callCtx, dst, handler, in)
 	}
 	if r.labels {
 		pprof.SetGoroutineLabels(ctx)
@@ -118,9 +123,21 @@ func (m *Module) appendRouted(ctx context.Context, r *route, bucket uint64, dst 
 	v.release()
 	if err != nil {
 		v.stats.fail(err)
-		return out, v.callError(handler, err)
+		err = v.callError(handler, err)
 	}
-	return out, nil
+	if traced {
+		endSpan(r.spans, callCtx, err)
+	}
+	return out, err
+}
+
+// endSpan tells t how a traced call ended.
+func endSpan(t CallTracer, ctx context.Context, err error) {
+	var kind FailureKind
+	if err != nil {
+		kind = failureKind(err)
+	}
+	t.EndCall(ctx, err, kind)
 }
 
 // acquire returns the active version with a reference taken, or nil when

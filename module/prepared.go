@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // A change of a module takes two phases. Prepare (or PrepareRollback) does
@@ -173,8 +175,8 @@ func (p *Prepared) Activate(ctx context.Context) (VersionStatus, error) {
 	// Holding r.mu orders this switch before Close's sweep of actives.
 	m.activate(v)
 	r.mu.Unlock()
-	r.log.Info("module version active", "module", m.name, "version", p.name, "from", from,
-		"digest", p.digest, "prepared_in", p.took)
+	r.log.Info("module version active", logkey.Module, m.name, logkey.Version, p.name, logkey.From, from,
+		logkey.Digest, p.digest, "prepared_in", p.took)
 	return *v.status(), nil
 }
 
@@ -200,7 +202,7 @@ func (p *Prepared) activateRollback(ctx context.Context) (VersionStatus, error) 
 	m.mu.Unlock()
 	r.mu.Unlock()
 	r.retire(m, cur)
-	r.log.Info("module rolled back", "module", m.name, "version", p.to.name, "from", cur.name)
+	r.log.Info("module rolled back", logkey.Module, m.name, logkey.Version, p.to.name, logkey.From, cur.name)
 	return *p.to.status(), nil
 }
 

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // DefaultDrainTimeout bounds how long a retired version may keep finishing
@@ -47,6 +49,24 @@ type Options struct {
 	// after pprof.Do. It costs a call two label switches (see
 	// bench/modcall, labels_p50_ns). Defaults to false.
 	ProfileLabels bool
+	// CallTracer, when set, is asked at the start of each call whether the
+	// call gets a span, and told how it ended if it did (package host
+	// provides one over OpenTelemetry: host.Options.TraceCalls). It costs
+	// every call an interface call and what the tracer does. Defaults to
+	// nil: no call spans, and calls pay nothing for them.
+	CallTracer CallTracer
+}
+
+// CallTracer records spans of module calls (see Options.CallTracer). It
+// must be safe for concurrent use.
+type CallTracer interface {
+	// StartCall decides whether the call of handler of module's version
+	// gets a span. If so it returns ctx carrying the span, which the call
+	// runs with, and true; else ctx and false.
+	StartCall(ctx context.Context, module, version, handler string) (context.Context, bool)
+	// EndCall ends the span StartCall put in ctx. err is the call's error
+	// (a *CallError), nil on success; kind classifies it.
+	EndCall(ctx context.Context, err error, kind FailureKind)
 }
 
 // Source is one version's artifact.
@@ -72,8 +92,9 @@ type Registry struct {
 	drainTimeout time.Duration
 	newState     func(module string) *KV // Options.State
 	timeCalls    float64
-	labels       bool      // Options.ProfileLabels
-	epoch        time.Time // the origin of clock
+	labels       bool       // Options.ProfileLabels
+	spans        CallTracer // Options.CallTracer
+	epoch        time.Time  // the origin of clock
 
 	mu      sync.Mutex // protects modules, closed; writers publish lookup
 	modules map[string]*Module
@@ -101,6 +122,7 @@ func New(opts Options) (*Registry, error) {
 		drainTimeout: cmp(opts.DrainTimeout, DefaultDrainTimeout),
 		timeCalls:    opts.TimeCalls,
 		labels:       opts.ProfileLabels,
+		spans:        opts.CallTracer,
 		epoch:        time.Now(),
 		modules:      make(map[string]*Module),
 		newState:     opts.State,
@@ -243,23 +265,23 @@ func (r *Registry) Close(ctx context.Context) error {
 }
 
 // baseRoute is the route of a module without a canary: nil, unless calls
-// are timed or labelled.
+// are timed, labelled or traced.
 func (r *Registry) baseRoute() *route {
-	switch {
-	case r.timeCalls > 0:
-		rt := timingRoute(r.timeCalls)
-		rt.labels = r.labels
-		return rt
-	case r.labels:
-		return &route{labels: true}
+	if r.timeCalls == 0 && !r.labels && r.spans == nil {
+		return nil
 	}
-	return nil
+	rt := &route{}
+	if r.timeCalls > 0 {
+		rt = timingRoute(r.timeCalls)
+	}
+	rt.labels, rt.spans = r.labels, r.spans
+	return rt
 }
 
 // canaryRoute is the route of a canary at weight w.
 func (r *Registry) canaryRoute(canary *version, salt uint64, w float64) *route {
 	rt := newRoute(canary, salt, w)
-	rt.labels = r.labels
+	rt.labels, rt.spans = r.labels, r.spans
 	return rt
 }
 
@@ -291,10 +313,10 @@ func (r *Registry) retire(m *Module, v *version) {
 		case <-v.drained:
 		case <-t.C:
 			r.log.Warn("drain deadline passed; closing version under running calls",
-				"module", m.name, "version", v.name, "in_flight", v.inFlight())
+				logkey.Module, m.name, logkey.Version, v.name, "in_flight", v.inFlight())
 		}
 		if err := v.code.Close(context.Background()); err != nil {
-			r.log.Warn("close version", "module", m.name, "version", v.name, "err", err)
+			r.log.Warn("close version", logkey.Module, m.name, logkey.Version, v.name, logkey.Err, err)
 		}
 		m.mu.Lock()
 		m.draining = slices.DeleteFunc(m.draining, func(d *version) bool { return d == v })

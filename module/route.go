@@ -28,6 +28,9 @@ type route struct {
 	// labels sets the version's profiling labels around each call (see
 	// Options.ProfileLabels).
 	labels bool
+	// spans, when set, decides which calls get a span (see
+	// Options.CallTracer).
+	spans CallTracer
 }
 
 // newRoute returns the route of a canary at weight w (0 ≤ w ≤ 1).

@@ -22,6 +22,7 @@ func TestMain(m *testing.M) { os.Exit(testhost.Main(m)) }
 // traps in its init (refused), and a metrics registry with the host's
 // collector on it.
 type rig struct {
+	f          *testhost.Fixture
 	h          *host.Host
 	reg        *prometheus.Registry
 	v1, v2, v3 string // artifact paths
@@ -37,7 +38,7 @@ func newRig(t *testing.T, o testhost.HostOptions) *rig {
 			edit(opts)
 		}
 	}
-	r := &rig{h: f.Host(t, o), reg: prometheus.NewRegistry()}
+	r := &rig{f: f, h: f.Host(t, o), reg: prometheus.NewRegistry()}
 	r.v1 = f.Sign(t, f.Trusted, "pricing-v1.wasm", testhost.Guest(t, testhost.V1), artifact.Manifest{Version: "v1"})
 	r.v2 = f.Sign(t, f.Trusted, "pricing-v2.wasm", testhost.Guest(t, testhost.V2), artifact.Manifest{Version: "v2"})
 	r.v3 = f.Sign(t, f.Trusted, "pricing-v3.wasm", testhost.Guest(t, testhost.TrapInit), artifact.Manifest{Version: "v3"})

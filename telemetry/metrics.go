@@ -9,6 +9,7 @@ import (
 	"github.com/hotswapgo/hotswap/canary"
 	"github.com/hotswapgo/hotswap/host"
 	"github.com/hotswapgo/hotswap/module"
+	"github.com/hotswapgo/hotswap/upgrade"
 )
 
 // metric describes one metric the collector exports. docs/metrics.md lists
@@ -59,6 +60,7 @@ const (
 	mUpgradeReady
 	mUpgradeProbation
 	mUpgrading
+	mUpgradePhase
 	mGeneration
 	mDevelopment
 	numMetrics
@@ -105,6 +107,8 @@ var metrics = [numMetrics]metric{
 		help: "Time new processes spent in probation until they passed it or died."},
 	mUpgrading: {name: "hotswap_upgrade_in_progress", kind: gauge,
 		help: "1 while a binary upgrade of this process is under way."},
+	mUpgradePhase: {name: "hotswap_upgrade_phase", kind: gauge, labels: []string{"phase"},
+		help: "1 for the phase this process is in, 0 for the others: idle, starting, waiting for ready, probation (of a new process this one started), parent probation (of this process, started by an upgrade), handed over."},
 	mGeneration: {name: "hotswap_process_generation", kind: gauge,
 		help: "Generation of this process: 1 when started fresh, one more than its parent's after an upgrade."},
 	mDevelopment: {name: "hotswap_development_mode", kind: gauge,
@@ -181,6 +185,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.histogram(ch, mUpgradeProbation, &changes.UpgradeProbation)
 	p := c.h.Process()
 	c.send(ch, mUpgrading, boolFloat(p.Upgrading))
+	for _, phase := range upgrade.Phases() {
+		c.send(ch, mUpgradePhase, boolFloat(phase == p.UpgradePhase), phase.String())
+	}
 	c.send(ch, mGeneration, float64(p.Generation))
 	c.send(ch, mDevelopment, boolFloat(c.h.TrustMode() == "development"))
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/hotswapgo/hotswap/internal/testhost"
+	"github.com/hotswapgo/hotswap/upgrade"
 )
 
 // gathered returns the value of every sample of the registry's metric
@@ -112,6 +113,14 @@ func TestCollectorCountsSwapsAndCalls(t *testing.T) {
 	}
 	if got := r.gathered(t, "hotswap_process_generation")[""]; got != 1 {
 		t.Errorf("generation = %v; want 1", got)
+	}
+	phases := r.gathered(t, "hotswap_upgrade_phase")
+	var sum float64
+	for _, v := range phases {
+		sum += v
+	}
+	if phases["phase=idle"] != 1 || sum != 1 || len(phases) != len(upgrade.Phases()) {
+		t.Errorf("hotswap_upgrade_phase = %v; want idle 1 and every other phase 0", phases)
 	}
 }
 

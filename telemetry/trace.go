@@ -19,6 +19,13 @@ import (
 // OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES says otherwise.
 const DefaultServiceName = "hotswap"
 
+// DefaultTraceCalls is a share of module calls for a host that wants call
+// spans (host.Options.TraceCalls, off by default): one call in a thousand
+// of those without a parent span, and every call under a sampled parent.
+// An untraced call then pays an interface call, a context lookup and a
+// random draw; a traced one its span, microseconds with the SDK.
+const DefaultTraceCalls = 0.001
+
 // ErrTracingConfig: the OTEL_* environment asks for something this
 // package does not provide.
 var ErrTracingConfig = errors.New("unsupported tracing configuration")

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // Upgrade starts a new process of this service, hands it the sockets,
@@ -65,7 +67,7 @@ func (u *Upgrader) upgrade(ctx context.Context, trigger, binary string) (Result,
 	res := u.run(ctx, trigger, binary)
 	u.end()
 
-	attrs := []any{"trigger", res.Trigger, "outcome", res.Outcome.String(), "pid", res.PID, "binary", res.Binary, "ready", res.Ready}
+	attrs := []any{"trigger", res.Trigger, "outcome", res.Outcome.String(), logkey.PID, res.PID, "binary", res.Binary, "ready", res.Ready}
 	switch res.Outcome {
 	case Committed:
 		u.log.Info("upgrade: new process took over", attrs...)
@@ -87,22 +89,22 @@ func (u *Upgrader) begin() error {
 	switch {
 	case u.closed || u.stage == stageSucceeded:
 		return fmt.Errorf("upgrade: %w", ErrClosed)
-	case u.attempt != attemptIdle:
+	case u.attempt != PhaseIdle:
 		return &InProgressError{PID: u.childPID, Phase: u.attempt.String()}
 	case u.stage == stageChild:
-		return &InProgressError{Phase: "parent probation"}
+		return &InProgressError{Phase: PhaseParentProbation.String()}
 	}
-	u.attempt = attemptStarting
+	u.attempt = PhaseStarting
 	u.wg.Add(1)
 	return nil
 }
 
 // setAttempt moves the running attempt to phase; entering probation pauses
 // every socket.
-func (u *Upgrader) setAttempt(phase attemptPhase, pid int) {
+func (u *Upgrader) setAttempt(phase Phase, pid int) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if phase == attemptProbation {
+	if phase == PhaseProbation {
 		u.pauseAll(true)
 	}
 	u.attempt, u.childPID = phase, pid
@@ -113,10 +115,10 @@ func (u *Upgrader) setAttempt(phase attemptPhase, pid int) {
 func (u *Upgrader) end() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.attempt == attemptProbation && u.stage != stageSucceeded {
+	if u.attempt == PhaseProbation && u.stage != stageSucceeded {
 		u.pauseAll(false)
 	}
-	u.attempt, u.childPID = attemptIdle, 0
+	u.attempt, u.childPID = PhaseIdle, 0
 	u.flushUnlinks()
 }
 
@@ -125,12 +127,12 @@ func (u *Upgrader) end() {
 func (u *Upgrader) run(ctx context.Context, trigger, binary string) (res Result) {
 	res = Result{Trigger: trigger, Started: time.Now(), Outcome: Failed}
 	if err := sdNotify(u.notify, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec())); err != nil {
-		u.log.Warn("upgrade: notify systemd", "err", err)
+		u.log.Warn("upgrade: notify systemd", logkey.Err, err)
 	}
 	defer func() {
 		if res.Outcome != Committed {
 			if err := sdNotify(u.notify, "READY=1"); err != nil {
-				u.log.Warn("upgrade: notify systemd", "err", err)
+				u.log.Warn("upgrade: notify systemd", logkey.Err, err)
 			}
 		}
 	}()
@@ -149,8 +151,8 @@ func (u *Upgrader) run(ctx context.Context, trigger, binary string) (res Result)
 		return res
 	}
 	res.PID = c.pid
-	u.setAttempt(attemptInit, c.pid)
-	u.log.Info("upgrade: started new process", "pid", c.pid, "binary", bin, "trigger", trigger)
+	u.setAttempt(PhaseWaitReady, c.pid)
+	u.log.Info("upgrade: started new process", logkey.PID, c.pid, "binary", bin, "trigger", trigger)
 
 	if err := u.initChild(ctx, c, deadline.C); err != nil {
 		grace := time.Duration(0)
@@ -162,9 +164,9 @@ func (u *Upgrader) run(ctx context.Context, trigger, binary string) (res Result)
 		return res
 	}
 	res.Ready = time.Since(res.Started)
-	u.log.Info("upgrade: new process ready", "pid", c.pid, "ready", res.Ready)
+	u.log.Info("upgrade: new process ready", logkey.PID, c.pid, "ready", res.Ready)
 
-	u.setAttempt(attemptProbation, c.pid)
+	u.setAttempt(PhaseProbation, c.pid)
 	probationStart := time.Now()
 	alive := u.probation(c)
 	res.Probation = time.Since(probationStart)
@@ -278,15 +280,15 @@ func (u *Upgrader) commit(c *child) {
 	u.stage = stageSucceeded
 	u.mu.Unlock()
 	if err := c.commit(); err != nil {
-		u.log.Warn("upgrade: tell new process to commit", "pid", c.pid, "err", err)
+		u.log.Warn("upgrade: tell new process to commit", logkey.PID, c.pid, logkey.Err, err)
 	}
 	if u.opts.PIDFile != "" {
 		if err := writePIDFile(u.opts.PIDFile, c.pid); err != nil {
-			u.log.Error("upgrade: pidfile", "err", err)
+			u.log.Error("upgrade: pidfile", logkey.Err, err)
 		}
 	}
 	if err := sdNotify(u.notify, fmt.Sprintf("MAINPID=%d\nREADY=1", c.pid)); err != nil {
-		u.log.Warn("upgrade: notify systemd", "err", err)
+		u.log.Warn("upgrade: notify systemd", logkey.Err, err)
 	}
 	u.exitOnce.Do(func() { close(u.exit) })
 }

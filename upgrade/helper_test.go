@@ -85,6 +85,7 @@ func runHelper(scenario string) int {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, os.Getpid()) })
 	mux.HandleFunc("/state", func(w http.ResponseWriter, r *http.Request) { w.Write(u.State()) })
+	mux.HandleFunc("/phase", func(w http.ResponseWriter, r *http.Request) { phase, _ := u.Phase(); fmt.Fprint(w, phase) })
 	srv := NewHTTPServer(&http.Server{Handler: mux}, HTTPOptions{})
 	var closers []io.Closer
 	if a := os.Getenv(envTCP); a != "" {

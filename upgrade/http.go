@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // HTTPOptions configure an HTTPServer. The zero value is usable.
@@ -364,7 +366,7 @@ func (s *HTTPServer) Drain(ctx context.Context) error {
 		}
 		s.mu.Unlock()
 		s.srv.Close()
-		s.log.Warn("http drain: deadline passed", "err", de, "after", time.Since(start))
+		s.log.Warn("http drain: deadline passed", logkey.Err, de, "after", time.Since(start))
 		if len(errs) > 0 {
 			return errors.Join(append(errs, de)...)
 		}

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"sync"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // http2Drain sends GOAWAY to the HTTP/2 connections of one http.Server.
@@ -102,7 +104,7 @@ func (d *http2Drain) connState(c net.Conn, st http.ConnState, draining bool) {
 // after their last stream.
 func (d *http2Drain) goAway() {
 	if err := d.trigger.Shutdown(context.Background()); err != nil {
-		d.log.Warn("http drain: send GOAWAY", "err", err)
+		d.log.Warn("http drain: send GOAWAY", logkey.Err, err)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // parentLink is a new process's end of the hand-over: the control socket
@@ -25,12 +27,12 @@ func (p *parentLink) ready(log *slog.Logger) {
 		// From now on our stderr goes where the parent's goes, not into the
 		// pipe the parent reads during init (which closes when it exits).
 		if err := syscall.Dup3(int(p.stderr.Fd()), 2, 0); err != nil {
-			log.Warn("upgrade: redirect stderr", "err", err)
+			log.Warn("upgrade: redirect stderr", logkey.Err, err)
 		}
 		p.closeStderr()
 	}
 	if err := writeFrame(p.conn, protocolVersion, msgReady, nil); err != nil {
-		log.Warn("upgrade: tell parent ready", "err", err)
+		log.Warn("upgrade: tell parent ready", logkey.Err, err)
 	}
 }
 
@@ -115,14 +117,14 @@ func (u *Upgrader) readParent() {
 	u.mu.Lock()
 	u.stage = stageMain
 	ready, closed := u.ready, u.closed
-	if u.attempt == attemptIdle { // an attempt of ours flushes them itself
+	if u.attempt == PhaseIdle { // an attempt of ours flushes them itself
 		u.flushUnlinks()
 	}
 	u.mu.Unlock()
 	if committed {
 		u.parent.conn.SetWriteDeadline(time.Now().Add(time.Second))
 		if err := writeFrame(u.parent.conn, protocolVersion, msgCommitted, nil); err != nil {
-			u.log.Warn("upgrade: acknowledge commit", "err", err)
+			u.log.Warn("upgrade: acknowledge commit", logkey.Err, err)
 		}
 	}
 	u.parent.conn.Close()
@@ -133,11 +135,11 @@ func (u *Upgrader) readParent() {
 	case ready:
 		// The parent went away during probation without committing: it
 		// crashed. We serve, so we are the main process now.
-		u.log.Warn("upgrade: parent went away before commit; taking over", "err", err)
+		u.log.Warn("upgrade: parent went away before commit; taking over", logkey.Err, err)
 		if err := u.becomeMain(); err != nil {
-			u.log.Error("upgrade: take over", "err", err)
+			u.log.Error("upgrade: take over", logkey.Err, err)
 		}
 	default:
-		u.log.Warn("upgrade: parent went away before ready", "err", err)
+		u.log.Warn("upgrade: parent went away before ready", logkey.Err, err)
 	}
 }

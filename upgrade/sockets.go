@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"syscall"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // handed is a socket or file that is passed to every new process.
@@ -127,7 +129,7 @@ func (u *Upgrader) register(name string, h handed) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.files[name] = h
-	if u.attempt == attemptProbation {
+	if u.attempt == PhaseProbation {
 		h.pause(true)
 	}
 }
@@ -148,7 +150,7 @@ func (u *Upgrader) forget(name, path string) {
 	delete(u.files, name)
 	switch {
 	case path == "" || u.stage == stageSucceeded:
-	case u.attempt != attemptIdle || u.stage == stageChild:
+	case u.attempt != PhaseIdle || u.stage == stageChild:
 		u.unlinks = append(u.unlinks, path)
 	default:
 		u.removeSocket(path)
@@ -169,7 +171,7 @@ func (u *Upgrader) flushUnlinks() {
 // removeSocket unlinks a unix socket path. u.mu is held.
 func (u *Upgrader) removeSocket(path string) {
 	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-		u.log.Warn("upgrade: remove unix socket", "path", path, "err", err)
+		u.log.Warn("upgrade: remove unix socket", logkey.Path, path, logkey.Err, err)
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // Session ticket key rotation, as crypto/tls does with its own keys: a new
@@ -68,7 +70,7 @@ func newTicketKeys(section []byte, log *slog.Logger) *ticketKeys {
 	if section != nil {
 		keys, err := decodeTicketKeys(section)
 		if err != nil {
-			log.Warn("upgrade: dropping the TLS session ticket keys handed over", "err", err)
+			log.Warn("upgrade: dropping the TLS session ticket keys handed over", logkey.Err, err)
 		}
 		t.keys = keys
 	}

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // Protocol environment and descriptor layout of a process started by an
@@ -40,28 +42,49 @@ const (
 	stageSucceeded
 )
 
-// attemptPhase is where this process's running upgrade attempt is.
-type attemptPhase uint8
+// Phase is where this process stands in binary upgrades, as Upgrader.Phase
+// reports it. The first four are the phases of an attempt this process
+// runs, in order; the last two belong to a process on either side of a
+// hand-over.
+type Phase uint8
 
 const (
-	attemptIdle      attemptPhase = iota
-	attemptStarting               // preparing the binary, starting the process
-	attemptInit                   // the new process runs, not ready yet
-	attemptProbation              // the new process is ready; this one paused
+	// PhaseIdle: no upgrade runs; this process serves alone.
+	PhaseIdle Phase = iota
+	// PhaseStarting: an attempt prepares the new binary (PrepareBinary:
+	// verify, copy into the store) and starts the new process.
+	PhaseStarting
+	// PhaseWaitReady: the new process runs and has the hand-over; the
+	// attempt waits until it says ready (bounded by UpgradeTimeout).
+	PhaseWaitReady
+	// PhaseProbation: the new process is ready and accepts; this process
+	// stopped accepting but keeps its sockets until Probation ends, and
+	// resumes if the new process dies.
+	PhaseProbation
+	// PhaseParentProbation: an upgrade started this process, and its
+	// parent is still in probation (it may yet resume serving).
+	PhaseParentProbation
+	// PhaseHandedOver: a new process passed probation and owns the
+	// sockets; this process drains and exits (Exit is closed).
+	PhaseHandedOver
 )
 
-func (p attemptPhase) String() string {
-	switch p {
-	case attemptIdle:
-		return "idle"
-	case attemptStarting:
-		return "starting"
-	case attemptInit:
-		return "init"
-	case attemptProbation:
-		return "probation"
+var phaseNames = [...]string{"idle", "starting", "waiting for ready", "probation", "parent probation", "handed over"}
+
+// String returns the phase as status and metrics name it: "idle",
+// "starting", "waiting for ready", "probation", "parent probation" or
+// "handed over".
+func (p Phase) String() string {
+	if int(p) < len(phaseNames) {
+		return phaseNames[p]
 	}
 	return "phase(" + strconv.Itoa(int(p)) + ")"
+}
+
+// Phases lists every Phase in order, e.g. for a metric with one series
+// per phase.
+func Phases() []Phase {
+	return []Phase{PhaseIdle, PhaseStarting, PhaseWaitReady, PhaseProbation, PhaseParentProbation, PhaseHandedOver}
 }
 
 // Upgrader hands this process's sockets, files and state to a new process
@@ -86,10 +109,10 @@ type Upgrader struct {
 
 	mu        sync.Mutex // protects stage, attempt, childPID, ready, closed, files, inherited and unlinks
 	stage     stage
-	attempt   attemptPhase // only the goroutine running the attempt changes it
-	childPID  int          // the running attempt's new process
-	ready     bool         // Ready was called
-	closed    bool         // Close was called
+	attempt   Phase // PhaseIdle to PhaseProbation; only the goroutine running the attempt changes it
+	childPID  int   // the running attempt's new process
+	ready     bool  // Ready was called
+	closed    bool  // Close was called
 	files     map[string]handed
 	inherited map[string]*os.File // received from the parent, not yet claimed
 	unlinks   []string            // unix paths closed while another process may own them
@@ -202,6 +225,23 @@ func New(opts Options) (*Upgrader, error) {
 	return u, nil
 }
 
+// Phase returns where this process stands in binary upgrades and, from
+// PhaseWaitReady to PhaseProbation, the new process's pid (else 0). It is
+// a snapshot for status pages and metrics: the phase may move on at once.
+func (u *Upgrader) Phase() (Phase, int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	switch {
+	case u.stage == stageSucceeded:
+		return PhaseHandedOver, 0
+	case u.attempt != PhaseIdle:
+		return u.attempt, u.childPID
+	case u.stage == stageChild:
+		return PhaseParentProbation, 0
+	}
+	return PhaseIdle, 0
+}
+
 // HasParent reports whether an upgrade started this process.
 func (u *Upgrader) HasParent() bool { return u.parent != nil }
 
@@ -279,7 +319,7 @@ func (u *Upgrader) signalLoop() {
 				defer u.wg.Done()
 				// Errors are logged and passed to OnResult by upgrade.
 				if _, err := u.upgrade(context.Background(), s.String(), ""); errors.Is(err, ErrUpgradeInProgress) {
-					u.log.Warn("upgrade: signal ignored", "signal", s.String(), "err", err)
+					u.log.Warn("upgrade: signal ignored", "signal", s.String(), logkey.Err, err)
 				}
 			}()
 		case <-u.closing:

@@ -21,6 +21,7 @@ import (
 	"github.com/hotswapgo/hotswap/examples/pricing"
 	"github.com/hotswapgo/hotswap/host"
 	"github.com/hotswapgo/hotswap/internal/dropdir"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/internal/statedir"
 	"github.com/hotswapgo/hotswap/module/goplugin"
 	"github.com/hotswapgo/hotswap/module/wasm"
@@ -48,6 +49,7 @@ type demoOptions struct {
 	admin         string // "" for no admin listener
 	dev           bool
 	profileLabels bool
+	traceCalls    float64 // share of module calls traced (host.Options.TraceCalls)
 	devTrust      string
 }
 
@@ -79,6 +81,8 @@ $` + host.StateDirEnv + `, else hotswap/ in the user configuration directory.`,
 		"address of the status page, /metrics and /debug/pprof (loopback only: it exposes profiles); empty for none")
 	cmd.Flags().BoolVar(&o.profileLabels, "profile-labels", false,
 		"set pprof labels module and version around every module call")
+	cmd.Flags().Float64Var(&o.traceCalls, "trace-calls", 0, fmt.Sprintf(
+		"share of module calls without a parent span that get a span, when OTEL_* turns tracing on (e.g. %v); 0 for none", telemetry.DefaultTraceCalls))
 	cmd.Flags().StringVar(&o.devTrust, "dev-trust", "", "development trust root: also trust the keys in DIR (made by hotswap watch)")
 	return cmd
 }
@@ -161,7 +165,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		ProfileLabels: o.profileLabels,
 	}
 	if tp != nil {
-		hopts.TracerProvider = tp
+		hopts.TracerProvider, hopts.TraceCalls = tp, o.traceCalls
 		defer func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -180,12 +184,12 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	up := h.Upgrader()
 	if !up.HasParent() {
 		if err := signSelf(ctx, signer, binary); err != nil {
-			log.Warn("could not sign this binary; upgrades will be refused", "err", err)
+			log.Warn("could not sign this binary; upgrades will be refused", logkey.Err, err)
 		}
 	}
 
 	if err := h.RestoreModules(ctx); err != nil {
-		log.Warn("restore modules", "err", err)
+		log.Warn("restore modules", logkey.Err, err)
 	}
 	if h.Module(pricing.Module).Status().Active == nil {
 		if _, err := h.LoadFile(host.WithActor(ctx, "demo"), pricing.Module, arts["v1"]); err != nil {
@@ -220,7 +224,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		}, upgrade.HTTPOptions{Logger: log})
 		go func() {
 			if err := admin.Serve(aln); err != nil {
-				log.Warn("admin listener stopped", "err", err)
+				log.Warn("admin listener stopped", logkey.Err, err)
 			}
 		}()
 	}
@@ -260,7 +264,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 			fmt.Fprintf(stdout, "%s@%s now serves (from %s)\n", name, st.Version, filepath.Base(path))
 		})
 		if err != nil {
-			log.Error("drop directory watch stopped", "err", err)
+			log.Error("drop directory watch stopped", logkey.Err, err)
 		}
 	}()
 
@@ -288,11 +292,11 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := srv.Drain(dctx); err != nil {
-		log.Warn("drain", "err", err)
+		log.Warn("drain", logkey.Err, err)
 	}
 	if admin != nil {
 		if err := admin.Drain(dctx); err != nil {
-			log.Warn("drain admin listener", "err", err)
+			log.Warn("drain admin listener", logkey.Err, err)
 		}
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/examples/pricing"
 	"github.com/hotswapgo/hotswap/internal/guestbuild"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // demoGuests maps artifact names in demo/artifacts to the guest packages
@@ -75,7 +76,7 @@ func demoArtifacts(ctx context.Context, demoDir string, signer *artifact.Signer,
 		return nil, err
 	}
 	paths["tampered"] = tampered
-	log.Debug("example modules ready", "dir", dir)
+	log.Debug("example modules ready", logkey.Path, dir)
 	return paths, nil
 }
 

@@ -27,6 +27,7 @@ import (
 
 	"github.com/hotswapgo/hotswap/artifact"
 	"github.com/hotswapgo/hotswap/control"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // DefaultDebounce is how long the sources must stay unchanged after a save
@@ -256,7 +257,7 @@ func (l *Loop) Run(ctx context.Context) (err error) {
 			if ev.Has(fsnotify.Create) {
 				if fi, err := os.Stat(ev.Name); err == nil && fi.IsDir() {
 					if err := l.watchTree(w, ev.Name); err != nil {
-						l.log.Warn("watch a new directory", "dir", ev.Name, "err", err)
+						l.log.Warn("watch a new directory", logkey.Path, ev.Name, logkey.Err, err)
 					}
 				}
 			}

@@ -7,6 +7,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/module"
 )
 
@@ -191,7 +192,7 @@ func (db *DB) commit() bool {
 	db.mu.Unlock()
 
 	if err != nil {
-		db.log.Error("commit module state; retrying, the changes stay in memory meanwhile", "file", db.path, "err", err)
+		db.log.Error("commit module state; retrying, the changes stay in memory meanwhile", logkey.Path, db.path, logkey.Err, err)
 		return false
 	}
 	db.skipped(skipped)

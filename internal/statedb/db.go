@@ -29,6 +29,8 @@ import (
 
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // Limits of what is stored. A change beyond them stays in memory only: it
@@ -349,7 +351,7 @@ func (db *DB) skipped(n int) {
 	db.stats.Skipped += uint64(n)
 	db.mu.Unlock()
 	db.log.Error("state changes kept in memory only: a module name is empty, a key is over the size limit or a value is",
-		"file", db.path, "changes", n, "max_key_bytes", MaxKeySize, "max_value_bytes", MaxValueSize)
+		logkey.Path, db.path, "changes", n, "max_key_bytes", MaxKeySize, "max_value_bytes", MaxValueSize)
 }
 
 // Stats returns what the DB did since Open.

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/module"
 )
 
@@ -171,7 +172,7 @@ func (b *Backend) library(ctx context.Context, spec module.Spec, digest string) 
 	if !mine && retained >= b.opts.MaxRetained {
 		return nil, module.Reject("retained", &RetainedError{Retained: retained, Max: b.opts.MaxRetained})
 	}
-	host := &pluginHost{state: spec.State, log: b.log.With("module", spec.Module, "plugin", digest[:min(12, len(digest))])}
+	host := &pluginHost{state: spec.State, log: b.log.With(logkey.Module, spec.Module, "plugin", digest[:min(12, len(digest))])}
 	if lib := opened.libs[digest]; lib != nil {
 		if le := lib.err; le != nil {
 			return nil, module.Reject(le.Check, le.Err) // a fresh error: the registry fills it in
@@ -225,8 +226,8 @@ func (b *Backend) library(ctx context.Context, spec module.Spec, digest string) 
 		}
 	}
 	b.keep(lib)
-	b.log.Info("plugin opened", "module", spec.Module, "version", spec.Version, "digest", digest,
-		"path", path, "mapped_bytes", lib.mapped, "err", err)
+	b.log.Info("plugin opened", logkey.Module, spec.Module, logkey.Version, spec.Version, logkey.Digest, digest,
+		logkey.Path, path, "mapped_bytes", lib.mapped, logkey.Err, err)
 	return lib, err
 }
 

@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/tetratelabs/wazero"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // compiler compiles modules one at a time, noting which files each compile
@@ -70,7 +72,7 @@ func (c *compiler) files() []string {
 func (c *compiler) remove(files []string) {
 	for _, f := range files {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
-			c.log.Warn("remove compiled code of a refused module", "file", f, "err", err)
+			c.log.Warn("remove compiled code of a refused module", logkey.Path, f, logkey.Err, err)
 		}
 	}
 }

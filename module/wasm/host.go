@@ -17,6 +17,7 @@ import (
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/module/wasm/internal/guard"
 )
@@ -87,7 +88,7 @@ type compiledModule struct {
 
 func newModuleHost(ctx context.Context, name string, cfg ModuleConfig, state *module.KV, cache wazero.CompilationCache,
 	c *compiler, log *slog.Logger) (*moduleHost, error) {
-	h := &moduleHost{name: name, cfg: cfg, state: state, log: log.With("module", name), compiler: c,
+	h := &moduleHost{name: name, cfg: cfg, state: state, log: log.With(logkey.Module, name), compiler: c,
 		compiled: make(map[string]*compiledModule)}
 	h.logs.init(cfg.LogLimit)
 	rcfg := wazero.NewRuntimeConfigCompiler().

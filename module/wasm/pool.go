@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/module"
 )
 
@@ -151,7 +152,7 @@ func (p *pool) maintain(inst *instance) {
 	p.yielding--
 	switch {
 	case err != nil:
-		p.host.log.Warn("garbage-collection yield failed; instance discarded", "err", err)
+		p.host.log.Warn("garbage-collection yield failed; instance discarded", logkey.Err, err)
 		p.discardLocked(inst)
 	case p.closed:
 		p.dropLocked(inst)
@@ -217,7 +218,7 @@ func (p *pool) create() {
 	p.creating--
 	if err != nil {
 		p.lastErr = err
-		p.host.log.Error("create instance", "err", err)
+		p.host.log.Error("create instance", logkey.Err, err)
 		// Calls waiting with nobody left to serve them fail now rather
 		// than wait for their deadline.
 		if len(p.all) == 0 && p.creating == 0 {

@@ -53,9 +53,11 @@ function render(snap) {
   trust.textContent = "trust: " + snap.trust_mode;
   trust.className = "badge" + (snap.trust_mode === "development" ? " warn" : "");
   const up = document.getElementById("upgrade");
-  up.textContent = p.upgrade_phase ? "upgrade " + p.upgrade_phase
-    : (p.last_upgrade ? "last upgrade: " + p.last_upgrade : (p.upgrades ? "upgrades enabled" : "upgrades off"));
-  up.className = "badge" + (p.upgrade_phase ? " busy" : "");
+  const busy = p.upgrade_phase !== "idle";
+  up.textContent = "upgrade: " + p.upgrade_phase + (p.upgrade_pid ? " (pid " + p.upgrade_pid + ")" : "") +
+    (!busy && p.last_upgrade ? " · last: " + p.last_upgrade : "") + (p.upgrades ? "" : " (upgrades off)");
+  up.dataset.phase = p.upgrade_phase;
+  up.className = "badge" + (busy ? " busy" : "");
   document.getElementById("updated").textContent = "updated " + new Date(snap.time).toLocaleTimeString();
 
   const mods = document.getElementById("modules");

@@ -51,6 +51,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
 
@@ -185,7 +186,7 @@ wait:
 	// Stop closes the connections; GracefulStop returns once the handlers
 	// that ignore their context returned too, which Drain does not wait for.
 	s.grpc.Stop()
-	s.log.Warn("grpc drain: deadline passed", "err", de, "after", time.Since(start))
+	s.log.Warn("grpc drain: deadline passed", logkey.Err, de, "after", time.Since(start))
 	return de
 }
 
