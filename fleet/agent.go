@@ -18,6 +18,7 @@ import (
 	"github.com/hotswapgo/hotswap/canary"
 	"github.com/hotswapgo/hotswap/control"
 	"github.com/hotswapgo/hotswap/host"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/module"
 	"github.com/hotswapgo/hotswap/upgrade"
 )
@@ -205,7 +206,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if sess == nil {
 			s, err := a.newSession(ctx)
 			if err != nil {
-				a.log.Warn("fleet: etcd unreachable; serving what the service has", "err", err)
+				a.log.Warn("fleet: etcd unreachable; serving what the service has", logkey.Err, err)
 				if !sleep(ctx, a.opts.Retry) {
 					return ctx.Err()
 				}
@@ -222,13 +223,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		select {
 		case <-sess.Done():
-			a.log.Warn("fleet: lease lost; taking a new one", "err", err)
+			a.log.Warn("fleet: lease lost; taking a new one", logkey.Err, err)
 			a.closeSession(sess)
 			sess = nil
 		default:
 		}
 		if err != nil {
-			a.log.Warn("fleet: resync", "err", err)
+			a.log.Warn("fleet: resync", logkey.Err, err)
 			if !sleep(ctx, a.opts.Retry) {
 				return ctx.Err()
 			}
@@ -346,7 +347,7 @@ func (a *Agent) read(ctx context.Context) (int64, error) {
 		}
 		if err != nil {
 			// A record this instance cannot use: keep what serves.
-			a.log.Error("fleet: assignment refused; keeping what serves", "key", string(kvs[0].Key), "err", err)
+			a.log.Error("fleet: assignment refused; keeping what serves", "key", string(kvs[0].Key), logkey.Err, err)
 			continue
 		}
 		a.want, a.hasWant = as, true
@@ -515,13 +516,13 @@ func (a *Agent) applyBinary(ctx context.Context, v serviceView, b *BinarySpec) (
 		var up Upgraded
 		if up, err = a.svc.Upgrade(ctx, label, f); err == nil {
 			if up.Replaced {
-				a.log.Info("fleet: binary upgrade committed; the new process reports from now on", "binary", b.Version, "pid", up.PID)
+				a.log.Info("fleet: binary upgrade committed; the new process reports from now on", "binary", b.Version, logkey.PID, up.PID)
 				return nil, binaryReplaced
 			}
 			return &ModuleApplied{Result: ResultOK, Version: b.Version, Digest: pin.Hex()}, binaryDone
 		}
 	}
-	a.log.Warn("fleet: binary upgrade refused or failed; keeping the running binary", "binary", b.Version, "err", err)
+	a.log.Warn("fleet: binary upgrade refused or failed; keeping the running binary", "binary", b.Version, logkey.Err, err)
 	r, step := binaryRefusal(err)
 	r.Version, r.Digest = running.Version, running.Digest
 	return &r, step
@@ -600,7 +601,7 @@ func (a *Agent) applyVersion(ctx context.Context, sess *concurrency.Session, v s
 		if err == nil {
 			return ModuleApplied{Result: ResultOK, Version: vs.Version, Digest: vs.Digest}
 		}
-		a.log.Warn("fleet: rollback to the warm version failed; fetching it", "module", name, "err", err)
+		a.log.Warn("fleet: rollback to the warm version failed; fetching it", logkey.Module, name, logkey.Err, err)
 	}
 	f, err := a.source().Fetch(ctx, m, a.opts.MaxModuleSize)
 	if err != nil {
@@ -624,7 +625,7 @@ func (a *Agent) canary(ctx context.Context, sess *concurrency.Session, v service
 		pending := a.observe(v, a.want.Spec, map[string]ModuleApplied{st.Name: {Result: ResultPending, Canary: state}}, nil, "etcd")
 		pending.Result = ResultPending
 		if err := a.report(ctx, sess, pending); err != nil {
-			a.log.Warn("fleet: report a pending canary", "module", st.Name, "err", err)
+			a.log.Warn("fleet: report a pending canary", logkey.Module, st.Name, logkey.Err, err)
 		}
 	}
 	end, err := a.svc.Canary(ctx, st.Name, label, f, m.Canary.Policy(), serving)
@@ -643,7 +644,7 @@ func (a *Agent) canary(ctx context.Context, sess *concurrency.Session, v service
 // trust path's and the module's refusals name their check; anything else
 // may pass and is retried.
 func (a *Agent) refusal(st module.Status, err error) ModuleApplied {
-	a.log.Warn("fleet: change refused; keeping what serves", "module", st.Name, "err", err)
+	a.log.Warn("fleet: change refused; keeping what serves", logkey.Module, st.Name, logkey.Err, err)
 	check, refused := checkOf(err)
 	if refused {
 		return kept(st, ModuleApplied{Result: ResultRefused, Check: check, Error: err.Error()})

@@ -13,6 +13,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // DefaultTick is how often a leading controller looks at its group even
@@ -97,7 +99,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		c.log.Warn("fleet: controller term ended", "err", err)
+		c.log.Warn("fleet: controller term ended", logkey.Err, err)
 		if !sleep(ctx, c.opts.Tick) {
 			return ctx.Err()
 		}
@@ -158,7 +160,7 @@ func (c *Controller) lead(ctx context.Context, sess *concurrency.Session, e *con
 			if errors.Is(err, ErrNotLeader) {
 				return err
 			}
-			c.log.Warn("fleet: reconcile", "err", err)
+			c.log.Warn("fleet: reconcile", logkey.Err, err)
 		}
 		select {
 		case <-ctx.Done():

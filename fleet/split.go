@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"maps"
 	"math"
+
+	"github.com/hotswapgo/hotswap/internal/logkey"
 )
 
 // The A/B apply path of an Agent: a module whose spec has a B version runs
@@ -25,7 +27,7 @@ func (a *Agent) endStaleSplit(ctx context.Context, v serviceView, name string, m
 		return v
 	}
 	if err := a.svc.EndSplit(ctx, name); err != nil {
-		a.log.Warn("fleet: end a split", "module", name, "err", err)
+		a.log.Warn("fleet: end a split", logkey.Module, name, logkey.Err, err)
 		return v
 	}
 	v.Splits = maps.Clone(v.Splits)

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/hotswapgo/hotswap/audit"
+	"github.com/hotswapgo/hotswap/internal/logkey"
 	"github.com/hotswapgo/hotswap/module"
 )
 
@@ -166,6 +167,6 @@ func (h *Host) recordSplit(ctx context.Context, s *split, detail string) {
 	ev := audit.Event{Action: ActionSplit, Target: st.Module, From: versionRef(st.Stable, st.StableDigest),
 		To: versionRef(st.Version, st.Digest), Result: audit.ResultOK, Detail: detail}
 	if err := h.record(ctx, ev); err != nil {
-		h.log.Error("audit a split change", "module", st.Module, "err", err)
+		h.log.Error("audit a split change", logkey.Module, st.Module, logkey.Err, err)
 	}
 }
