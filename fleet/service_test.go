@@ -41,10 +41,8 @@ const (
 	envState    = "FLEET_TEST_STATE"  // the host's state directory
 	envInstance = "FLEET_TEST_INSTANCE"
 	envSocket   = "FLEET_TEST_SOCKET" // the control socket of a "service" helper
+	envGroup    = "FLEET_TEST_GROUP"  // the test's group
 )
-
-// group is the service group of every test.
-const group = "pricing-svc"
 
 // helperHost is a helper's host over the state directory envState names,
 // with binary upgrades (probation: upgrade.Options.Probation).
@@ -77,7 +75,7 @@ func runAgentHelper() int {
 		return fail(err)
 	}
 	defer cli.Close()
-	a, err := fleet.NewAgent(fleet.AgentOptions{Client: cli, Host: h, Group: group, Instance: os.Getenv(envInstance), LeaseTTL: ttl,
+	a, err := fleet.NewAgent(fleet.AgentOptions{Client: cli, Host: h, Group: os.Getenv(envGroup), Instance: os.Getenv(envInstance), LeaseTTL: ttl,
 		RequestTimeout: time.Second, Retry: 100 * time.Millisecond})
 	if err != nil {
 		return fail(err)
@@ -92,7 +90,7 @@ func runAgentHelper() int {
 	if dieInProbation() {
 		// Once the agent's report of how its apply went (not the one
 		// before the work) is in etcd, die before the parent commits.
-		key := fleet.DefaultPrefix + "/" + group + "/applied/" + os.Getenv(envInstance)
+		key := fleet.DefaultPrefix + "/" + os.Getenv(envGroup) + "/applied/" + os.Getenv(envInstance)
 		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 			gctx, gcancel := context.WithTimeout(context.Background(), time.Second)
 			resp, err := cli.Get(gctx, key)
@@ -237,7 +235,7 @@ func instanceOf(st fleet.Status, id string) (fleet.Applied, bool) {
 // unsigned one is refused by the service's own trust path (the sidecar
 // verifies nothing itself) and reported with its check.
 func TestSidecarAgent(t *testing.T) {
-	e := newEnv(t, 1)
+	e := newEnv(t, 0)
 	fix := testhost.NewFixture(t)
 	h := fix.Host(t, testhost.HostOptions{Module: &wasm.ModuleConfig{}})
 	socket, _ := testhost.Serve(t, h, "", control.Options{})
@@ -248,7 +246,7 @@ func TestSidecarAgent(t *testing.T) {
 	}
 
 	a, err := fleet.NewAgent(fleet.AgentOptions{Client: e.cli, Service: fleet.SocketService(control.NewClient(socket), t.TempDir()),
-		Group: group, Instance: "side", LeaseTTL: ttl, RequestTimeout: 5 * time.Second, Retry: 100 * time.Millisecond, Logger: testhost.Logger(t)})
+		Group: e.name, Instance: "side", LeaseTTL: ttl, RequestTimeout: 5 * time.Second, Retry: 100 * time.Millisecond, Logger: testhost.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,6 +285,23 @@ func TestSidecarAgent(t *testing.T) {
 		}
 	}
 	e.until("reverted to v1", func(st fleet.Status) bool { return st.Converged(want) })
+
+	// A fleet-wide A/B split needs the host's split operations, which the
+	// control socket does not have: refused with check split, A serves.
+	b := echoArtifact(t, e.dir, e.signer, "v3", "-O1")
+	split := want
+	split.Modules = map[string]fleet.ModuleSpec{"echo": v1}
+	m := split.Modules["echo"]
+	m.B = &fleet.SplitSpec{Version: b.Version, Digest: b.Digest, URL: b.URL, Weight: 50}
+	split.Modules["echo"] = m
+	rev = e.set(fleet.Desired{Spec: split, Writer: "alice"})
+	st = e.until("split halted", phase(rev, fleet.Halted))
+	if !strings.Contains(st.Rollout.Reason, "echo refused (check split)") {
+		t.Errorf("halt reason = %q; want echo refused by check split", st.Rollout.Reason)
+	}
+	if got := activeDigest(h, "echo"); got != hexOf(v1) {
+		t.Errorf("the service serves echo %q; want v1 %s alone", got, hexOf(v1))
+	}
 }
 
 func activeDigest(h *host.Host, name string) string {
@@ -337,8 +352,8 @@ func (e *env) upgradableInstance(id string, probation time.Duration) (*host.Host
 	fix := testhost.NewFixture(e.t)
 	h := fix.Host(e.t, testhost.HostOptions{Module: &wasm.ModuleConfig{}, Upgrade: &upgrade.Options{NoSignals: true,
 		Probation: probation, UpgradeTimeout: 2 * time.Minute,
-		Env: []string{envHelper + "=agent", envEtcd + "=" + strings.Join(e.etcd.Endpoints(), ","), envState + "=" + fix.State, envInstance + "=" + id}}})
-	a, err := fleet.NewAgent(fleet.AgentOptions{Client: e.cli, Host: h, Group: group, Instance: id, LeaseTTL: ttl,
+		Env: []string{envHelper + "=agent", envEtcd + "=" + strings.Join(e.etcd.Endpoints(), ","), envState + "=" + fix.State, envInstance + "=" + id, envGroup + "=" + e.name}}})
+	a, err := fleet.NewAgent(fleet.AgentOptions{Client: e.cli, Host: h, Group: e.name, Instance: id, LeaseTTL: ttl,
 		RequestTimeout: time.Second, Retry: 100 * time.Millisecond, Logger: testhost.Logger(e.t)})
 	if err != nil {
 		e.t.Fatal(err)
@@ -352,7 +367,7 @@ func (e *env) upgradableInstance(id string, probation time.Duration) (*host.Host
 // new process's agent, under the same instance name, acks the new binary
 // once its parent committed, and loads the module there.
 func TestBinaryUpgradeAckedByNewProcess(t *testing.T) {
-	e := newEnv(t, 1)
+	e := newEnv(t, 0)
 	h, _, ran := e.upgradableInstance("a", 500*time.Millisecond)
 	_, self := testBinary(t)
 	// Bytes after the ELF image change the digest, not the program.
@@ -400,7 +415,7 @@ func TestBinaryUpgradeAckedByNewProcess(t *testing.T) {
 // reported) fails at stage probation, and its agent never acked. Each
 // halts the rollout; the old process serves and reports throughout.
 func TestBinaryRefusedOrFailed(t *testing.T) {
-	e := newEnv(t, 1)
+	e := newEnv(t, 0)
 	h, a, _ := e.upgradableInstance("a", 10*time.Second)
 	_, self := testBinary(t)
 	script := []byte("#!/bin/sh\necho 'fleet test: no config' >&2\nexit 3\n")
@@ -466,7 +481,7 @@ func TestBinaryRefusedOrFailed(t *testing.T) {
 func watchApplied(t *testing.T, e *env, id string) func(last func(fleet.Applied) bool) []fleet.Applied {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	ch := e.cli.Watch(ctx, fleet.DefaultPrefix+"/"+group+"/applied/"+id)
+	ch := e.cli.Watch(ctx, fleet.DefaultPrefix+"/"+e.name+"/applied/"+id)
 	var mu sync.Mutex // protects got
 	var got []fleet.Applied
 	seen := make(chan struct{}, 1)
@@ -542,7 +557,7 @@ func zombie(pid int) bool {
 // process answers on the same socket, and the sidecar acks the new binary
 // and pid.
 func TestSidecarBinaryUpgrade(t *testing.T) {
-	e := newEnv(t, 1)
+	e := newEnv(t, 0)
 	fix := testhost.NewFixture(t)
 	socket := testhost.SocketPath(t)
 	exe, self := testBinary(t)
@@ -581,7 +596,7 @@ func TestSidecarBinaryUpgrade(t *testing.T) {
 	}
 	v2 := binaryArtifact(t, e.dir, e.signer, "2", append(self, "\nfleet sidecar test binary v2\n"...))
 	a, err := fleet.NewAgent(fleet.AgentOptions{Client: e.cli, Service: fleet.SocketService(ctl, t.TempDir()),
-		Group: group, Instance: "svc-0", LeaseTTL: ttl, RequestTimeout: 5 * time.Second, Retry: 100 * time.Millisecond, Logger: testhost.Logger(t)})
+		Group: e.name, Instance: "svc-0", LeaseTTL: ttl, RequestTimeout: 5 * time.Second, Retry: 100 * time.Millisecond, Logger: testhost.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
