@@ -16,7 +16,7 @@ import (
 // unscanned names the directories (from the repository root) whose
 // logging the test does not check, and why.
 var unscanned = map[string]string{
-	"examples":    "code a user copies imports nothing from internal/; it spells the same keys",
+	"examples": "code a user copies imports nothing from internal/; it spells the same keys",
 }
 
 // synonyms are literal keys that name a concept logkey has a key for.
