@@ -8,7 +8,6 @@ import (
 	"image/png"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -74,10 +73,7 @@ func TestStatusJSON(t *testing.T) {
 // stand-in exits. It saves a screenshot taken during the upgrade (to
 // $HOTSWAP_ARTIFACTS when set).
 func TestStatusPageInChromium(t *testing.T) {
-	chromium, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Skip("chromium not installed (Debian package chromium; .ci/run installs it)")
-	}
+	chromium := lookPath(t, "chromium", "chromium")
 	release := filepath.Join(t.TempDir(), "release")
 	r := newRig(t, testhost.HostOptions{Upgrade: &upgrade.Options{NoSignals: true, UpgradeTimeout: time.Minute,
 		Env: []string{"RELEASE=" + release}}})
