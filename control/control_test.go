@@ -42,7 +42,7 @@ func TestStatus(t *testing.T) {
 		t.Errorf("Status() = ok %v, pid %d, generation %d, parent %d; want ok, pid %d, generation 1, parent 0",
 			st.OK, st.Process.PID, st.Process.Generation, st.Process.ParentPID, os.Getpid())
 	}
-	if st.TrustMode != "enforce" || st.Process.Upgrade.State != control.UpgradeDisabled || len(st.Modules) != 0 {
+	if st.TrustMode != "enforce" || st.Process.Upgrade.State != control.UpgradeDisabled || st.Process.Upgrade.Phase != "" || len(st.Modules) != 0 {
 		t.Errorf("Status() = trust %q, upgrade %q, %d modules; want enforce, disabled, none",
 			st.TrustMode, st.Process.Upgrade.State, len(st.Modules))
 	}
@@ -330,9 +330,9 @@ func TestUpgradeFails(t *testing.T) {
 			t.Errorf("Upgrade(bad) progress = %q; want [verify, hand over]", steps)
 		}
 		st, err := e.client.Status(ctx)
-		if err != nil || st.Process.Upgrade.State != control.UpgradeIdle || st.Process.Upgrade.Last == nil ||
-			st.Process.Upgrade.Last.Outcome != "failed" {
-			t.Errorf("Status() after a failed upgrade = %+v, %v; want idle, last failed", st.Process.Upgrade, err)
+		if err != nil || st.Process.Upgrade.State != control.UpgradeIdle || st.Process.Upgrade.Phase != "idle" ||
+			st.Process.Upgrade.PhasePID != 0 || st.Process.Upgrade.Last == nil || st.Process.Upgrade.Last.Outcome != "failed" {
+			t.Errorf("Status() after a failed upgrade = %+v, %v; want idle, phase idle, last failed", st.Process.Upgrade, err)
 		}
 	})
 	t.Run("unsigned", func(t *testing.T) {

@@ -121,6 +121,12 @@ const (
 type UpgradeStatus struct {
 	// State is UpgradeDisabled, UpgradeIdle or UpgradeUpgrading.
 	State string `json:"state"`
+	// Phase is where the process stands, as upgrade.Upgrader.Phase names
+	// it ("idle", "waiting for ready", "parent probation", ...); empty when
+	// upgrades are disabled.
+	Phase string `json:"phase"`
+	// PhasePID is the new process of the attempt running; 0 if none.
+	PhasePID int `json:"phase_pid"`
 	// Last is this process's last attempt; nil if none.
 	Last *UpgradeAttempt `json:"last"`
 }
@@ -334,6 +340,9 @@ func processStatus(p host.ProcessStatus) ProcessStatus {
 		ps.Upgrade.State = UpgradeUpgrading
 	case p.Upgrades:
 		ps.Upgrade.State = UpgradeIdle
+	}
+	if p.Upgrades {
+		ps.Upgrade.Phase, ps.Upgrade.PhasePID = p.UpgradePhase.String(), p.UpgradePID
 	}
 	return ps
 }

@@ -110,6 +110,13 @@ func printStatus(w io.Writer, st *control.Status) {
 		fmt.Fprintf(w, "binary   unknown: %s\n", b.Error)
 	}
 	fmt.Fprintf(w, "upgrade  %s", p.Upgrade.State)
+	if ph := p.Upgrade.Phase; ph != "" && ph != p.Upgrade.State {
+		fmt.Fprintf(w, " (%s", ph)
+		if p.Upgrade.PhasePID != 0 {
+			fmt.Fprintf(w, ", pid %d", p.Upgrade.PhasePID)
+		}
+		fmt.Fprint(w, ")")
+	}
 	if p.TakingOver {
 		fmt.Fprint(w, " (taking over: the process it replaced may still resume)")
 	}

@@ -29,7 +29,7 @@ var statusSchema = map[string][]string{
 	"ProcessStatus": {"pid int", "generation int", "parent_pid int", "started_at time",
 		"upgrade UpgradeStatus", "taking_over bool", "binary BinaryStatus"},
 	"BinaryStatus":   {"digest string", "version string", "error string"},
-	"UpgradeStatus":  {"state string", "last UpgradeAttempt"},
+	"UpgradeStatus":  {"state string", "phase string", "phase_pid int", "last UpgradeAttempt"},
 	"UpgradeAttempt": {"outcome string", "pid int", "binary string", "trigger string", "started_at time", "ready_ms int", "error string"},
 	"ModuleStatus": {"name string", "active VersionStatus", "previous VersionStatus", "draining []VersionStatus",
 		"state_keys int", "canary CanaryStatus"},
